@@ -1,0 +1,1 @@
+//! The `fedclip embed` job.

@@ -1,0 +1,11 @@
+//! fedclip: a CLIP forward pass and FedCLIP adapter training engine.
+//!
+//! Pipeline stages, one module each:
+//! weights (config + safetensors) → model (CPU encoders) → preprocess / tokenizer (inputs)
+//! → embed (the `fedclip embed` job).
+
+pub mod embed;
+pub mod model;
+pub mod preprocess;
+pub mod tokenizer;
+pub mod weights;

@@ -1,0 +1,1 @@
+//! Image decoding and OpenAI CLIP's `_transform` (owned by the preprocessing work).
