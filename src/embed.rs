@@ -1,1 +1,297 @@
-//! The `fedclip embed` job.
+//! The `fedclip embed` job: images and prompts in, projected CLIP features out.
+
+use crate::device::{Device, select_device};
+use crate::model::ClipModel;
+use crate::preprocess::{PreprocessConfig, preprocess_file};
+use crate::tokenizer::ClipTokenizer;
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use safetensors::{Dtype, tensor::TensorView};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// File extensions taken from image directories; other files there are ignored.
+const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"];
+
+pub struct EmbedRequest {
+    pub model: PathBuf,
+    pub images: Vec<PathBuf>,
+    pub texts: Option<PathBuf>,
+    pub out: PathBuf,
+    pub batch: usize,
+    pub device: Device,
+    pub skip_bad: bool,
+    pub truncate: bool,
+}
+
+pub struct EmbedSummary {
+    pub images: usize,
+    pub skipped: Vec<String>,
+    pub texts: usize,
+    pub images_per_second: f64,
+}
+
+/// One image to encode: where it is and the name it is listed under.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageEntry {
+    pub path: PathBuf,
+    pub name: String,
+}
+
+/// Expands `--images` arguments: a directory is walked recursively in sorted
+/// relative-path order (names relative to it when it is the only argument); a file is
+/// taken as given, whatever its extension.
+pub fn collect_images(args: &[PathBuf]) -> Result<Vec<ImageEntry>> {
+    let mut entries = Vec::new();
+    for arg in args {
+        if arg.is_dir() {
+            let mut found = Vec::new();
+            walk(arg, &mut found).with_context(|| format!("cannot list {}", arg.display()))?;
+            if found.is_empty() {
+                bail!(
+                    "no images ({}) found under {}",
+                    IMAGE_EXTENSIONS.join(", "),
+                    arg.display()
+                );
+            }
+            let mut rel: Vec<(String, PathBuf)> = found
+                .into_iter()
+                .map(|p| {
+                    let r = p
+                        .strip_prefix(arg)
+                        .unwrap_or(&p)
+                        .to_string_lossy()
+                        .into_owned();
+                    (r, p)
+                })
+                .collect();
+            rel.sort();
+            for (r, path) in rel {
+                let name = if args.len() == 1 {
+                    r
+                } else {
+                    path.to_string_lossy().into_owned()
+                };
+                entries.push(ImageEntry { path, name });
+            }
+        } else if arg.is_file() {
+            entries.push(ImageEntry {
+                path: arg.clone(),
+                name: arg.to_string_lossy().into_owned(),
+            });
+        } else {
+            bail!("{}: no such image file or directory", arg.display());
+        }
+    }
+    Ok(entries)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else if has_image_extension(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Reads a prompt file: one prompt per line, blank lines skipped.
+pub fn read_prompts(file: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read prompt file {}", file.display()))?;
+    let prompts: Vec<String> = text
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    if prompts.is_empty() {
+        bail!("prompt file {} has no prompts", file.display());
+    }
+    Ok(prompts)
+}
+
+fn progress(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}}<{{eta_precise}}, {{per_sec}}]"
+        ))
+        .expect("static template"),
+    );
+    bar
+}
+
+/// Encodes images in batches. Decoding runs in parallel; a file that fails is an error
+/// naming it, or with `skip_bad` a warning, and it is left out.
+pub fn encode_images(
+    model: &ClipModel,
+    entries: &[ImageEntry],
+    batch: usize,
+    skip_bad: bool,
+) -> Result<(Vec<f32>, Vec<String>, Vec<String>)> {
+    let vision = model
+        .vision
+        .as_ref()
+        .with_context(|| format!("{} has no vision tower", model.dir.display()))?;
+    if !vision.has_projection() {
+        bail!(
+            "{}: no `visual_projection.weight`, so there are no projected image features",
+            model.dir.display()
+        );
+    }
+    let cfg = PreprocessConfig::from_model_dir(&model.dir, vision.config.image_size)?;
+    let bar = progress(entries.len(), "images");
+    let (mut embeds, mut kept, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
+    for chunk in entries.chunks(batch.max(1)) {
+        let decoded: Vec<Result<Vec<f32>>> = chunk
+            .par_iter()
+            .map(|e| preprocess_file(&e.path, &cfg))
+            .collect();
+        let mut pixels = Vec::with_capacity(chunk.len() * vision.pixels_per_image());
+        for (entry, result) in chunk.iter().zip(decoded) {
+            match result {
+                Ok(p) if p.len() == vision.pixels_per_image() => {
+                    pixels.extend_from_slice(&p);
+                    kept.push(entry.name.clone());
+                }
+                Ok(p) => bail!(
+                    "{}: preprocessing gave {} values, the model takes {} (is preprocessor_config.json's crop size the model's image_size?)",
+                    entry.path.display(),
+                    p.len(),
+                    vision.pixels_per_image()
+                ),
+                Err(e) if skip_bad => {
+                    bar.suspend(|| eprintln!("warning: skipping {}: {e:#}", entry.path.display()));
+                    skipped.push(entry.name.clone());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let n = pixels.len() / vision.pixels_per_image();
+        if n > 0 {
+            embeds.extend(vision.forward(&pixels, n, false).embeds);
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok((embeds, kept, skipped))
+}
+
+/// Encodes prompts, batched, each batch padded only to its longest prompt: with the
+/// causal mask and end-token pooling, padding never changes a result.
+pub fn encode_texts(
+    model: &ClipModel,
+    prompts: &[String],
+    batch: usize,
+    truncate: bool,
+) -> Result<Vec<f32>> {
+    let text = model
+        .text
+        .as_ref()
+        .with_context(|| format!("{} has no text tower", model.dir.display()))?;
+    if !text.has_projection() {
+        bail!(
+            "{}: no `text_projection.weight`, so there are no projected text features",
+            model.dir.display()
+        );
+    }
+    let tokenizer = ClipTokenizer::load(&model.dir, text.config.max_position_embeddings)?;
+    let ids = prompts
+        .iter()
+        .map(|p| tokenizer.encode(p, truncate))
+        .collect::<Result<Vec<_>>>()?;
+    let mut embeds = Vec::new();
+    for chunk in ids.chunks(batch.max(1)) {
+        let seq = chunk.iter().map(Vec::len).max().unwrap_or(1);
+        let mut flat = Vec::with_capacity(chunk.len() * seq);
+        for row in chunk {
+            flat.extend_from_slice(row);
+            flat.resize(flat.len() + seq - row.len(), text.config.pad_token_id);
+        }
+        embeds.extend(text.forward(&flat, chunk.len(), seq, false)?.embeds);
+    }
+    Ok(embeds)
+}
+
+/// Writes f32 tensors and string metadata to a safetensors file atomically: a temporary
+/// file beside it, renamed into place, so an interrupted run never leaves half a file.
+pub fn write_safetensors(
+    out: &Path,
+    tensors: &[(&str, Vec<usize>, &[f32])],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let views = tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            let view = TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data))
+                .with_context(|| format!("tensor `{name}` does not match its shape {shape:?}"))?;
+            Ok((name.to_string(), view))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create directory {}", parent.display()))?;
+    }
+    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+    safetensors::serialize_to_file(views, Some(metadata), &tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("cannot move {} into place", out.display()))
+}
+
+pub fn run(req: &EmbedRequest) -> Result<EmbedSummary> {
+    if req.images.is_empty() && req.texts.is_none() {
+        bail!("nothing to embed: give --images and/or --texts");
+    }
+    if req.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    // Validate every input before the slow part, so a typo fails in a second.
+    let entries = collect_images(&req.images)?;
+    let prompts = req.texts.as_deref().map(read_prompts).transpose()?;
+    select_device(req.device)?;
+    let model = ClipModel::load(&req.model)?;
+    let mut metadata = HashMap::new();
+    metadata.insert("model".into(), req.model.display().to_string());
+    let mut owned: Vec<(&str, Vec<usize>, Vec<f32>)> = Vec::new();
+    let mut summary = EmbedSummary {
+        images: 0,
+        skipped: Vec::new(),
+        texts: 0,
+        images_per_second: 0.0,
+    };
+    if !entries.is_empty() {
+        let start = Instant::now();
+        let (embeds, kept, skipped) = encode_images(&model, &entries, req.batch, req.skip_bad)?;
+        summary.images_per_second = kept.len() as f64 / start.elapsed().as_secs_f64();
+        let dim = model.config.vision.as_ref().map_or(0, |v| v.projection_dim);
+        owned.push(("image_embeds", vec![kept.len(), dim], embeds));
+        metadata.insert("images".into(), serde_json::to_string(&kept)?);
+        metadata.insert("skipped".into(), serde_json::to_string(&skipped)?);
+        summary.images = kept.len();
+        summary.skipped = skipped;
+    }
+    if let Some(prompts) = &prompts {
+        let embeds = encode_texts(&model, prompts, req.batch, req.truncate)?;
+        let dim = model.config.text.as_ref().map_or(0, |t| t.projection_dim);
+        owned.push(("text_embeds", vec![prompts.len(), dim], embeds));
+        metadata.insert("texts".into(), serde_json::to_string(prompts)?);
+        summary.texts = prompts.len();
+    }
+    let tensors: Vec<(&str, Vec<usize>, &[f32])> = owned
+        .iter()
+        .map(|(n, s, d)| (*n, s.clone(), d.as_slice()))
+        .collect();
+    write_safetensors(&req.out, &tensors, metadata)?;
+    Ok(summary)
+}

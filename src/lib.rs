@@ -4,6 +4,7 @@
 //! weights (config + safetensors) → model (CPU encoders) → preprocess / tokenizer (inputs)
 //! → embed (the `fedclip embed` job).
 
+pub mod device;
 pub mod embed;
 pub mod model;
 pub mod preprocess;

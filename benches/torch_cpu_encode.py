@@ -1,0 +1,28 @@
+"""PyTorch CPU throughput of transformers' CLIPVisionModelWithProjection at the ViT-B/32 shape
+(random weights, float32, SDPA), the yardstick for benches/cpu_encode.rs.
+
+Run with the reference venv (tests/reference/requirements.txt): python benches/torch_cpu_encode.py
+"""
+import json
+import statistics
+import time
+
+import torch
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+cfg = json.load(open("tests/fixtures/configs/clip-vit-base-patch32.json"))["vision_config"]
+torch.manual_seed(0)
+model = CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg)).eval()
+threads = torch.get_num_threads()
+with torch.inference_mode():
+    for batch in (1, 8, 32):
+        x = torch.randn(batch, 3, 224, 224)
+        model(pixel_values=x)
+        reps = max(64 // batch, 2)
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            model(pixel_values=x)
+            times.append(time.perf_counter() - t)
+        print(f"pytorch cpu ViT-B/32 batch {batch:>3}: {batch / statistics.median(times):.2f} images/s "
+              f"(median of {reps}, {threads} threads, torch {torch.__version__})")

@@ -1,0 +1,175 @@
+//! The text tower: token + position embeddings, causal blocks, final LN, the end
+//! token pooled, projection.
+
+use super::encoder::{BlockShape, EncoderLayer, LayerNorm, Linear, Trace, record};
+use crate::weights::{Scope, TensorStore, TextConfig};
+use anyhow::{Result, anyhow, bail};
+
+pub struct TextTower {
+    pub config: TextConfig,
+    tokens: Vec<f32>,
+    positions: Vec<f32>,
+    layers: Vec<EncoderLayer>,
+    final_ln: LayerNorm,
+    projection: Option<Linear>,
+}
+
+pub struct TextOutput {
+    /// The final-LN hidden state at each sequence's end token, `[batch, hidden]`.
+    pub pooled: Vec<f32>,
+    /// Projected features before L2 normalisation, `[batch, projection_dim]`.
+    pub embeds: Vec<f32>,
+    /// Embeddings and each block's output (before the final LN), when traced.
+    pub hidden_states: Vec<Vec<f32>>,
+    /// After the final LN, `[batch·seq, hidden]`, when traced.
+    pub last_hidden_state: Vec<f32>,
+}
+
+impl TextTower {
+    pub fn load(store: &TensorStore, config: &TextConfig) -> Result<Self> {
+        let s = Scope {
+            store,
+            prefixes: &["text_model.", ""],
+        };
+        let d = config.hidden_size;
+        let eps = config.layer_norm_eps;
+        let shape = BlockShape {
+            hidden: d,
+            intermediate: config.intermediate_size,
+            heads: config.num_attention_heads,
+            act: config.hidden_act,
+            eps,
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| EncoderLayer::load(&s, &format!("encoder.layers.{i}"), shape))
+            .collect::<Result<Vec<_>>>()?;
+        let proj_scope = Scope {
+            store,
+            prefixes: &[""],
+        };
+        let projection = if proj_scope.has("text_projection.weight") {
+            Some(Linear::load(
+                &proj_scope,
+                "text_projection",
+                d,
+                config.projection_dim,
+                false,
+            )?)
+        } else {
+            None
+        };
+        Ok(TextTower {
+            tokens: s.get("embeddings.token_embedding.weight", &[config.vocab_size, d])?,
+            positions: s.get(
+                "embeddings.position_embedding.weight",
+                &[config.max_position_embeddings, d],
+            )?,
+            layers,
+            final_ln: LayerNorm::load(&s, "final_layer_norm", d, eps)?,
+            projection,
+            config: config.clone(),
+        })
+    }
+
+    pub fn has_projection(&self) -> bool {
+        self.projection.is_some()
+    }
+
+    /// Where transformers pools each sequence.
+    pub fn pool_positions(&self, ids: &[u32], batch: usize, seq: usize) -> Result<Vec<usize>> {
+        (0..batch)
+            .map(|b| {
+                let row = &ids[b * seq..(b + 1) * seq];
+                let found = if self.config.pools_at_argmax() {
+                    // First maximum, as torch.argmax returns.
+                    row.iter()
+                        .enumerate()
+                        .fold(None, |best: Option<(usize, u32)>, (i, &t)| match best {
+                            Some((_, bt)) if bt >= t => best,
+                            _ => Some((i, t)),
+                        })
+                        .map(|(i, _)| i)
+                } else {
+                    row.iter().position(|&t| t == self.config.eos_token_id)
+                };
+                found.ok_or_else(|| {
+                    anyhow!(
+                        "token sequence {b} has no end token (id {}) to pool at",
+                        self.config.eos_token_id
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// `ids` is `[batch, seq]` with `seq ≤ max_position_embeddings`.
+    pub fn forward(
+        &self,
+        ids: &[u32],
+        batch: usize,
+        seq: usize,
+        trace: bool,
+    ) -> Result<TextOutput> {
+        let c = &self.config;
+        let d = c.hidden_size;
+        if ids.len() != batch * seq {
+            bail!(
+                "token buffer holds {} ids, expected {batch}×{seq}",
+                ids.len()
+            );
+        }
+        if seq > c.max_position_embeddings {
+            bail!(
+                "sequence of {seq} tokens exceeds the model's {} positions",
+                c.max_position_embeddings
+            );
+        }
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= c.vocab_size) {
+            bail!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                c.vocab_size
+            );
+        }
+        let pool = self.pool_positions(ids, batch, seq)?;
+        let mut h = vec![0.0f32; batch * seq * d];
+        for (i, row) in h.chunks_exact_mut(d).enumerate() {
+            let (t, pos) = (ids[i] as usize, i % seq);
+            for j in 0..d {
+                row[j] = self.tokens[t * d + j] + self.positions[pos * d + j];
+            }
+        }
+        let mut states: Trace = trace.then(Vec::new);
+        record(&mut states, &h);
+        for layer in &self.layers {
+            layer.forward(&mut h, batch, seq, true);
+            record(&mut states, &h);
+        }
+        // Only the pooled rows are needed unless traced; LN is row-wise so either is exact.
+        let (pooled, last) = if trace {
+            let last = self.final_ln.forward(&h);
+            let pooled = pool
+                .iter()
+                .enumerate()
+                .flat_map(|(b, &p)| last[(b * seq + p) * d..(b * seq + p + 1) * d].to_vec())
+                .collect();
+            (pooled, last)
+        } else {
+            let rows: Vec<f32> = pool
+                .iter()
+                .enumerate()
+                .flat_map(|(b, &p)| h[(b * seq + p) * d..(b * seq + p + 1) * d].to_vec())
+                .collect();
+            (self.final_ln.forward(&rows), Vec::new())
+        };
+        let embeds = self
+            .projection
+            .as_ref()
+            .map_or_else(Vec::new, |p| p.forward(&pooled, batch));
+        Ok(TextOutput {
+            pooled,
+            embeds,
+            hidden_states: states.unwrap_or_default(),
+            last_hidden_state: last,
+        })
+    }
+}

@@ -1,0 +1,284 @@
+//! `config.json` of a Hugging Face CLIP save: `CLIPModel` (both towers), or a
+//! `CLIPVisionModel*` / `CLIPTextModel*` save whose config is the tower config itself.
+//! Defaults are transformers' own, so sparse configs (as openai's are) read the same.
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use std::path::Path;
+
+/// The MLP nonlinearity named by `hidden_act`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// x · σ(1.702 x), what OpenAI's CLIP was trained with.
+    QuickGelu,
+    /// The exact erf GELU.
+    Gelu,
+}
+
+impl Activation {
+    fn parse(name: &str, field: &str, file: &Path) -> Result<Self> {
+        match name {
+            "quick_gelu" => Ok(Activation::QuickGelu),
+            "gelu" => Ok(Activation::Gelu),
+            other => bail!(
+                "{}: `{field}` = {other:?} is not supported (expected \"quick_gelu\" or \"gelu\")",
+                file.display()
+            ),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VisionConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_channels: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub projection_dim: usize,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f32,
+}
+
+impl VisionConfig {
+    /// Patches per side: the convolution has stride = kernel = patch and no padding.
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+    /// Tokens per image: the class token and one per patch.
+    pub fn num_positions(&self) -> usize {
+        self.grid() * self.grid() + 1
+    }
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    pub projection_dim: usize,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f32,
+    pub bos_token_id: u32,
+    pub eos_token_id: u32,
+    pub pad_token_id: u32,
+}
+
+impl TextConfig {
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+    /// transformers pools at `argmax(input_ids)` when the config carries the legacy
+    /// `eos_token_id = 2` (openai's saves do), else at the first `eos_token_id`.
+    pub fn pools_at_argmax(&self) -> bool {
+        self.eos_token_id == 2
+    }
+}
+
+/// What a model directory holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClipConfig {
+    pub vision: Option<VisionConfig>,
+    pub text: Option<TextConfig>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawVision {
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    num_channels: Option<usize>,
+    image_size: Option<usize>,
+    patch_size: Option<usize>,
+    projection_dim: Option<usize>,
+    hidden_act: Option<String>,
+    layer_norm_eps: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawText {
+    vocab_size: Option<usize>,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    max_position_embeddings: Option<usize>,
+    projection_dim: Option<usize>,
+    hidden_act: Option<String>,
+    layer_norm_eps: Option<f64>,
+    bos_token_id: Option<u32>,
+    eos_token_id: Option<u32>,
+    pad_token_id: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct RawTop {
+    model_type: Option<String>,
+    projection_dim: Option<usize>,
+    vision_config: Option<RawVision>,
+    text_config: Option<RawText>,
+}
+
+impl ClipConfig {
+    /// Reads `<dir>/config.json`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let file = dir.join("config.json");
+        let text = std::fs::read_to_string(&file).with_context(|| {
+            format!(
+                "cannot read {} (a CLIP model directory needs config.json)",
+                file.display()
+            )
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    /// Parses config.json text; `file` names it in errors.
+    pub fn parse(json: &str, file: &Path) -> Result<Self> {
+        let value: serde_json::Value = serde_json::from_str(json)
+            .with_context(|| format!("{} is not valid JSON", file.display()))?;
+        let top: RawTop = serde_json::from_value(value.clone())
+            .with_context(|| format!("{}: unexpected field types", file.display()))?;
+        let model_type = top.model_type.as_deref().unwrap_or("");
+        let (vision, text) = match (top.vision_config, top.text_config) {
+            // A CLIPModel save: both towers share the top-level projection_dim.
+            (Some(v), Some(t)) => {
+                let proj = top.projection_dim.unwrap_or(512);
+                (
+                    Some(vision_config(v, Some(proj), file, "vision_config.")?),
+                    Some(text_config(t, Some(proj), file, "text_config.")?),
+                )
+            }
+            (None, None) if model_type == "clip_vision_model" => {
+                let v: RawVision = serde_json::from_value(value)
+                    .with_context(|| format!("{}: unexpected field types", file.display()))?;
+                (Some(vision_config(v, None, file, "")?), None)
+            }
+            (None, None) if model_type == "clip_text_model" => {
+                let t: RawText = serde_json::from_value(value)
+                    .with_context(|| format!("{}: unexpected field types", file.display()))?;
+                (None, Some(text_config(t, None, file, "")?))
+            }
+            (Some(v), None) => (
+                Some(vision_config(
+                    v,
+                    top.projection_dim,
+                    file,
+                    "vision_config.",
+                )?),
+                None,
+            ),
+            (None, Some(t)) => (
+                None,
+                Some(text_config(t, top.projection_dim, file, "text_config.")?),
+            ),
+            (None, None) => bail!(
+                "{}: not a CLIP config (no `vision_config`/`text_config`, and `model_type` is {model_type:?})",
+                file.display()
+            ),
+        };
+        Ok(ClipConfig { vision, text })
+    }
+}
+
+fn positive(value: usize, field: &str, prefix: &str, file: &Path) -> Result<usize> {
+    if value == 0 {
+        bail!("{}: `{prefix}{field}` must be positive", file.display());
+    }
+    Ok(value)
+}
+
+fn divides(hidden: usize, heads: usize, prefix: &str, file: &Path) -> Result<()> {
+    if hidden % heads != 0 {
+        bail!(
+            "{}: `{prefix}hidden_size` = {hidden} is not a multiple of `{prefix}num_attention_heads` = {heads}",
+            file.display()
+        );
+    }
+    Ok(())
+}
+
+fn vision_config(r: RawVision, proj: Option<usize>, file: &Path, p: &str) -> Result<VisionConfig> {
+    let c = VisionConfig {
+        hidden_size: positive(r.hidden_size.unwrap_or(768), "hidden_size", p, file)?,
+        intermediate_size: positive(
+            r.intermediate_size.unwrap_or(3072),
+            "intermediate_size",
+            p,
+            file,
+        )?,
+        num_hidden_layers: r.num_hidden_layers.unwrap_or(12),
+        num_attention_heads: positive(
+            r.num_attention_heads.unwrap_or(12),
+            "num_attention_heads",
+            p,
+            file,
+        )?,
+        num_channels: positive(r.num_channels.unwrap_or(3), "num_channels", p, file)?,
+        image_size: positive(r.image_size.unwrap_or(224), "image_size", p, file)?,
+        patch_size: positive(r.patch_size.unwrap_or(32), "patch_size", p, file)?,
+        projection_dim: proj.or(r.projection_dim).unwrap_or(512),
+        hidden_act: Activation::parse(
+            r.hidden_act.as_deref().unwrap_or("quick_gelu"),
+            &format!("{p}hidden_act"),
+            file,
+        )?,
+        layer_norm_eps: r.layer_norm_eps.unwrap_or(1e-5) as f32,
+    };
+    divides(c.hidden_size, c.num_attention_heads, p, file)?;
+    if c.patch_size > c.image_size {
+        bail!(
+            "{}: `{p}patch_size` {} exceeds `{p}image_size` {}",
+            file.display(),
+            c.patch_size,
+            c.image_size
+        );
+    }
+    Ok(c)
+}
+
+fn text_config(r: RawText, proj: Option<usize>, file: &Path, p: &str) -> Result<TextConfig> {
+    let c = TextConfig {
+        vocab_size: positive(r.vocab_size.unwrap_or(49408), "vocab_size", p, file)?,
+        hidden_size: positive(r.hidden_size.unwrap_or(512), "hidden_size", p, file)?,
+        intermediate_size: positive(
+            r.intermediate_size.unwrap_or(2048),
+            "intermediate_size",
+            p,
+            file,
+        )?,
+        num_hidden_layers: r.num_hidden_layers.unwrap_or(12),
+        num_attention_heads: positive(
+            r.num_attention_heads.unwrap_or(8),
+            "num_attention_heads",
+            p,
+            file,
+        )?,
+        max_position_embeddings: positive(
+            r.max_position_embeddings.unwrap_or(77),
+            "max_position_embeddings",
+            p,
+            file,
+        )?,
+        projection_dim: proj.or(r.projection_dim).unwrap_or(512),
+        hidden_act: Activation::parse(
+            r.hidden_act.as_deref().unwrap_or("quick_gelu"),
+            &format!("{p}hidden_act"),
+            file,
+        )?,
+        layer_norm_eps: r.layer_norm_eps.unwrap_or(1e-5) as f32,
+        bos_token_id: r.bos_token_id.unwrap_or(49406),
+        eos_token_id: r.eos_token_id.unwrap_or(49407),
+        pad_token_id: r.pad_token_id.unwrap_or(1),
+    };
+    divides(c.hidden_size, c.num_attention_heads, p, file)?;
+    Ok(c)
+}
