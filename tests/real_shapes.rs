@@ -67,3 +67,25 @@ fn vit_b32_random_weights_encode_and_batch_consistently() {
     common::assert_close("B/32 text padding-free", &out.embeds, &trimmed.embeds, 1e-5);
     assert!((model.logit_scale.unwrap() - 100f32.ln()).abs() < 1e-2);
 }
+
+/// The larger shapes load from a real-layout save and encode one image: 197 and 577 tokens.
+#[test]
+fn vit_b16_and_l14_336_random_weights_load_and_encode() {
+    for (name, proj) in [
+        ("clip-vit-base-patch16", 512),
+        ("clip-vit-large-patch14-336", 768),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        write_random_clip(tmp.path(), &config_text(name), 3).unwrap();
+        let model = ClipModel::load(tmp.path()).unwrap();
+        let vision = model.vision.as_ref().unwrap();
+        let pixels: Vec<f32> = (0..vision.pixels_per_image())
+            .map(|i| ((i * 31) % 255) as f32 / 128.0 - 1.0)
+            .collect();
+        let out = vision.forward(&pixels, 1, false);
+        assert_eq!(out.embeds.len(), proj, "{name}");
+        assert!(out.embeds.iter().all(|v| v.is_finite()), "{name}");
+        let norm: f32 = out.embeds.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!(norm > 1e-3, "{name}: degenerate output");
+    }
+}
