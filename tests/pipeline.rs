@@ -92,7 +92,7 @@ fn real_images_and_prompts_end_to_end() {
         1e-4,
     );
 
-    // From the JPEG files through the CLI: decoder rounding may move a pixel by 1/255.
+    // From the JPEG files through the CLI: the pixels are bit-identical, so the same tolerance.
     let tmp = tempfile::tempdir().unwrap();
     let prompts: Vec<String> = serde_json::from_str(&fx.metadata["real_texts"]).unwrap();
     let texts = tmp.path().join("prompts.txt");

@@ -113,11 +113,13 @@ impl EncoderLayer {
             &q,
             &k,
             &v,
-            batch,
-            seq,
-            heads,
-            self.shape.hidden / heads,
-            causal,
+            ops::AttentionShape {
+                batch,
+                seq,
+                heads,
+                head_dim: self.shape.hidden / heads,
+                causal,
+            },
         );
         ops::add_in_place(h, &self.out.forward(&ctx, rows));
         let x = self.ln2.forward(h);

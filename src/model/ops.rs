@@ -106,20 +106,28 @@ pub fn add_in_place(a: &mut [f32], b: &[f32]) {
         .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(x, y)| *x += y));
 }
 
+/// The sizes of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub causal: bool,
+}
+
 /// Multi-head scaled dot-product attention over `batch` sequences of `seq` tokens.
 /// `q`, `k`, `v` and the result are `[batch·seq, heads·head_dim]`; head h owns columns
 /// `h·head_dim ..`. `causal` hides later tokens (the text tower). Softmax in f32 with the
 /// row maximum subtracted, as PyTorch does.
-pub fn attention(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    batch: usize,
-    seq: usize,
-    heads: usize,
-    head_dim: usize,
-    causal: bool,
-) -> Vec<f32> {
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], shape: AttentionShape) -> Vec<f32> {
+    let AttentionShape {
+        batch,
+        seq,
+        heads,
+        head_dim,
+        causal,
+    } = shape;
     let width = heads * head_dim;
     assert_eq!(q.len(), batch * seq * width);
     let scale = (head_dim as f32).powf(-0.5);
@@ -257,10 +265,17 @@ mod tests {
         let q = pseudo_random(seq * heads * hd, 4);
         let k = pseudo_random(seq * heads * hd, 5);
         let v = pseudo_random(seq * heads * hd, 6);
-        let out = attention(&q, &k, &v, 1, seq, heads, hd, true);
+        let shape = |causal| AttentionShape {
+            batch: 1,
+            seq,
+            heads,
+            head_dim: hd,
+            causal,
+        };
+        let out = attention(&q, &k, &v, shape(true));
         // Token 0 attends only to itself, so its output is its own value row.
         assert_eq!(&out[..heads * hd], &v[..heads * hd]);
-        let full = attention(&q, &k, &v, 1, seq, heads, hd, false);
+        let full = attention(&q, &k, &v, shape(false));
         // The last token sees everything in both variants.
         let last = (seq - 1) * heads * hd;
         for (a, b) in out[last..].iter().zip(&full[last..]) {

@@ -134,8 +134,9 @@ impl TextTower {
         let mut h = vec![0.0f32; batch * seq * d];
         for (i, row) in h.chunks_exact_mut(d).enumerate() {
             let (t, pos) = (ids[i] as usize, i % seq);
-            for j in 0..d {
-                row[j] = self.tokens[t * d + j] + self.positions[pos * d + j];
+            let (tok, posv) = (&self.tokens[t * d..][..d], &self.positions[pos * d..][..d]);
+            for ((x, a), b) in row.iter_mut().zip(tok).zip(posv) {
+                *x = a + b;
             }
         }
         let mut states: Trace = trace.then(Vec::new);

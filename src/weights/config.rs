@@ -197,7 +197,7 @@ fn positive(value: usize, field: &str, prefix: &str, file: &Path) -> Result<usiz
 }
 
 fn divides(hidden: usize, heads: usize, prefix: &str, file: &Path) -> Result<()> {
-    if hidden % heads != 0 {
+    if !hidden.is_multiple_of(heads) {
         bail!(
             "{}: `{prefix}hidden_size` = {hidden} is not a multiple of `{prefix}num_attention_heads` = {heads}",
             file.display()
