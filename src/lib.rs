@@ -4,8 +4,12 @@
 //! weights (config + safetensors) → model (CPU encoders) → preprocess / tokenizer (inputs)
 //! → embed (the `fedclip embed` job).
 
+pub mod adapter;
+pub mod data;
 pub mod device;
 pub mod embed;
+pub mod features;
+pub mod federated;
 pub mod model;
 pub mod preprocess;
 pub mod tokenizer;

@@ -1,0 +1,506 @@
+//! Domain-generalisation datasets laid out as `<root>/<domain>/<class>/<image>`, the splits
+//! of the FedCLIP protocol, and fedclip's label-skew extension of it.
+//!
+//! * [`Dataset::scan`] lists every domain as torchvision's `ImageFolder` would (the FedCLIP
+//!   reference builds one `ImageFolder` per domain): classes are the sorted sub-folder
+//!   names; a class's files are found with `sorted(os.walk(class_dir, followlinks=True))`
+//!   and `sorted(fnames)`, kept when the lower-cased name ends with one of
+//!   [`IMG_EXTENSIONS`]. Every domain must have the same class set (label indices must agree
+//!   across clients), and every class folder at least one image.
+//! * [`Preset`]: PACS, VLCS, Office-Home and DomainNet, recognised from the domain folders.
+//! * [`split`]: the reference 60/20/20 split per domain, Dirichlet label-skew clients,
+//!   per-round client sampling and the `splits.json` form.
+//! * [`rng`]: numpy's legacy MT19937 stream, bit-identical, which the splits need.
+
+pub mod rng;
+pub mod split;
+
+pub use split::{
+    Client, ClientFiles, SplitConfig, Splits, SplitsFile, dirichlet_partition, make_splits,
+    numpy_permutation, reference_split, sample_clients,
+};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// torchvision's `IMG_EXTENSIONS`, matched against the lower-cased file name.
+pub const IMG_EXTENSIONS: &[&str] = &[
+    ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
+];
+
+/// The FedCLIP reference's prompt, `prompt + ' ' + class` with `prompt = 'a picture of a'`.
+pub const DEFAULT_PROMPT_TEMPLATE: &str = "a picture of a {}";
+
+/// Whether `ImageFolder` takes a file of this name.
+pub fn is_image_file(name: &str) -> bool {
+    let lower = name.to_lowercase();
+    IMG_EXTENSIONS.iter().any(|e| lower.ends_with(e))
+}
+
+/// The standard domain-generalisation benchmarks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    Pacs,
+    Vlcs,
+    OfficeHome,
+    DomainNet,
+}
+
+impl Preset {
+    pub const ALL: [Preset; 4] = [
+        Preset::Pacs,
+        Preset::Vlcs,
+        Preset::OfficeHome,
+        Preset::DomainNet,
+    ];
+
+    /// Lower-case identifier: `pacs`, `vlcs`, `office-home`, `domainnet`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Pacs => "pacs",
+            Preset::Vlcs => "vlcs",
+            Preset::OfficeHome => "office-home",
+            Preset::DomainNet => "domainnet",
+        }
+    }
+
+    /// The benchmark's usual spelling.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Preset::Pacs => "PACS",
+            Preset::Vlcs => "VLCS",
+            Preset::OfficeHome => "Office-Home",
+            Preset::DomainNet => "DomainNet",
+        }
+    }
+
+    /// Domain folder names, in client order (sorted, as the reference lists PACS's).
+    pub fn domains(self) -> &'static [&'static str] {
+        match self {
+            Preset::Pacs => &["art_painting", "cartoon", "photo", "sketch"],
+            Preset::Vlcs => &["Caltech101", "LabelMe", "SUN09", "VOC2007"],
+            Preset::OfficeHome => &["Art", "Clipart", "Product", "Real_World"],
+            Preset::DomainNet => &[
+                "clipart",
+                "infograph",
+                "painting",
+                "quickdraw",
+                "real",
+                "sketch",
+            ],
+        }
+    }
+
+    /// Number of classes of the full benchmark.
+    pub fn num_classes(self) -> usize {
+        match self {
+            Preset::Pacs => 7,
+            Preset::Vlcs => 5,
+            Preset::OfficeHome => 65,
+            Preset::DomainNet => 345,
+        }
+    }
+
+    /// Parses a preset name, case-insensitively, ignoring `-`, `_` and spaces.
+    pub fn from_name(name: &str) -> Result<Preset> {
+        let norm: String = name
+            .chars()
+            .filter(|c| !matches!(c, '-' | '_' | ' '))
+            .flat_map(char::to_lowercase)
+            .collect();
+        Preset::ALL
+            .into_iter()
+            .find(|p| p.name().replace('-', "") == norm)
+            .with_context(|| {
+                format!(
+                    "unknown dataset preset `{name}`; known: {}",
+                    Preset::ALL.map(Preset::name).join(", ")
+                )
+            })
+    }
+
+    /// The preset whose domains are exactly `domains` (Office-Home's `Real World` may be
+    /// spelled with a space, as in its original archive).
+    pub fn detect<S: AsRef<str>>(domains: &[S]) -> Option<Preset> {
+        let mut found: Vec<String> = domains
+            .iter()
+            .map(|d| d.as_ref().replace(' ', "_"))
+            .collect();
+        found.sort();
+        Preset::ALL.into_iter().find(|p| {
+            let mut want: Vec<String> = p.domains().iter().map(|d| d.to_string()).collect();
+            want.sort();
+            want == found
+        })
+    }
+}
+
+/// One image of a domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sample {
+    /// `root` joined with `rel`.
+    pub path: PathBuf,
+    /// Path relative to the dataset root, `/`-separated: `<domain>/<class>/.../<file>`.
+    pub rel: String,
+    /// Class index into [`Dataset::classes`].
+    pub label: usize,
+}
+
+/// One domain: its samples in `ImageFolder` order (by class, then by path).
+#[derive(Clone, Debug)]
+pub struct Domain {
+    pub name: String,
+    pub dir: PathBuf,
+    pub samples: Vec<Sample>,
+}
+
+impl Domain {
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.samples.iter().map(|s| s.path.clone()).collect()
+    }
+
+    pub fn labels(&self) -> Vec<usize> {
+        self.samples.iter().map(|s| s.label).collect()
+    }
+}
+
+/// A scanned dataset.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    pub root: PathBuf,
+    /// The benchmark recognised from the domain folders (or asked for), if any.
+    pub preset: Option<Preset>,
+    /// Sorted class folder names, the same in every domain.
+    pub classes: Vec<String>,
+    /// Domains in sorted folder-name order (a preset's order; the same thing).
+    pub domains: Vec<Domain>,
+    /// Non-fatal findings, e.g. a preset with a class count other than the full benchmark's
+    /// (a subset such as mini-DomainNet). Also printed to stderr by the scan.
+    pub warnings: Vec<String>,
+}
+
+impl Dataset {
+    /// Scans `root`, detecting a [`Preset`] from its domain folders. Every sub-folder of
+    /// `root` not starting with `.` is a domain.
+    pub fn scan(root: &Path) -> Result<Dataset> {
+        Self::scan_with(root, None)
+    }
+
+    /// Scans `root`. With `preset`, exactly its domains are used (each must exist; other
+    /// folders are ignored with a warning); without, the preset is detected.
+    pub fn scan_with(root: &Path, preset: Option<Preset>) -> Result<Dataset> {
+        if !root.exists() {
+            bail!("dataset root {} does not exist", root.display());
+        }
+        if !root.is_dir() {
+            bail!("dataset root {} is not a directory", root.display());
+        }
+        let mut warnings = Vec::new();
+        let found = sorted_subdirs(root)?
+            .into_iter()
+            .filter(|n| !n.starts_with('.'))
+            .collect::<Vec<_>>();
+        if found.is_empty() {
+            bail!(
+                "dataset root {} has no domain folders (expected <root>/<domain>/<class>/<image>)",
+                root.display()
+            );
+        }
+        let (preset, names) = match preset {
+            Some(p) => {
+                let mut names = Vec::new();
+                let mut missing = Vec::new();
+                for want in p.domains() {
+                    let alt = want.replace('_', " ");
+                    if found.iter().any(|f| f == want) {
+                        names.push(want.to_string());
+                    } else if found.contains(&alt) {
+                        names.push(alt);
+                    } else {
+                        missing.push(*want);
+                    }
+                }
+                if !missing.is_empty() {
+                    bail!(
+                        "dataset root {}: {} domain folder(s) {} missing (found: {})",
+                        root.display(),
+                        p.display_name(),
+                        missing.join(", "),
+                        found.join(", ")
+                    );
+                }
+                let extra: Vec<&String> = found.iter().filter(|f| !names.contains(f)).collect();
+                if !extra.is_empty() {
+                    warnings.push(format!(
+                        "{}: ignoring folder(s) {} that are not {} domains",
+                        root.display(),
+                        extra
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        p.display_name()
+                    ));
+                }
+                (Some(p), names)
+            }
+            None => (Preset::detect(&found), found),
+        };
+
+        let mut domains = Vec::new();
+        let mut class_sets: Vec<Vec<String>> = Vec::new();
+        for name in &names {
+            let dir = root.join(name);
+            let (classes, samples) = scan_image_folder(&dir, name, root)?;
+            class_sets.push(classes);
+            domains.push(Domain {
+                name: name.clone(),
+                dir,
+                samples,
+            });
+        }
+        let union: BTreeSet<&String> = class_sets.iter().flatten().collect();
+        for (d, classes) in domains.iter().zip(&class_sets) {
+            let missing: Vec<&str> = union
+                .iter()
+                .filter(|c| !classes.contains(c))
+                .map(|c| c.as_str())
+                .collect();
+            if !missing.is_empty() {
+                let other = domains
+                    .iter()
+                    .zip(&class_sets)
+                    .find(|(_, cs)| cs.iter().any(|c| c == missing[0]))
+                    .map(|(o, _)| o.name.as_str())
+                    .unwrap_or("?");
+                bail!(
+                    "domain {} lacks class folder(s) {} (present in domain `{other}`); every \
+                     domain must have the same classes so that labels agree",
+                    d.dir.display(),
+                    missing.join(", ")
+                );
+            }
+        }
+        let classes = class_sets.swap_remove(0);
+        if let Some(p) = preset
+            && classes.len() != p.num_classes()
+        {
+            warnings.push(format!(
+                "{}: looks like {} by its domains but has {} classes, not {} (a subset?)",
+                root.display(),
+                p.display_name(),
+                classes.len(),
+                p.num_classes()
+            ));
+        }
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+        Ok(Dataset {
+            root: root.to_path_buf(),
+            preset,
+            classes,
+            domains,
+            warnings,
+        })
+    }
+
+    pub fn domain_names(&self) -> Vec<&str> {
+        self.domains.iter().map(|d| d.name.as_str()).collect()
+    }
+
+    /// The index of a domain by name; an unknown name is an error listing the valid ones.
+    pub fn domain_index(&self, name: &str) -> Result<usize> {
+        self.domains
+            .iter()
+            .position(|d| d.name == name)
+            .with_context(|| {
+                format!(
+                    "unknown domain `{name}` in {}; valid domains: {}",
+                    self.root.display(),
+                    self.domain_names().join(", ")
+                )
+            })
+    }
+
+    /// Total number of images over all domains.
+    pub fn num_files(&self) -> usize {
+        self.domains.iter().map(|d| d.samples.len()).sum()
+    }
+
+    /// One prompt per class, in label order.
+    pub fn prompts(&self, template: &PromptTemplate) -> Vec<String> {
+        self.classes.iter().map(|c| template.render(c)).collect()
+    }
+}
+
+/// How a class name becomes a prompt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTemplate {
+    /// Text with one `{}` where the class name goes (appended after a space if absent).
+    pub template: String,
+    /// Replace `_` by a space and lower-case the class name first (`Alarm_Clock` →
+    /// `alarm clock`). The reference inserts the folder name verbatim; for PACS the two
+    /// agree.
+    pub clean_names: bool,
+}
+
+impl Default for PromptTemplate {
+    fn default() -> Self {
+        PromptTemplate {
+            template: DEFAULT_PROMPT_TEMPLATE.to_string(),
+            clean_names: true,
+        }
+    }
+}
+
+impl PromptTemplate {
+    pub fn new(template: &str) -> Self {
+        PromptTemplate {
+            template: template.to_string(),
+            clean_names: true,
+        }
+    }
+
+    pub fn render(&self, class: &str) -> String {
+        let name = if self.clean_names {
+            class.replace('_', " ").to_lowercase()
+        } else {
+            class.to_string()
+        };
+        if self.template.contains("{}") {
+            self.template.replacen("{}", &name, 1)
+        } else {
+            format!("{} {name}", self.template)
+        }
+    }
+}
+
+/// Sorted names of the sub-directories of `dir` (symlinks followed, as `os.scandir`'s
+/// `is_dir()` does).
+fn sorted_subdirs(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let path = entry.path();
+        if is_dir_entry(&entry)? {
+            names.push(utf8_name(&entry.file_name(), &path)?);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// `DirEntry.is_dir()` as Python has it: symlinks are followed (a broken one is no
+/// directory); without a `stat` call for plain files.
+fn is_dir_entry(entry: &std::fs::DirEntry) -> Result<bool> {
+    let ty = entry
+        .file_type()
+        .with_context(|| format!("cannot stat {}", entry.path().display()))?;
+    Ok(if ty.is_symlink() {
+        entry.path().is_dir()
+    } else {
+        ty.is_dir()
+    })
+}
+
+fn utf8_name(name: &std::ffi::OsStr, path: &Path) -> Result<String> {
+    name.to_str()
+        .map(str::to_string)
+        .with_context(|| format!("{}: file name is not valid UTF-8", path.display()))
+}
+
+/// One domain as torchvision's `ImageFolder(dir)`: sorted class folders, each walked with
+/// `sorted(os.walk(..., followlinks=True))` and sorted file names.
+fn scan_image_folder(dir: &Path, domain: &str, root: &Path) -> Result<(Vec<String>, Vec<Sample>)> {
+    let classes = sorted_subdirs(dir)?;
+    if classes.is_empty() {
+        bail!(
+            "domain {} has no class folders (expected <domain>/<class>/<image>)",
+            dir.display()
+        );
+    }
+    let mut samples = Vec::new();
+    for (label, class) in classes.iter().enumerate() {
+        let class_dir = dir.join(class);
+        // os.walk yields (dirpath, dirnames, filenames); sorting those tuples sorts by
+        // dirpath, i.e. by the path string (code-point order = UTF-8 byte order).
+        let mut dirs: Vec<(String, PathBuf)> = Vec::new();
+        walk_dirs(&class_dir, String::new(), &mut dirs, &mut Vec::new())?;
+        dirs.sort();
+        let before = samples.len();
+        for (sub, path) in &dirs {
+            let mut files = Vec::new();
+            for entry in std::fs::read_dir(path)
+                .with_context(|| format!("cannot list {}", path.display()))?
+            {
+                let entry = entry.with_context(|| format!("cannot list {}", path.display()))?;
+                let p = entry.path();
+                if !is_dir_entry(&entry)? {
+                    let name = utf8_name(&entry.file_name(), &p)?;
+                    if is_image_file(&name) {
+                        files.push(name);
+                    }
+                }
+            }
+            files.sort();
+            for f in files {
+                let rel = if sub.is_empty() {
+                    format!("{domain}/{class}/{f}")
+                } else {
+                    format!("{domain}/{class}/{sub}/{f}")
+                };
+                samples.push(Sample {
+                    path: root.join(&rel),
+                    rel,
+                    label,
+                });
+            }
+        }
+        if samples.len() == before {
+            bail!(
+                "class folder {} has no images (extensions {})",
+                class_dir.display(),
+                IMG_EXTENSIONS.join(" ")
+            );
+        }
+    }
+    Ok((classes, samples))
+}
+
+/// Every directory under `dir` (itself included), with its path relative to the class
+/// folder. Symlinked directories are followed, but one leading back to a directory already
+/// on the current path (a loop, which `os.walk` would recurse into forever) is an error.
+fn walk_dirs(
+    dir: &Path,
+    rel: String,
+    out: &mut Vec<(String, PathBuf)>,
+    stack: &mut Vec<PathBuf>,
+) -> Result<()> {
+    let canon = dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", dir.display()))?;
+    if stack.contains(&canon) {
+        bail!("{}: symbolic link loop", dir.display());
+    }
+    stack.push(canon);
+    out.push((rel.clone(), dir.to_path_buf()));
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let path = entry.path();
+        if is_dir_entry(&entry)? {
+            let name = utf8_name(&entry.file_name(), &path)?;
+            let sub = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            walk_dirs(&path, sub, out, stack)?;
+        }
+    }
+    stack.pop();
+    Ok(())
+}

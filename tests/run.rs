@@ -1,0 +1,315 @@
+//! `fedclip run` end to end on the bundled PACS-mini and tiny model: reproducible, resumable
+//! after a kill, extracting features only once, and clear about bad datasets.
+
+mod common;
+
+use common::repo;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fedclip(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fedclip"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    out
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A run of the default protocol with a few rounds and a learning rate that moves things.
+fn run_args<'a>(out: &'a str, cache: &'a str, rounds: &'a str) -> Vec<&'a str> {
+    vec![
+        "run",
+        "--device",
+        "cpu",
+        "--rounds",
+        rounds,
+        "--lr",
+        "5e-3",
+        "--out",
+        out,
+        "--cache-dir",
+        cache,
+    ]
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn tmp_paths(tmp: &tempfile::TempDir) -> (PathBuf, PathBuf) {
+    (tmp.path().join("run"), tmp.path().join("cache"))
+}
+
+#[test]
+fn rerun_with_same_seed_is_identical_and_uses_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, cache) = tmp_paths(&tmp);
+    let out2 = tmp.path().join("run2");
+    let first = fedclip(
+        &run_args(out.to_str().unwrap(), cache.to_str().unwrap(), "3"),
+        &[],
+    );
+    assert!(first.status.success(), "{}", stderr(&first));
+    let second = fedclip(
+        &run_args(out2.to_str().unwrap(), cache.to_str().unwrap(), "3"),
+        &[],
+    );
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("0 extracted, 560 from cache"),
+        "{}",
+        stderr(&second)
+    );
+    let metrics = read(&out.join("metrics.csv"));
+    assert_eq!(metrics, read(&out2.join("metrics.csv")));
+    // 3 rounds × (held-out test + 3 clients × train/val/test) rows and a header.
+    assert_eq!(metrics.lines().count(), 1 + 3 * 10);
+    assert_eq!(
+        read(&out.join("splits.json")),
+        read(&out2.join("splits.json"))
+    );
+    for f in [
+        "config.json",
+        "summary.json",
+        "accuracy.svg",
+        "adapter-best.safetensors",
+        "adapter-last.safetensors",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&read(&out.join("summary.json"))).unwrap();
+    assert_eq!(summary["images_extracted"], 560);
+    assert_eq!(summary["model_weights_random"], true);
+    assert!(summary["held_out_test_accuracy"]["art_painting"].is_number());
+    // Training losses are recorded and move.
+    let losses: Vec<f64> = metrics
+        .lines()
+        .filter(|l| l.contains(",photo,train,"))
+        .map(|l| l.rsplit(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(losses.len(), 3);
+    assert!(losses[0] != losses[2], "loss did not change: {losses:?}");
+}
+
+#[test]
+fn splits_json_lists_each_domain_as_numpy_splits_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, cache) = tmp_paths(&tmp);
+    let o = fedclip(
+        &run_args(out.to_str().unwrap(), cache.to_str().unwrap(), "1"),
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let splits: serde_json::Value = serde_json::from_str(&read(&out.join("splits.json"))).unwrap();
+    let photo = &splits["clients"]["photo"];
+    // 140 files: int(140·0.6) = 84 train, 28 val, 28 test.
+    assert_eq!(photo["train"].as_array().unwrap().len(), 84);
+    assert_eq!(photo["val"].as_array().unwrap().len(), 28);
+    assert_eq!(photo["test"].as_array().unwrap().len(), 28);
+    assert_eq!(
+        splits["clients"]["art_painting"]["test"]
+            .as_array()
+            .unwrap()
+            .len(),
+        140
+    );
+    assert!(photo["train"][0].as_str().unwrap().starts_with("photo/"));
+}
+
+fn resume_equals_uninterrupted(point: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, cache) = tmp_paths(&tmp);
+    let whole = tmp.path().join("whole");
+    let o = fedclip(
+        &run_args(whole.to_str().unwrap(), cache.to_str().unwrap(), "5"),
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let args = run_args(out.to_str().unwrap(), cache.to_str().unwrap(), "5");
+    let spec = format!("2:{point}");
+    let killed = fedclip(&args, &[("FEDCLIP_ABORT_AT", &spec)]);
+    assert!(!killed.status.success(), "the abort hook did not fire");
+    // Rerunning without --resume refuses to overwrite the interrupted run.
+    let again = fedclip(&args, &[]);
+    assert!(
+        !again.status.success() && stderr(&again).contains("--resume"),
+        "{}",
+        stderr(&again)
+    );
+    let resumed = fedclip(&[&args[..], &["--resume"]].concat(), &[]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let after = if point == "state" { 3 } else { 2 };
+    assert!(
+        stderr(&resumed).contains(&format!("resumed after round {after}")),
+        "{}",
+        stderr(&resumed)
+    );
+    for f in ["metrics.csv", "summary.json"] {
+        let (a, b) = (read(&whole.join(f)), read(&out.join(f)));
+        if f == "summary.json" {
+            // Timings differ; everything learned must not.
+            let strip = |s: &str| -> serde_json::Value {
+                let mut v: serde_json::Value = serde_json::from_str(s).unwrap();
+                for k in [
+                    "seconds_extracting",
+                    "seconds_training",
+                    "images_extracted",
+                    "images_from_cache",
+                ] {
+                    v.as_object_mut().unwrap().remove(k);
+                }
+                v
+            };
+            assert_eq!(strip(&a), strip(&b), "{f}");
+        } else {
+            assert_eq!(a, b, "{f} differs after resume");
+        }
+    }
+    assert_eq!(
+        std::fs::read(whole.join("adapter-last.safetensors")).unwrap(),
+        std::fs::read(out.join("adapter-last.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn resume_after_a_kill_between_rounds_matches_an_uninterrupted_run() {
+    resume_equals_uninterrupted("state");
+}
+
+#[test]
+fn resume_after_a_kill_mid_checkpoint_matches_an_uninterrupted_run() {
+    resume_equals_uninterrupted("metrics");
+}
+
+/// A tiny dataset: two domains, two classes, a few copies of one bundled image.
+fn small_dataset(root: &Path) {
+    let img = repo().join("data/pacs-mini/photo/dog/056_0001.jpg");
+    for d in ["d1", "d2"] {
+        for c in ["cat", "dog"] {
+            let dir = root.join(d).join(c);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..5 {
+                std::fs::copy(&img, dir.join(format!("{i}.jpg"))).unwrap();
+            }
+        }
+    }
+}
+
+fn run_on(root: &Path, extra: &[&str]) -> Output {
+    let cache = root.parent().unwrap().join("cache");
+    let out = root.parent().unwrap().join("out");
+    let args = [
+        &[
+            "run",
+            "--device",
+            "cpu",
+            "--rounds",
+            "1",
+            "--data",
+            root.to_str().unwrap(),
+        ][..],
+        &[
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        extra,
+    ]
+    .concat();
+    fedclip(&args, &[])
+}
+
+#[test]
+fn bad_dataset_layouts_name_the_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    small_dataset(&root);
+    assert!(run_on(&root, &[]).status.success());
+
+    let o = run_on(&root, &["--test-domain", "nowhere"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("nowhere") && stderr(&o).contains("d1"),
+        "{}",
+        stderr(&o)
+    );
+
+    let empty = root.join("d2/dog");
+    for f in std::fs::read_dir(&empty).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    let o = run_on(&root, &[]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("d2/dog"),
+        "{}",
+        stderr(&o)
+    );
+
+    let tmp2 = tempfile::tempdir().unwrap();
+    let root2 = tmp2.path().join("data");
+    small_dataset(&root2);
+    std::fs::write(root2.join("d2/cat/broken.jpg"), b"not a jpeg").unwrap();
+    let o = run_on(&root2, &["--test-domain", "d1"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("broken.jpg"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = run_on(&tmp.path().join("missing"), &[]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("missing"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn methods_run_on_the_same_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    small_dataset(&root);
+    for method in ["zeroshot", "local", "fedclip"] {
+        let out = tmp.path().join(method);
+        let cache = tmp.path().join("cache");
+        let o = fedclip(
+            &[
+                "run",
+                "--device",
+                "cpu",
+                "--rounds",
+                "2",
+                "--method",
+                method,
+                "--data",
+                root.to_str().unwrap(),
+                "--test-domain",
+                "d1",
+                "--cache-dir",
+                cache.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        let summary: serde_json::Value =
+            serde_json::from_str(&read(&out.join("summary.json"))).unwrap();
+        let comm = summary["bytes_communicated"].as_u64().unwrap();
+        assert_eq!(
+            comm > 0,
+            method == "fedclip",
+            "{method} communicated {comm} bytes"
+        );
+    }
+}
