@@ -410,7 +410,8 @@ pub fn run(cfg: &RunConfig, resume: bool) -> Result<RunOutcome> {
             bytes: 0,
         },
     };
-    let mut metrics = report::open_metrics(&out.join("metrics.csv"), state.rounds_done)?;
+    // Rows are labelled with the number of finished rounds (1-based); later ones are dropped.
+    let mut metrics = report::open_metrics(&out.join("metrics.csv"), state.rounds_done + 1)?;
     let total_rounds = if cfg.method == Method::Zeroshot {
         1
     } else {
@@ -552,7 +553,7 @@ pub fn run(cfg: &RunConfig, resume: bool) -> Result<RunOutcome> {
                     _ => None,
                 };
                 rows.push(MetricRow {
-                    round,
+                    round: round + 1,
                     client: client.name.clone(),
                     split,
                     accuracy: acc,
@@ -570,7 +571,7 @@ pub fn run(cfg: &RunConfig, resume: bool) -> Result<RunOutcome> {
             } else {
                 state.global.clone()
             };
-            state.best = Some((round, mean_val, params));
+            state.best = Some((round + 1, mean_val, params));
         }
         state.rounds_done = round + 1;
         state.save(&out)?;

@@ -11,6 +11,7 @@ use std::path::Path;
 /// One row of `metrics.csv`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MetricRow {
+    /// Rounds finished when measured (1 after the first round; zero-shot reports 1).
     pub round: u32,
     pub client: String,
     /// `train`, `val` or `test`.
