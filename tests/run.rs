@@ -125,17 +125,23 @@ fn splits_json_lists_each_domain_as_numpy_splits_it() {
     assert!(photo["train"][0].as_str().unwrap().starts_with("photo/"));
 }
 
-fn resume_equals_uninterrupted(point: &str) {
+fn resume_equals_uninterrupted(point: &str, extra: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let (out, cache) = tmp_paths(&tmp);
     let whole = tmp.path().join("whole");
-    let o = fedclip(
-        &run_args(whole.to_str().unwrap(), cache.to_str().unwrap(), "5"),
-        &[],
-    );
+    let whole_args = [
+        &run_args(whole.to_str().unwrap(), cache.to_str().unwrap(), "5")[..],
+        extra,
+    ]
+    .concat();
+    let o = fedclip(&whole_args, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
 
-    let args = run_args(out.to_str().unwrap(), cache.to_str().unwrap(), "5");
+    let args = [
+        &run_args(out.to_str().unwrap(), cache.to_str().unwrap(), "5")[..],
+        extra,
+    ]
+    .concat();
     let spec = format!("2:{point}");
     let killed = fedclip(&args, &[("FEDCLIP_ABORT_AT", &spec)]);
     assert!(!killed.status.success(), "the abort hook did not fire");
@@ -183,12 +189,26 @@ fn resume_equals_uninterrupted(point: &str) {
 
 #[test]
 fn resume_after_a_kill_between_rounds_matches_an_uninterrupted_run() {
-    resume_equals_uninterrupted("state");
+    resume_equals_uninterrupted("state", &[]);
+}
+
+#[test]
+fn resume_keeps_optimiser_moments_and_fedprox_anchor() {
+    resume_equals_uninterrupted(
+        "state",
+        &[
+            "--keep-optimizer-state",
+            "--method",
+            "fedprox",
+            "--mu",
+            "0.5",
+        ],
+    );
 }
 
 #[test]
 fn resume_after_a_kill_mid_checkpoint_matches_an_uninterrupted_run() {
-    resume_equals_uninterrupted("metrics");
+    resume_equals_uninterrupted("metrics", &[]);
 }
 
 /// A tiny dataset: two domains, two classes, a few copies of one bundled image.
@@ -279,7 +299,7 @@ fn methods_run_on_the_same_cache() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("data");
     small_dataset(&root);
-    for method in ["zeroshot", "local", "fedclip"] {
+    for method in ["zeroshot", "local", "fedclip", "fedprox"] {
         let out = tmp.path().join(method);
         let cache = tmp.path().join("cache");
         let o = fedclip(
@@ -308,8 +328,12 @@ fn methods_run_on_the_same_cache() {
         let comm = summary["bytes_communicated"].as_u64().unwrap();
         assert_eq!(
             comm > 0,
-            method == "fedclip",
+            method.starts_with("fed"),
             "{method} communicated {comm} bytes"
         );
+        // With one training client, local and fedclip coincide; zero-shot trains nothing.
+        let metrics = read(&out.join("metrics.csv"));
+        let has_loss = metrics.lines().skip(1).any(|l| !l.ends_with(','));
+        assert_eq!(has_loss, method != "zeroshot", "{method}: {metrics}");
     }
 }

@@ -4,7 +4,10 @@ use super::kernel::{self, Scratch};
 use super::optim;
 use super::params::{AdapterParams, param_count};
 use super::real::all_finite;
-use super::{AdapterBackend, ClientBatch, TextFeatures, TrainConfig, check_batch, check_features};
+use super::{
+    AdapterBackend, ClientBatch, OptimizerState, TextFeatures, TrainConfig, check_batch,
+    check_features,
+};
 use anyhow::{Result, bail, ensure};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -62,6 +65,8 @@ pub struct CpuAdapters {
     optimizer_steps: Vec<u64>,
     steps: u64,
     pool: WorkPool,
+    /// FedProx: μ and the anchor θ_global of the term μ/2 ‖θ − θ_global‖².
+    proximal: Option<(f32, Vec<f32>)>,
 }
 
 impl CpuAdapters {
@@ -111,6 +116,7 @@ impl CpuAdapters {
             optimizer_steps: vec![0; num_clients],
             steps: 0,
             pool: WorkPool::default(),
+            proximal: None,
         })
     }
 
@@ -170,6 +176,7 @@ impl AdapterBackend for CpuAdapters {
         let p = param_count(d);
         let (config, scale, texts) = (self.config, self.scale, self.texts.as_slice());
         let pool = &self.pool;
+        let proximal = self.proximal.as_ref();
         let min_batch = config.min_batch.max(1);
         let results: Vec<Result<Option<f32>>> = self
             .params
@@ -202,6 +209,10 @@ impl AdapterBackend for CpuAdapters {
                         grad,
                         scratch,
                     );
+                    let loss = match proximal {
+                        Some((mu, anchor)) => loss + add_proximal(*mu, theta, anchor, grad),
+                        None => loss,
+                    };
                     if !loss.is_finite() {
                         bail!("client {k}, step {step}: loss is {loss}; training diverged");
                     }
@@ -218,6 +229,51 @@ impl AdapterBackend for CpuAdapters {
             )
             .collect();
         results.into_iter().collect()
+    }
+
+    fn set_proximal(&mut self, mu: f32, anchor: Option<&AdapterParams<f32>>) -> Result<()> {
+        self.proximal = match anchor {
+            Some(a) => {
+                ensure!(
+                    mu.is_finite() && mu >= 0.0,
+                    "proximal μ must be finite and ≥ 0, got {mu}"
+                );
+                ensure!(
+                    a.dim() == self.dim,
+                    "proximal anchor has dim {}, the adapters have dim {}",
+                    a.dim(),
+                    self.dim
+                );
+                Some((mu, a.as_slice().to_vec()))
+            }
+            None => None,
+        };
+        Ok(())
+    }
+
+    fn optimizer_state(&self) -> OptimizerState {
+        OptimizerState {
+            m: self.m.clone(),
+            v: self.v.clone(),
+            steps: self.optimizer_steps.clone(),
+        }
+    }
+
+    fn set_optimizer_state(&mut self, state: &OptimizerState) -> Result<()> {
+        ensure!(
+            state.m.len() == self.m.len()
+                && state.v.len() == self.v.len()
+                && state.steps.len() == self.clients,
+            "optimiser state is for another shape: {} moments and {} step counts, expected {} and {}",
+            state.m.len(),
+            state.steps.len(),
+            self.m.len(),
+            self.clients
+        );
+        self.m.copy_from_slice(&state.m);
+        self.v.copy_from_slice(&state.v);
+        self.optimizer_steps.copy_from_slice(&state.steps);
+        Ok(())
     }
 
     fn reset(&mut self) {
@@ -281,4 +337,15 @@ impl AdapterBackend for CpuAdapters {
             self.texts.classes(),
         ))
     }
+}
+
+/// Adds FedProx's μ (θ − anchor) to `grad` and returns the term μ/2 ‖θ − anchor‖².
+fn add_proximal(mu: f32, theta: &[f32], anchor: &[f32], grad: &mut [f32]) -> f32 {
+    let mut sq = 0.0f32;
+    for ((g, &t), &a) in grad.iter_mut().zip(theta).zip(anchor) {
+        let diff = t - a;
+        *g += mu * diff;
+        sq += diff * diff;
+    }
+    0.5 * mu * sq
 }

@@ -31,7 +31,7 @@ const PAR_ROWS_MIN: usize = 1 << 16;
 /// The d×d products go parallel from this much work (B·d·d) on. Decided from the client's own
 /// batch only (never from how many clients run at once), so that a client's result does not
 /// depend on the other clients of a step.
-const PAR_GEMM_MIN: usize = 1 << 22;
+const PAR_GEMM_MIN: usize = 1 << 24;
 
 /// How one client's batch is parallelised.
 #[derive(Clone, Copy, Debug)]

@@ -148,6 +148,14 @@ impl<T: Real> TextFeatures<T> {
     }
 }
 
+/// Adam moments `[K, param_count(d)]` each and per-client step counts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerState {
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    pub steps: Vec<u64>,
+}
+
 /// K client adapters trained together. One implementation per compute backend; all use the
 /// flat per-client layout of [`param_count`] (`[W1 | b1 | W2 | b2]`), clients contiguous.
 ///
@@ -166,6 +174,13 @@ pub trait AdapterBackend {
     /// (all checked before any client is updated), and a non-finite loss or gradient (that
     /// client is left unchanged; clients computed alongside it may have stepped).
     fn step(&mut self, batches: &[Option<ClientBatch<'_>>]) -> Result<Vec<Option<f32>>>;
+    /// FedProx: adds μ/2 ‖θ_k − anchor‖² to every client's loss from the next step on
+    /// (`None` removes it). The anchor is the global adapter the round started from.
+    fn set_proximal(&mut self, mu: f32, anchor: Option<&AdapterParams<f32>>) -> Result<()>;
+    /// Every client's Adam moments and step count, for checkpoints.
+    fn optimizer_state(&self) -> OptimizerState;
+    /// Restores what [`AdapterBackend::optimizer_state`] returned.
+    fn set_optimizer_state(&mut self, state: &OptimizerState) -> Result<()>;
     /// Forgets every client's optimiser state (moments and step count), as building a fresh
     /// `torch.optim.Adam` per round does. Parameters are kept.
     fn reset(&mut self);

@@ -9,7 +9,7 @@ pub use config::{Aggregate, LossName, Method, OptimizerName, RunConfig};
 
 use crate::adapter::{
     AdapterBackend, AdapterParams, ClientBatch, CpuAdapters, Loss, OptimizerConfig, OptimizerKind,
-    TextFeatures, TrainConfig, param_count, predict,
+    OptimizerState, TextFeatures, TrainConfig, param_count, predict,
 };
 use crate::data::rng::RandomState;
 use crate::data::split::{SplitConfig, make_splits};
@@ -94,6 +94,8 @@ struct State {
     best: Option<(u32, f64, Vec<f32>)>,
     seconds_training: f64,
     bytes: u64,
+    /// Kept across rounds only with `--keep-optimizer-state`, so only then checkpointed.
+    optimizer: Option<OptimizerState>,
 }
 
 const STATE_FILE: &str = "state.safetensors";
@@ -111,6 +113,11 @@ impl State {
             ("global", vec![self.global.len()], &self.global),
             ("clients", vec![self.clients.len()], &self.clients),
         ];
+        if let Some(o) = &self.optimizer {
+            tensors.push(("adam_m", vec![o.m.len()], &o.m));
+            tensors.push(("adam_v", vec![o.v.len()], &o.v));
+            meta.insert("adam_steps".to_string(), serde_json::to_string(&o.steps)?);
+        }
         if let Some((round, val, params)) = &self.best {
             meta.insert("best_round".to_string(), round.to_string());
             meta.insert("best_val".to_string(), val.to_string());
@@ -153,7 +160,16 @@ impl State {
             )),
             None => None,
         };
+        let optimizer = match meta.get("adam_steps") {
+            Some(steps) => Some(OptimizerState {
+                m: tensor("adam_m")?,
+                v: tensor("adam_v")?,
+                steps: serde_json::from_str(steps).with_context(|| bad("adam_steps"))?,
+            }),
+            None => None,
+        };
         Ok(State {
+            optimizer,
             rounds_done: num("rounds_done")?
                 .parse()
                 .with_context(|| bad("rounds_done"))?,
@@ -386,11 +402,6 @@ pub fn run(cfg: &RunConfig, resume: bool) -> Result<RunOutcome> {
     };
     let mut backend = CpuAdapters::new(trainees.len(), &init, texts.clone(), train_config)?;
     let resumed_from = state.as_ref().map(|s| s.rounds_done);
-    if resumed_from.is_some() && cfg.keep_optimizer_state {
-        bail!(
-            "--resume with --keep-optimizer-state is not supported yet: optimiser moments are not checkpointed"
-        );
-    }
     let mut state = match state {
         Some(s) => {
             ensure!(
@@ -399,6 +410,9 @@ pub fn run(cfg: &RunConfig, resume: bool) -> Result<RunOutcome> {
                 out.join(STATE_FILE).display()
             );
             backend.write_all_params(&s.clients)?;
+            if let Some(o) = &s.optimizer {
+                backend.set_optimizer_state(o)?;
+            }
             s
         }
         None => State {
@@ -408,6 +422,7 @@ pub fn run(cfg: &RunConfig, resume: bool) -> Result<RunOutcome> {
             best: None,
             seconds_training: 0.0,
             bytes: 0,
+            optimizer: None,
         },
     };
     // Rows are labelled with the number of finished rounds (1-based); later ones are dropped.
@@ -442,6 +457,8 @@ pub fn run(cfg: &RunConfig, resume: bool) -> Result<RunOutcome> {
             if !cfg.keep_optimizer_state {
                 backend.reset();
             }
+            let anchor = (cfg.method == Method::Fedprox).then_some(&global);
+            backend.set_proximal(cfg.mu as f32, anchor)?;
             for epoch in 0..cfg.local_epochs {
                 // Each sampled client's own shuffled batch order, from (seed, round, client, epoch).
                 let orders: Vec<Vec<usize>> = slots
@@ -486,6 +503,9 @@ pub fn run(cfg: &RunConfig, resume: bool) -> Result<RunOutcome> {
                 }
             }
             state.clients = backend.read_all_params()?;
+            if cfg.keep_optimizer_state {
+                state.optimizer = Some(backend.optimizer_state());
+            }
             if matches!(cfg.method, Method::Fedclip | Method::Fedprox) {
                 let weights: Vec<f64> = slots
                     .iter()
