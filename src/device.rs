@@ -1,5 +1,6 @@
 //! Which engine runs the encoders. CUDA libraries are probed with a plain `dlopen` before
-//! anything touches them, so a machine without them gets one clear line, never a panic.
+//! anything touches them (see [`crate::cuda::availability`]), so a machine without them gets
+//! one clear line, never a panic.
 
 use anyhow::{Result, bail};
 
@@ -14,33 +15,33 @@ pub enum Device {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Cpu,
+    Cuda,
 }
 
 /// Whether the CUDA driver library can be loaded on this machine.
 pub fn cuda_driver_present() -> bool {
-    ["libcuda.so.1", "libcuda.so"].iter().any(|name| {
-        // SAFETY: loading the driver runs no initialisers that affect this process' state
-        // beyond the library itself; it is dropped (unloaded) immediately.
-        unsafe { libloading::Library::new(*name) }.is_ok()
-    })
+    crate::cuda::driver_present()
 }
 
-/// Resolves `--device` to an engine.
+/// Resolves `--device` to an engine: `cuda` fails with the reason when CUDA is unusable;
+/// `auto` falls back to the CPU, saying why in one line.
 pub fn select_device(requested: Device) -> Result<Backend> {
     match requested {
         Device::Cpu => Ok(Backend::Cpu),
-        Device::Cuda => bail!(
-            "--device cuda: the CUDA engine is not part of this build yet; use --device cpu or auto"
-        ),
-        Device::Auto => {
-            if cuda_driver_present() {
-                eprintln!(
-                    "CUDA driver found, but the CUDA engine is not part of this build yet: using the CPU engine"
-                );
-            } else {
+        Device::Cuda => match crate::cuda::availability() {
+            Ok(()) => Ok(Backend::Cuda),
+            Err(why) => bail!("--device cuda: {why}; use --device cpu or auto"),
+        },
+        Device::Auto => match crate::cuda::availability() {
+            Ok(()) => Ok(Backend::Cuda),
+            Err(why) if why.starts_with("no CUDA device") => {
                 eprintln!("no CUDA device: using the CPU engine");
+                Ok(Backend::Cpu)
             }
-            Ok(Backend::Cpu)
-        }
+            Err(why) => {
+                eprintln!("CUDA unavailable ({why}): using the CPU engine");
+                Ok(Backend::Cpu)
+            }
+        },
     }
 }

@@ -1,7 +1,8 @@
 //! The `fedclip embed` job: images and prompts in, projected CLIP features out.
 
-use crate::device::{Device, select_device};
-use crate::model::ClipModel;
+use crate::cuda::{CudaClip, CudaText, CudaVision, Gpu};
+use crate::device::{Backend, Device, select_device};
+use crate::model::{ClipModel, TextTower, VisionTower};
 use crate::preprocess::{PreprocessConfig, preprocess_file};
 use crate::tokenizer::ClipTokenizer;
 use anyhow::{Context, Result, bail};
@@ -132,6 +133,68 @@ fn progress(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
+/// A vision tower on either engine.
+#[derive(Clone, Copy)]
+enum Vision<'a> {
+    Cpu(&'a VisionTower),
+    Cuda(&'a CudaVision),
+}
+
+impl Vision<'_> {
+    fn image_size(&self) -> usize {
+        match self {
+            Vision::Cpu(v) => v.config.image_size,
+            Vision::Cuda(v) => v.config.image_size,
+        }
+    }
+    fn has_projection(&self) -> bool {
+        match self {
+            Vision::Cpu(v) => v.has_projection(),
+            Vision::Cuda(v) => v.has_projection(),
+        }
+    }
+    fn pixels_per_image(&self) -> usize {
+        match self {
+            Vision::Cpu(v) => v.pixels_per_image(),
+            Vision::Cuda(v) => v.pixels_per_image(),
+        }
+    }
+    fn embeds(&self, pixels: &[f32], n: usize) -> Result<Vec<f32>> {
+        match self {
+            Vision::Cpu(v) => Ok(v.forward(pixels, n, false).embeds),
+            Vision::Cuda(v) => Ok(v.forward(pixels, n, false)?.embeds),
+        }
+    }
+}
+
+/// A text tower on either engine.
+#[derive(Clone, Copy)]
+enum Text<'a> {
+    Cpu(&'a TextTower),
+    Cuda(&'a CudaText),
+}
+
+impl Text<'_> {
+    fn config(&self) -> &crate::weights::TextConfig {
+        match self {
+            Text::Cpu(t) => &t.config,
+            Text::Cuda(t) => &t.config,
+        }
+    }
+    fn has_projection(&self) -> bool {
+        match self {
+            Text::Cpu(t) => t.has_projection(),
+            Text::Cuda(t) => t.has_projection(),
+        }
+    }
+    fn embeds(&self, ids: &[u32], n: usize, seq: usize) -> Result<Vec<f32>> {
+        match self {
+            Text::Cpu(t) => Ok(t.forward(ids, n, seq, false)?.embeds),
+            Text::Cuda(t) => Ok(t.forward(ids, n, seq, false)?.embeds),
+        }
+    }
+}
+
 /// Encodes images in batches. Decoding runs in parallel; a file that fails is an error
 /// naming it, or with `skip_bad` a warning, and it is left out.
 pub fn encode_images(
@@ -144,13 +207,37 @@ pub fn encode_images(
         .vision
         .as_ref()
         .with_context(|| format!("{} has no vision tower", model.dir.display()))?;
+    encode_images_on(Vision::Cpu(vision), &model.dir, entries, batch, skip_bad)
+}
+
+/// [`encode_images`] on the CUDA engine.
+pub fn encode_images_cuda(
+    model: &CudaClip,
+    entries: &[ImageEntry],
+    batch: usize,
+    skip_bad: bool,
+) -> Result<(Vec<f32>, Vec<String>, Vec<String>)> {
+    let vision = model
+        .vision
+        .as_ref()
+        .with_context(|| format!("{} has no vision tower", model.dir.display()))?;
+    encode_images_on(Vision::Cuda(vision), &model.dir, entries, batch, skip_bad)
+}
+
+fn encode_images_on(
+    vision: Vision,
+    dir: &Path,
+    entries: &[ImageEntry],
+    batch: usize,
+    skip_bad: bool,
+) -> Result<(Vec<f32>, Vec<String>, Vec<String>)> {
     if !vision.has_projection() {
         bail!(
             "{}: no `visual_projection.weight`, so there are no projected image features",
-            model.dir.display()
+            dir.display()
         );
     }
-    let cfg = PreprocessConfig::from_model_dir(&model.dir, vision.config.image_size)?;
+    let cfg = PreprocessConfig::from_model_dir(dir, vision.image_size())?;
     let bar = progress(entries.len(), "images");
     let (mut embeds, mut kept, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
     for chunk in entries.chunks(batch.max(1)) {
@@ -180,7 +267,7 @@ pub fn encode_images(
         }
         let n = pixels.len() / vision.pixels_per_image();
         if n > 0 {
-            embeds.extend(vision.forward(&pixels, n, false).embeds);
+            embeds.extend(vision.embeds(&pixels, n)?);
         }
         bar.inc(chunk.len() as u64);
     }
@@ -200,13 +287,38 @@ pub fn encode_texts(
         .text
         .as_ref()
         .with_context(|| format!("{} has no text tower", model.dir.display()))?;
+    encode_texts_on(Text::Cpu(text), &model.dir, prompts, batch, truncate)
+}
+
+/// [`encode_texts`] on the CUDA engine.
+pub fn encode_texts_cuda(
+    model: &CudaClip,
+    prompts: &[String],
+    batch: usize,
+    truncate: bool,
+) -> Result<Vec<f32>> {
+    let text = model
+        .text
+        .as_ref()
+        .with_context(|| format!("{} has no text tower", model.dir.display()))?;
+    encode_texts_on(Text::Cuda(text), &model.dir, prompts, batch, truncate)
+}
+
+fn encode_texts_on(
+    text: Text,
+    dir: &Path,
+    prompts: &[String],
+    batch: usize,
+    truncate: bool,
+) -> Result<Vec<f32>> {
     if !text.has_projection() {
         bail!(
             "{}: no `text_projection.weight`, so there are no projected text features",
-            model.dir.display()
+            dir.display()
         );
     }
-    let tokenizer = ClipTokenizer::load(&model.dir, text.config.max_position_embeddings)?;
+    let config = text.config();
+    let tokenizer = ClipTokenizer::load(dir, config.max_position_embeddings)?;
     let ids = prompts
         .iter()
         .map(|p| tokenizer.encode(p, truncate))
@@ -217,9 +329,9 @@ pub fn encode_texts(
         let mut flat = Vec::with_capacity(chunk.len() * seq);
         for row in chunk {
             flat.extend_from_slice(row);
-            flat.resize(flat.len() + seq - row.len(), text.config.pad_token_id);
+            flat.resize(flat.len() + seq - row.len(), config.pad_token_id);
         }
-        embeds.extend(text.forward(&flat, chunk.len(), seq, false)?.embeds);
+        embeds.extend(text.embeds(&flat, chunk.len(), seq)?);
     }
     Ok(embeds)
 }
@@ -249,6 +361,12 @@ pub fn write_safetensors(
     std::fs::rename(&tmp, out).with_context(|| format!("cannot move {} into place", out.display()))
 }
 
+/// The loaded model on the engine `--device` selected.
+enum Engine {
+    Cpu(Box<ClipModel>),
+    Cuda(Box<CudaClip>),
+}
+
 pub fn run(req: &EmbedRequest) -> Result<EmbedSummary> {
     if req.images.is_empty() && req.texts.is_none() {
         bail!("nothing to embed: give --images and/or --texts");
@@ -259,8 +377,27 @@ pub fn run(req: &EmbedRequest) -> Result<EmbedSummary> {
     // Validate every input before the slow part, so a typo fails in a second.
     let entries = collect_images(&req.images)?;
     let prompts = req.texts.as_deref().map(read_prompts).transpose()?;
-    select_device(req.device)?;
-    let model = ClipModel::load(&req.model)?;
+    let engine = match select_device(req.device)? {
+        Backend::Cpu => Engine::Cpu(Box::new(ClipModel::load(&req.model)?)),
+        Backend::Cuda => {
+            let gpu = Gpu::open()?;
+            let i = &gpu.info;
+            eprintln!(
+                "CUDA engine: {} (sm_{}{}), kernels from NVRTC {} ({} compiled, {} cached)",
+                i.name,
+                i.compute_capability.0,
+                i.compute_capability.1,
+                i.nvrtc,
+                i.kernels_compiled,
+                i.kernels_cached
+            );
+            Engine::Cuda(Box::new(CudaClip::load(&gpu, &req.model)?))
+        }
+    };
+    let config = match &engine {
+        Engine::Cpu(m) => &m.config,
+        Engine::Cuda(m) => &m.config,
+    };
     let mut metadata = HashMap::new();
     metadata.insert("model".into(), req.model.display().to_string());
     let mut owned: Vec<(&str, Vec<usize>, Vec<f32>)> = Vec::new();
@@ -272,9 +409,12 @@ pub fn run(req: &EmbedRequest) -> Result<EmbedSummary> {
     };
     if !entries.is_empty() {
         let start = Instant::now();
-        let (embeds, kept, skipped) = encode_images(&model, &entries, req.batch, req.skip_bad)?;
+        let (embeds, kept, skipped) = match &engine {
+            Engine::Cpu(m) => encode_images(m, &entries, req.batch, req.skip_bad)?,
+            Engine::Cuda(m) => encode_images_cuda(m, &entries, req.batch, req.skip_bad)?,
+        };
         summary.images_per_second = kept.len() as f64 / start.elapsed().as_secs_f64();
-        let dim = model.config.vision.as_ref().map_or(0, |v| v.projection_dim);
+        let dim = config.vision.as_ref().map_or(0, |v| v.projection_dim);
         owned.push(("image_embeds", vec![kept.len(), dim], embeds));
         metadata.insert("images".into(), serde_json::to_string(&kept)?);
         metadata.insert("skipped".into(), serde_json::to_string(&skipped)?);
@@ -282,8 +422,11 @@ pub fn run(req: &EmbedRequest) -> Result<EmbedSummary> {
         summary.skipped = skipped;
     }
     if let Some(prompts) = &prompts {
-        let embeds = encode_texts(&model, prompts, req.batch, req.truncate)?;
-        let dim = model.config.text.as_ref().map_or(0, |t| t.projection_dim);
+        let embeds = match &engine {
+            Engine::Cpu(m) => encode_texts(m, prompts, req.batch, req.truncate)?,
+            Engine::Cuda(m) => encode_texts_cuda(m, prompts, req.batch, req.truncate)?,
+        };
+        let dim = config.text.as_ref().map_or(0, |t| t.projection_dim);
         owned.push(("text_embeds", vec![prompts.len(), dim], embeds));
         metadata.insert("texts".into(), serde_json::to_string(prompts)?);
         summary.texts = prompts.len();

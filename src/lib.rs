@@ -5,6 +5,7 @@
 //! → embed (the `fedclip embed` job).
 
 pub mod adapter;
+pub mod cuda;
 pub mod data;
 pub mod device;
 pub mod embed;

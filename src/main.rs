@@ -167,7 +167,6 @@ fn run_command(a: RunArgs) -> Result<()> {
              pass --model path/to/clip-vit-base-patch32 for real numbers"
         );
     }
-    fedclip::device::select_device(a.device)?;
     let test_domains = if a.test_domains.is_empty() {
         vec![
             fedclip::data::Dataset::scan(&a.data)?.domains[0]
@@ -213,7 +212,7 @@ fn run_command(a: RunArgs) -> Result<()> {
         cache_dir: a.cache_dir,
         out,
     };
-    let outcome = federated::run(&cfg, a.resume)?;
+    let outcome = federated::run(&cfg, a.resume, a.device)?;
     let s = &outcome.summary;
     if let Some(r) = outcome.resumed_from {
         eprintln!("resumed after round {r}");

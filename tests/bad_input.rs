@@ -245,7 +245,16 @@ fn cli_wrong_flag_and_cuda_request_fail_cleanly() {
         "--out",
         tmp.path().join("o.safetensors").to_str().unwrap(),
     ]);
-    assert!(!ok && err.contains("--device cuda"), "{err}");
+    match fedclip::cuda::availability() {
+        // Without a usable GPU, asking for one is a clear error, not a fallback.
+        Err(why) => assert!(
+            !ok && err.contains("--device cuda") && err.contains(&why),
+            "{err}"
+        ),
+        Ok(()) => assert!(ok, "{err}"),
+    }
+    let (ok, err) = fedclip(&["run", "--rounds", "0", "--bogus"]);
+    assert!(!ok && err.contains("--bogus"), "{err}");
 }
 
 #[test]

@@ -11,10 +11,14 @@ use crate::adapter::{
     AdapterBackend, AdapterParams, ClientBatch, CpuAdapters, Loss, OptimizerConfig, OptimizerKind,
     OptimizerState, TextFeatures, TrainConfig, param_count, predict,
 };
+use crate::cuda::{CudaClip, Gpu};
 use crate::data::rng::RandomState;
 use crate::data::split::{SplitConfig, make_splits};
 use crate::data::{Dataset, PromptTemplate};
-use crate::embed::{ImageEntry, encode_images, encode_texts};
+use crate::device::{Backend, Device, select_device};
+use crate::embed::{
+    ImageEntry, encode_images, encode_images_cuda, encode_texts, encode_texts_cuda,
+};
 use crate::features::FeatureCache;
 use crate::model::ClipModel;
 use crate::preprocess::PreprocessConfig;
@@ -240,7 +244,7 @@ fn accuracy(
 }
 
 /// Runs (or, with `resume`, continues) one experiment. See `fedclip run --help`.
-pub fn run(cfg: &RunConfig, resume: bool) -> Result<RunOutcome> {
+pub fn run(cfg: &RunConfig, resume: bool, device: Device) -> Result<RunOutcome> {
     ensure!(cfg.batch >= 1, "--batch must be at least 1");
     ensure!(cfg.extract_batch >= 1, "--extract-batch must be at least 1");
     ensure!(
@@ -306,6 +310,10 @@ pub fn run(cfg: &RunConfig, resume: bool) -> Result<RunOutcome> {
 
     // Features: once per image and prompt, from the cache when it has them.
     let model = ClipModel::load(&cfg.model)?;
+    let gpu_model = match select_device(device)? {
+        Backend::Cpu => None,
+        Backend::Cuda => Some(CudaClip::load(&Gpu::open()?, &cfg.model)?),
+    };
     let vision = model
         .vision
         .as_ref()
@@ -324,7 +332,10 @@ pub fn run(cfg: &RunConfig, resume: bool) -> Result<RunOutcome> {
                     name: p.display().to_string(),
                 })
                 .collect();
-            Ok(encode_images(&model, &entries, cfg.extract_batch, false)?.0)
+            Ok(match &gpu_model {
+                Some(g) => encode_images_cuda(g, &entries, cfg.extract_batch, false)?.0,
+                None => encode_images(&model, &entries, cfg.extract_batch, false)?.0,
+            })
         })?;
         extracted += stats.computed;
         cached += stats.hits;
@@ -332,8 +343,9 @@ pub fn run(cfg: &RunConfig, resume: bool) -> Result<RunOutcome> {
     }
     let template = PromptTemplate::new(&cfg.prompt_template);
     let prompts = dataset.prompts(&template);
-    let (text_raw, _) = cache.text_features(&prompts, |chunk| {
-        encode_texts(&model, chunk, cfg.extract_batch, false)
+    let (text_raw, _) = cache.text_features(&prompts, |chunk| match &gpu_model {
+        Some(g) => encode_texts_cuda(g, chunk, cfg.extract_batch, false),
+        None => encode_texts(&model, chunk, cfg.extract_batch, false),
     })?;
     for w in cache.warnings() {
         eprintln!("warning: {w}");

@@ -1,0 +1,531 @@
+//! The device: a CUDA GPU through the driver API (cudarc's `result` layer, libcuda loaded at
+//! run time), or the host emulator for tests. Memory, copies and kernel launches go through
+//! here, every driver call's result checked.
+//!
+//! All work is issued on the legacy default stream, so kernels, copies and frees are ordered
+//! without explicit synchronisation; copies to the host wait for the kernels before them.
+
+use super::emu::{EmuAlloc, EmuLib};
+use super::nvrtc::{KERNEL_SOURCES, Nvrtc};
+use anyhow::{Context, Result, anyhow, bail};
+use bytemuck::Pod;
+use cudarc::driver::{result, sys};
+use std::collections::HashMap;
+use std::ffi::{CString, c_void};
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// What the engine knows about the device.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    pub name: String,
+    /// Compute capability, e.g. (9, 0).
+    pub compute_capability: (i32, i32),
+    pub sm_count: u32,
+    pub total_memory: usize,
+    /// NVRTC used to build the kernels, e.g. "13.0".
+    pub nvrtc: String,
+    /// Kernels that came from the on-disk cache / were compiled now.
+    pub kernels_cached: usize,
+    pub kernels_compiled: usize,
+    /// The host emulator rather than a GPU.
+    pub emulated: bool,
+}
+
+struct CudaState {
+    dev: sys::CUdevice,
+    ctx: sys::CUcontext,
+    modules: Vec<sys::CUmodule>,
+    functions: HashMap<&'static str, sys::CUfunction>,
+}
+
+enum Backend {
+    Cuda(CudaState),
+    Emu {
+        lib: EmuLib,
+        allocs: Mutex<HashMap<u64, EmuAlloc>>,
+    },
+}
+
+/// An open device with every kernel loaded.
+pub struct Gpu {
+    backend: Backend,
+    pub info: DeviceInfo,
+    launches: AtomicU64,
+}
+
+// SAFETY: the CUDA handles are plain driver handles, usable from any thread once the context
+// is made current there (every entry point below does so); the emulator's allocation map is
+// behind a mutex.
+unsafe impl Send for Gpu {}
+unsafe impl Sync for Gpu {}
+
+fn driver_err(what: &str) -> impl FnOnce(result::DriverError) -> anyhow::Error + '_ {
+    move |e| {
+        let name = e
+            .error_name()
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| format!("{:?}", e.0));
+        let text = e
+            .error_string()
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        anyhow!("CUDA {what} failed: {name}: {text}")
+    }
+}
+
+impl Gpu {
+    /// Opens CUDA device 0 (after `CUDA_VISIBLE_DEVICES`), compiling the kernels for it with
+    /// NVRTC (or taking them from the disk cache). Call [`super::availability`] first on
+    /// machines that may lack the driver: cudarc panics if libcuda cannot be loaded.
+    pub fn open() -> Result<Arc<Gpu>> {
+        super::availability().map_err(|why| anyhow!("{why}"))?;
+        let nvrtc = Nvrtc::load()?;
+        // cudarc panics (rather than erring) on a missing symbol; keep that a clean error.
+        std::panic::catch_unwind(|| Self::open_cuda(&nvrtc))
+            .unwrap_or_else(|_| Err(anyhow!("the CUDA driver library is unusable (see above)")))
+            .map(Arc::new)
+    }
+
+    fn open_cuda(nvrtc: &Nvrtc) -> Result<Gpu> {
+        result::init().map_err(driver_err("cuInit"))?;
+        let count = result::device::get_count().map_err(driver_err("cuDeviceGetCount"))?;
+        if count < 1 {
+            bail!("no CUDA device");
+        }
+        let dev = result::device::get(0).map_err(driver_err("cuDeviceGet"))?;
+        let attr = |a: sys::CUdevice_attribute, what: &str| {
+            // SAFETY: `dev` came from cuDeviceGet.
+            unsafe { result::device::get_attribute(dev, a) }.map_err(driver_err(what))
+        };
+        use sys::CUdevice_attribute::*;
+        let major = attr(
+            CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+            "cuDeviceGetAttribute",
+        )?;
+        let minor = attr(
+            CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+            "cuDeviceGetAttribute",
+        )?;
+        let sm_count = attr(
+            CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            "cuDeviceGetAttribute",
+        )?;
+        let name = result::device::get_name(dev).map_err(driver_err("cuDeviceGetName"))?;
+        // SAFETY: as above.
+        let total_memory =
+            unsafe { result::device::total_mem(dev) }.map_err(driver_err("cuDeviceTotalMem"))?;
+        if major < 8 {
+            bail!(
+                "{name} has compute capability {major}.{minor}; the CUDA engine needs 8.0 or newer (mma.sync m16n8k16, cp.async)"
+            );
+        }
+        // SAFETY: `dev` is valid; the context is released in Drop.
+        let ctx = unsafe { result::primary_ctx::retain(dev) }
+            .map_err(driver_err("cuDevicePrimaryCtxRetain"))?;
+        let mut state = CudaState {
+            dev,
+            ctx,
+            modules: Vec::new(),
+            functions: HashMap::new(),
+        };
+        // SAFETY: a context just retained.
+        unsafe { result::ctx::set_current(ctx) }.map_err(driver_err("cuCtxSetCurrent"))?;
+        let arch = major * 10 + minor;
+        let (mut cached, mut compiled) = (0, 0);
+        for src in KERNEL_SOURCES {
+            let mut image = nvrtc.compile_cached(src, arch)?;
+            // SAFETY: a cubin produced by NVRTC for this device's architecture.
+            let module = match unsafe { load_module(&image.cubin) } {
+                Ok(m) => m,
+                Err(_) if image.cached => {
+                    // A stale or damaged cache entry: compile afresh.
+                    image = nvrtc.compile(src, arch, &[])?;
+                    // SAFETY: as above.
+                    unsafe { load_module(&image.cubin) }.map_err(driver_err("cuModuleLoadData"))?
+                }
+                Err(e) => {
+                    return Err(driver_err("cuModuleLoadData")(e))
+                        .with_context(|| format!("loading kernels/{}", src.file));
+                }
+            };
+            if image.cached {
+                cached += 1;
+            } else {
+                compiled += 1;
+            }
+            state.modules.push(module);
+            for &k in src.kernels {
+                // SAFETY: a module just loaded.
+                let f = unsafe { result::module::get_function(module, CString::new(k)?) }
+                    .map_err(driver_err("cuModuleGetFunction"))
+                    .with_context(|| format!("kernel {k} in kernels/{}", src.file))?;
+                state.functions.insert(k, f);
+            }
+        }
+        Ok(Gpu {
+            backend: Backend::Cuda(state),
+            info: DeviceInfo {
+                name,
+                compute_capability: (major, minor),
+                sm_count: sm_count.max(1) as u32,
+                total_memory,
+                nvrtc: format!("{}.{}", nvrtc.version.0, nvrtc.version.1),
+                kernels_cached: cached,
+                kernels_compiled: compiled,
+                emulated: false,
+            },
+            launches: AtomicU64::new(0),
+        })
+    }
+
+    /// The host emulator (tests only): builds kernels/emu with the system C++ compiler.
+    pub fn emulator() -> Result<Arc<Gpu>> {
+        let lib = EmuLib::build()?;
+        Ok(Arc::new(Gpu {
+            backend: Backend::Emu {
+                lib,
+                allocs: Mutex::new(HashMap::new()),
+            },
+            info: DeviceInfo {
+                name: "host emulator".into(),
+                compute_capability: (9, 0),
+                sm_count: 132,
+                total_memory: 1 << 34,
+                nvrtc: "-".into(),
+                kernels_cached: 0,
+                kernels_compiled: 0,
+                emulated: true,
+            },
+            launches: AtomicU64::new(0),
+        }))
+    }
+
+    fn make_current(&self) -> Result<()> {
+        if let Backend::Cuda(s) = &self.backend {
+            // SAFETY: the context is retained for the lifetime of self.
+            unsafe { result::ctx::set_current(s.ctx) }.map_err(driver_err("cuCtxSetCurrent"))?;
+        }
+        Ok(())
+    }
+
+    /// `len` elements of uninitialised-looking memory: every byte 0xFF, so f32 and fp16
+    /// elements read as NaN until written.
+    pub fn alloc<T: Pod>(self: &Arc<Self>, len: usize) -> Result<DevBuf<T>> {
+        let bytes = (len * std::mem::size_of::<T>()).max(1);
+        let ptr = match &self.backend {
+            Backend::Cuda(_) => {
+                self.make_current()?;
+                // SAFETY: plain allocation; freed in DevBuf::drop.
+                let ptr = unsafe { result::malloc_sync(bytes) }.map_err(|e| {
+                    driver_err("cuMemAlloc")(e).context(format!(
+                        "allocating {:.1} MiB on the GPU (a smaller --batch needs less)",
+                        bytes as f64 / (1 << 20) as f64
+                    ))
+                })?;
+                // SAFETY: the range was just allocated.
+                unsafe { result::memset_d8_sync(ptr, 0xFF, bytes) }
+                    .map_err(driver_err("cuMemsetD8"))?;
+                ptr
+            }
+            Backend::Emu { allocs, .. } => {
+                let a = EmuAlloc::new(bytes)?;
+                let ptr = a.ptr;
+                // SAFETY: `bytes` writable bytes start at `ptr`.
+                unsafe { std::ptr::write_bytes(ptr as *mut u8, 0xFF, bytes) };
+                allocs.lock().unwrap().insert(ptr, a);
+                ptr
+            }
+        };
+        Ok(DevBuf {
+            gpu: self.clone(),
+            ptr,
+            len,
+            _t: PhantomData,
+        })
+    }
+
+    /// A new buffer holding `data`.
+    pub fn upload<T: Pod>(self: &Arc<Self>, data: &[T]) -> Result<DevBuf<T>> {
+        let buf = self.alloc(data.len())?;
+        self.write(buf.view(), data)?;
+        Ok(buf)
+    }
+
+    /// Copies `data` to the start of `dst` (which must be at least as long).
+    pub fn write<T: Pod>(&self, dst: View<T>, data: &[T]) -> Result<()> {
+        if data.len() > dst.len {
+            bail!(
+                "copy of {} elements into a buffer of {}",
+                data.len(),
+                dst.len
+            );
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        match &self.backend {
+            Backend::Cuda(_) => {
+                self.make_current()?;
+                // SAFETY: dst holds at least data.len() elements of T.
+                unsafe { result::memcpy_htod_sync(dst.ptr, data) }
+                    .map_err(driver_err("cuMemcpyHtoD"))
+            }
+            Backend::Emu { .. } => {
+                // SAFETY: as above; emulator memory is host memory.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(data.as_ptr(), dst.ptr as *mut T, data.len())
+                };
+                Ok(())
+            }
+        }
+    }
+
+    /// Copies `src` to the host, after every kernel launched before.
+    pub fn read<T: Pod>(&self, src: View<T>) -> Result<Vec<T>> {
+        let mut out = vec![T::zeroed(); src.len];
+        if src.len == 0 {
+            return Ok(out);
+        }
+        match &self.backend {
+            Backend::Cuda(_) => {
+                self.make_current()?;
+                // SAFETY: src holds src.len elements of T.
+                unsafe { result::memcpy_dtoh_sync(&mut out, src.ptr) }.map_err(|e| {
+                    driver_err("cuMemcpyDtoH")(e)
+                        .context("a kernel before this copy may have failed")
+                })?;
+            }
+            Backend::Emu { .. } => {
+                // SAFETY: as above.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(src.ptr as *const T, out.as_mut_ptr(), src.len)
+                };
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets every byte of `dst` to 0xFF (NaN for f32 and fp16): outputs a kernel fails to
+    /// write stay visible.
+    pub fn poison<T: Pod>(&self, dst: View<T>) -> Result<()> {
+        let bytes = dst.len * std::mem::size_of::<T>();
+        match &self.backend {
+            Backend::Cuda(_) => {
+                self.make_current()?;
+                // SAFETY: dst's range is allocated.
+                unsafe { result::memset_d8_sync(dst.ptr, 0xFF, bytes) }
+                    .map_err(driver_err("cuMemsetD8"))
+            }
+            Backend::Emu { .. } => {
+                // SAFETY: as above.
+                unsafe { std::ptr::write_bytes(dst.ptr as *mut u8, 0xFF, bytes) };
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits for all launched work; reports a kernel fault here if there was one.
+    pub fn synchronize(&self) -> Result<()> {
+        if let Backend::Cuda(_) = &self.backend {
+            self.make_current()?;
+            result::ctx::synchronize().map_err(driver_err("cuCtxSynchronize (a kernel failed)"))?;
+        }
+        Ok(())
+    }
+
+    /// Launches `kernel`. Argument types must match the kernel's parameters; the typed
+    /// wrappers in [`super::kernels`] are the only callers.
+    pub(crate) fn launch(
+        &self,
+        kernel: &'static str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &[Arg],
+    ) -> Result<()> {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(()); // nothing to do (e.g. zero rows)
+        }
+        if grid.1 > 65535 || grid.2 > 65535 {
+            bail!("{kernel}: grid {grid:?} exceeds the 65535 limit in y/z");
+        }
+        // Each argument's bytes in an 8-byte slot; the driver reads as many as the parameter
+        // needs from the slot's start (little-endian).
+        let mut slots: Vec<u64> = args
+            .iter()
+            .map(|a| match *a {
+                Arg::Ptr(p) => p,
+                Arg::I32(v) => v as u32 as u64,
+                Arg::F32(v) => v.to_bits() as u64,
+            })
+            .collect();
+        let mut params: Vec<*mut c_void> = slots
+            .iter_mut()
+            .map(|s| s as *mut u64 as *mut c_void)
+            .collect();
+        let n = self.launches.fetch_add(1, Ordering::Relaxed);
+        match &self.backend {
+            Backend::Cuda(s) => {
+                self.make_current()?;
+                let f = *s
+                    .functions
+                    .get(kernel)
+                    .ok_or_else(|| anyhow!("kernel {kernel} is not loaded"))?;
+                // SAFETY: `params` holds one pointer per kernel parameter, to values of the
+                // parameter's type (see the wrappers in kernels.rs); they outlive the call,
+                // which copies them.
+                unsafe {
+                    result::launch_kernel(f, grid, block, smem, std::ptr::null_mut(), &mut params)
+                }
+                .map_err(driver_err("cuLaunchKernel"))
+                .with_context(|| format!("launching {kernel} grid {grid:?} block {block:?}"))
+            }
+            // Successive launches cycle through the emulator's four schedules.
+            Backend::Emu { lib, .. } => lib.launch(
+                kernel,
+                grid,
+                block,
+                smem,
+                &mut params,
+                ((n + n / 4) % 4) as u32,
+            ),
+        }
+    }
+
+    fn free(&self, ptr: u64) {
+        match &self.backend {
+            Backend::Cuda(_) => {
+                if self.make_current().is_ok() {
+                    // SAFETY: ptr came from malloc_sync and is freed once (DevBuf::drop).
+                    let _ = unsafe { result::free_sync(ptr) };
+                }
+            }
+            Backend::Emu { allocs, .. } => {
+                allocs.lock().unwrap().remove(&ptr);
+            }
+        }
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        if let Backend::Cuda(s) = &self.backend {
+            // SAFETY: modules loaded in open_cuda, context retained there; all buffers (which
+            // hold an Arc to self) are gone.
+            unsafe {
+                if result::ctx::set_current(s.ctx).is_ok() {
+                    for &m in &s.modules {
+                        let _ = result::module::unload(m);
+                    }
+                }
+                let _ = result::primary_ctx::release(s.dev);
+            }
+        }
+    }
+}
+
+/// # Safety
+/// `image` must be a cubin for the current context's device.
+unsafe fn load_module(image: &[u8]) -> Result<sys::CUmodule, result::DriverError> {
+    // SAFETY: per the function contract.
+    unsafe { result::module::load_data(image.as_ptr() as *const c_void) }
+}
+
+/// A kernel argument.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    Ptr(u64),
+    I32(i32),
+    F32(f32),
+}
+
+/// Device memory holding `len` values of `T`; freed on drop.
+pub struct DevBuf<T> {
+    gpu: Arc<Gpu>,
+    ptr: u64,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+impl<T> DevBuf<T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn view(&self) -> View<'_, T> {
+        View {
+            ptr: self.ptr,
+            len: self.len,
+            _t: PhantomData,
+        }
+    }
+
+    /// Elements `start .. start + len`.
+    pub fn slice(&self, start: usize, len: usize) -> View<'_, T> {
+        self.view().slice(start, len)
+    }
+}
+
+impl<T> Drop for DevBuf<T> {
+    fn drop(&mut self) {
+        self.gpu.free(self.ptr);
+    }
+}
+
+/// A borrowed range of device memory.
+pub struct View<'a, T> {
+    pub(crate) ptr: u64,
+    pub(crate) len: usize,
+    _t: PhantomData<&'a T>,
+}
+
+impl<T> Clone for View<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for View<'_, T> {}
+
+impl<'a, T> View<'a, T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Elements `start .. start + len` of this view.
+    pub fn slice(self, start: usize, len: usize) -> View<'a, T> {
+        assert!(
+            start + len <= self.len,
+            "device slice {start}..{} of {} elements",
+            start + len,
+            self.len
+        );
+        View {
+            ptr: self.ptr + (start * std::mem::size_of::<T>()) as u64,
+            len,
+            _t: PhantomData,
+        }
+    }
+
+    /// Everything from `start` on.
+    pub fn offset(self, start: usize) -> View<'a, T> {
+        self.slice(start, self.len - start)
+    }
+
+    pub(crate) fn arg(self) -> Arg {
+        Arg::Ptr(self.ptr)
+    }
+
+    pub(crate) fn aligned16(self) -> bool {
+        self.ptr.is_multiple_of(16)
+    }
+}

@@ -1,0 +1,457 @@
+//! One launch wrapper per kernel in `kernels/`: checks every size and buffer length on the host
+//! (so a shape mistake is an error here, not an out-of-bounds access on the GPU), picks the
+//! launch geometry, and passes arguments in the kernel's parameter order.
+//!
+//! Each wrapper names its CPU twin, the function its tests compare it with.
+
+use super::driver::{Arg, Gpu, View};
+use crate::weights::Activation;
+use anyhow::{Result, bail, ensure};
+use half::f16;
+
+/// Activation codes shared with kernels/common.cuh (FC_ACT_*).
+pub fn act_code(act: Option<Activation>) -> i32 {
+    match act {
+        None => 0,
+        Some(Activation::QuickGelu) => 1,
+        Some(Activation::Gelu) => 2,
+    }
+}
+
+fn int(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| anyhow::anyhow!("{what} = {v} exceeds the kernels' 32-bit sizes"))
+}
+
+/// Elements a row-major `[rows, cols]` matrix with row stride `ld` spans.
+fn span(rows: usize, cols: usize, ld: usize) -> usize {
+    if rows == 0 { 0 } else { (rows - 1) * ld + cols }
+}
+
+fn need<T>(v: View<T>, elems: usize, what: &str) -> Result<()> {
+    ensure!(
+        v.len() >= elems,
+        "{what}: buffer of {} elements, the shape needs {elems}",
+        v.len()
+    );
+    Ok(())
+}
+
+fn opt<T>(v: Option<View<T>>) -> Arg {
+    v.map_or(Arg::Ptr(0), |v| v.arg())
+}
+
+/// Which GEMM tile shape to launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmTile {
+    /// 128×128 (8 warps) when that fills the GPU, else 64×64.
+    Auto,
+    /// 128×128, 8 warps of 64×32.
+    T128,
+    /// 128×128, 4 warps of 64×64.
+    T128W4,
+    /// 64×64, 4 warps of 32×32.
+    T64,
+}
+
+/// `out[m, n] = act(Σ_k a[m, k]·w[n, k] + bias[n]) + resid[m, n]`: see kernels/gemm.cu.
+/// CPU twin: [`super::twins::gemm_epilogue`].
+pub struct Gemm<'a> {
+    pub a: View<'a, f16>,
+    pub lda: usize,
+    pub w: View<'a, f16>,
+    pub ldw: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub bias: Option<View<'a, f32>>,
+    pub act: Option<Activation>,
+    /// Added after the activation; may be the same memory as `out32`.
+    pub resid: Option<View<'a, f32>>,
+    pub out32: Option<View<'a, f32>>,
+    pub out16: Option<View<'a, f16>>,
+}
+
+impl Gemm<'_> {
+    pub fn launch(&self, gpu: &Gpu, tile: GemmTile) -> Result<()> {
+        let (m, n, k) = (self.m, self.n, self.k);
+        ensure!(m > 0 && n > 0 && k > 0, "gemm: empty shape {m}×{n}×{k}");
+        ensure!(
+            self.lda >= k && self.ldw >= k,
+            "gemm: row strides {}/{} below K = {k}",
+            self.lda,
+            self.ldw
+        );
+        ensure!(
+            self.out32.is_some() || self.out16.is_some(),
+            "gemm: no output"
+        );
+        need(self.a, span(m, k, self.lda), "gemm A")?;
+        need(self.w, span(n, k, self.ldw), "gemm W")?;
+        if let Some(b) = self.bias {
+            need(b, n, "gemm bias")?;
+        }
+        for (v, what) in [(self.resid, "gemm residual"), (self.out32, "gemm out32")] {
+            if let Some(v) = v {
+                need(v, m * n, what)?;
+            }
+        }
+        if let Some(v) = self.out16 {
+            need(v, m * n, "gemm out16")?;
+        }
+        let tile = match tile {
+            GemmTile::Auto => {
+                let big = m.div_ceil(128) * n.div_ceil(128);
+                if big >= gpu.info.sm_count as usize {
+                    GemmTile::T128
+                } else {
+                    GemmTile::T64
+                }
+            }
+            t => t,
+        };
+        let (name, bm, threads, smem) = match tile {
+            GemmTile::T128 => ("fc_gemm_128x128", 128, 256, 40960),
+            GemmTile::T128W4 => ("fc_gemm_128x128w4", 128, 128, 40960),
+            _ => ("fc_gemm_64x64", 64, 128, 20480),
+        };
+        let grid_y = m.div_ceil(bm);
+        ensure!(grid_y <= 65535, "gemm: M = {m} rows exceeds the grid limit");
+        gpu.launch(
+            name,
+            (n.div_ceil(bm) as u32, grid_y as u32, 1),
+            (threads, 1, 1),
+            smem,
+            &[
+                self.a.arg(),
+                Arg::I32(int(self.lda, "lda")?),
+                self.w.arg(),
+                Arg::I32(int(self.ldw, "ldw")?),
+                opt(self.bias),
+                opt(self.resid),
+                opt(self.out32),
+                opt(self.out16),
+                Arg::I32(int(m, "M")?),
+                Arg::I32(int(n, "N")?),
+                Arg::I32(int(k, "K")?),
+                Arg::I32(act_code(self.act)),
+            ],
+        )
+    }
+}
+
+/// LayerNorm of rows of `x` (f32), gathered through `row_index` when given: see
+/// kernels/layernorm.cu. CPU twin: [`crate::model::ops::layer_norm`].
+pub struct LayerNorm<'a> {
+    pub x: View<'a, f32>,
+    pub row_index: Option<View<'a, i32>>,
+    /// Rows written (= rows read without `row_index`).
+    pub rows: usize,
+    pub dim: usize,
+    pub gamma: View<'a, f32>,
+    pub beta: View<'a, f32>,
+    pub eps: f32,
+    /// May be `x` itself when `row_index` is `None`.
+    pub out32: Option<View<'a, f32>>,
+    pub out16: Option<View<'a, f16>>,
+}
+
+impl LayerNorm<'_> {
+    /// `index_host`: the host copy of `row_index` (required with it), checked against the
+    /// rows `x` holds so no gather can read out of bounds.
+    pub fn launch(&self, gpu: &Gpu, index_host: Option<&[i32]>) -> Result<()> {
+        let (rows, dim) = (self.rows, self.dim);
+        ensure!(dim > 0, "layernorm: zero width");
+        need(self.gamma, dim, "layernorm gamma")?;
+        need(self.beta, dim, "layernorm beta")?;
+        match (self.row_index, index_host) {
+            (None, _) => need(self.x, rows * dim, "layernorm input")?,
+            (Some(ix), Some(host)) => {
+                need(ix, rows, "layernorm row index")?;
+                ensure!(host.len() == rows, "layernorm: host index length");
+                let x_rows = self.x.len() / dim;
+                if let Some(&bad) = host.iter().find(|&&r| r < 0 || r as usize >= x_rows) {
+                    bail!("layernorm: row index {bad} outside the input's {x_rows} rows");
+                }
+            }
+            (Some(_), None) => bail!("layernorm: pass the row index's host copy for checking"),
+        }
+        ensure!(
+            self.out32.is_some() || self.out16.is_some(),
+            "layernorm: no output"
+        );
+        if let Some(o) = self.out32 {
+            need(o, rows * dim, "layernorm out32")?;
+        }
+        if let Some(o) = self.out16 {
+            need(o, rows * dim, "layernorm out16")?;
+        }
+        gpu.launch(
+            "fc_layernorm",
+            (rows.div_ceil(8) as u32, 1, 1),
+            (256, 1, 1),
+            0,
+            &[
+                self.x.arg(),
+                opt(self.row_index),
+                Arg::I32(int(rows, "rows")?),
+                Arg::I32(int(dim, "dim")?),
+                self.gamma.arg(),
+                self.beta.arg(),
+                Arg::F32(self.eps),
+                opt(self.out32),
+                opt(self.out16),
+            ],
+        )
+    }
+}
+
+/// Which attention kernel to launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// The tensor-core kernel when the shape allows (head dim 64, aligned), else rows.
+    Auto,
+    Rows,
+    Hd64,
+}
+
+/// Multi-head attention over `batch` sequences of `seq` tokens: see kernels/attention.cu.
+/// CPU twin: [`crate::model::ops::attention`].
+pub struct Attention<'a> {
+    pub q: View<'a, f16>,
+    pub k: View<'a, f16>,
+    pub v: View<'a, f16>,
+    pub ld_in: usize,
+    pub out: View<'a, f16>,
+    pub ld_out: usize,
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub causal: bool,
+}
+
+/// Largest `seq` the row kernel's shared memory (48 KiB without opt-in) holds.
+pub fn rows_kernel_max_seq(head_dim: usize) -> usize {
+    (48usize * 1024 / 4 / 8).saturating_sub(head_dim)
+}
+
+impl Attention<'_> {
+    /// Whether the tensor-core kernel can take this call.
+    pub fn hd64_ok(&self) -> bool {
+        self.head_dim == 64
+            && self.ld_in.is_multiple_of(8)
+            && self.ld_out.is_multiple_of(8)
+            && self.q.aligned16()
+            && self.k.aligned16()
+            && self.v.aligned16()
+            && self.out.aligned16()
+    }
+
+    pub fn launch(&self, gpu: &Gpu, which: AttentionKernel) -> Result<()> {
+        let (b, s, h, hd) = (self.batch, self.seq, self.heads, self.head_dim);
+        ensure!(b > 0 && s > 0 && h > 0 && hd > 0, "attention: empty shape");
+        let width = h * hd;
+        ensure!(
+            self.ld_in >= width && self.ld_out >= width,
+            "attention: row strides below heads × head_dim"
+        );
+        for (v, what) in [(self.q, "q"), (self.k, "k"), (self.v, "v")] {
+            need(v, span(b * s, width, self.ld_in), what)?;
+        }
+        need(self.out, span(b * s, width, self.ld_out), "attention out")?;
+        ensure!(
+            b * h <= 65535,
+            "attention: batch × heads = {} over 65535",
+            b * h
+        );
+        let scale = (hd as f32).powf(-0.5);
+        let use_hd64 = match which {
+            AttentionKernel::Auto => self.hd64_ok(),
+            AttentionKernel::Hd64 => {
+                ensure!(self.hd64_ok(), "attention: shape not for the hd64 kernel");
+                true
+            }
+            AttentionKernel::Rows => false,
+        };
+        let (ld_in, ld_out) = (int(self.ld_in, "ld_in")?, int(self.ld_out, "ld_out")?);
+        let common = [
+            self.q.arg(),
+            self.k.arg(),
+            self.v.arg(),
+            Arg::I32(ld_in),
+            self.out.arg(),
+            Arg::I32(ld_out),
+            Arg::I32(int(s, "seq")?),
+            Arg::I32(int(h, "heads")?),
+        ];
+        if use_hd64 {
+            let mut args = common.to_vec();
+            args.extend([Arg::I32(self.causal as i32), Arg::F32(scale)]);
+            gpu.launch(
+                "fc_attention_hd64",
+                (s.div_ceil(64) as u32, (b * h) as u32, 1),
+                (128, 1, 1),
+                3 * 64 * 72 * 2,
+                &args,
+            )
+        } else {
+            ensure!(
+                s <= rows_kernel_max_seq(hd),
+                "attention: {s} tokens × head dim {hd} exceed the row kernel's shared memory"
+            );
+            let mut args = common.to_vec();
+            args.extend([
+                Arg::I32(int(hd, "head_dim")?),
+                Arg::I32(self.causal as i32),
+                Arg::F32(scale),
+            ]);
+            gpu.launch(
+                "fc_attention_rows",
+                (s.div_ceil(8) as u32, (b * h) as u32, 1),
+                (256, 1, 1),
+                (4 * 8 * (hd + s)) as u32,
+                &args,
+            )
+        }
+    }
+}
+
+/// Blocks for a grid-stride elementwise kernel over `total` elements.
+fn stride_grid(total: usize) -> u32 {
+    total.div_ceil(256).clamp(1, 1 << 20) as u32
+}
+
+/// Patch rows `[batch·grid², kp]` fp16 from pixels `[batch, channels, size, size]`: see
+/// kernels/embed.cu. CPU twin: [`super::twins::im2col_padded`].
+#[allow(clippy::too_many_arguments)]
+pub fn im2col(
+    gpu: &Gpu,
+    pixels: View<f32>,
+    out: View<f16>,
+    batch: usize,
+    channels: usize,
+    size: usize,
+    patch: usize,
+    kp: usize,
+) -> Result<()> {
+    ensure!(
+        patch > 0 && patch <= size,
+        "im2col: patch {patch}, size {size}"
+    );
+    ensure!(kp >= channels * patch * patch, "im2col: kp below C·P·P");
+    let grid = size / patch;
+    need(pixels, batch * channels * size * size, "im2col pixels")?;
+    let total = batch * grid * grid * kp;
+    need(out, total, "im2col out")?;
+    gpu.launch(
+        "fc_im2col",
+        (stride_grid(total), 1, 1),
+        (256, 1, 1),
+        0,
+        &[
+            pixels.arg(),
+            out.arg(),
+            Arg::I32(int(batch, "batch")?),
+            Arg::I32(int(channels, "channels")?),
+            Arg::I32(int(size, "size")?),
+            Arg::I32(int(patch, "patch")?),
+            Arg::I32(int(kp, "kp")?),
+        ],
+    )
+}
+
+/// `h[b, t] = (t == 0 ? cls : patches[b, t−1]) + pos[t]`: see kernels/embed.cu.
+/// CPU twin: [`super::twins::vision_embed`].
+#[allow(clippy::too_many_arguments)]
+pub fn vision_embed(
+    gpu: &Gpu,
+    patches: View<f32>,
+    cls: View<f32>,
+    pos: View<f32>,
+    h: View<f32>,
+    batch: usize,
+    tokens: usize,
+    dim: usize,
+) -> Result<()> {
+    ensure!(tokens >= 1, "vision_embed: no tokens");
+    need(patches, batch * (tokens - 1) * dim, "vision_embed patches")?;
+    need(cls, dim, "vision_embed class")?;
+    need(pos, tokens * dim, "vision_embed positions")?;
+    let total = batch * tokens * dim;
+    need(h, total, "vision_embed out")?;
+    gpu.launch(
+        "fc_vision_embed",
+        (stride_grid(total), 1, 1),
+        (256, 1, 1),
+        0,
+        &[
+            patches.arg(),
+            cls.arg(),
+            pos.arg(),
+            h.arg(),
+            Arg::I32(int(batch, "batch")?),
+            Arg::I32(int(tokens, "tokens")?),
+            Arg::I32(int(dim, "dim")?),
+        ],
+    )
+}
+
+/// `h[r] = table[ids[r]] + pos[r % seq]`: see kernels/embed.cu. `ids_host` is the same ids,
+/// checked against the table here. CPU twin: [`super::twins::text_embed`].
+#[allow(clippy::too_many_arguments)]
+pub fn text_embed(
+    gpu: &Gpu,
+    ids: View<i32>,
+    ids_host: &[i32],
+    table: View<f32>,
+    pos: View<f32>,
+    h: View<f32>,
+    seq: usize,
+    dim: usize,
+) -> Result<()> {
+    let rows = ids_host.len();
+    ensure!(
+        seq > 0 && rows.is_multiple_of(seq),
+        "text_embed: rows not a multiple of seq"
+    );
+    need(ids, rows, "text_embed ids")?;
+    let vocab = table.len() / dim.max(1);
+    if let Some(&bad) = ids_host.iter().find(|&&t| t < 0 || t as usize >= vocab) {
+        bail!("text_embed: token id {bad} outside the table's {vocab} rows");
+    }
+    need(pos, seq * dim, "text_embed positions")?;
+    need(h, rows * dim, "text_embed out")?;
+    gpu.launch(
+        "fc_text_embed",
+        (stride_grid(rows * dim), 1, 1),
+        (256, 1, 1),
+        0,
+        &[
+            ids.arg(),
+            table.arg(),
+            pos.arg(),
+            h.arg(),
+            Arg::I32(int(rows, "rows")?),
+            Arg::I32(int(seq, "seq")?),
+            Arg::I32(int(dim, "dim")?),
+        ],
+    )
+}
+
+/// Rows of `x` scaled to unit L2 norm, in place: see kernels/embed.cu.
+/// CPU twin: [`super::twins::l2_normalize`].
+pub fn l2_normalize(gpu: &Gpu, x: View<f32>, rows: usize, dim: usize, eps: f32) -> Result<()> {
+    need(x, rows * dim, "l2_normalize")?;
+    gpu.launch(
+        "fc_l2_normalize",
+        (rows.div_ceil(8) as u32, 1, 1),
+        (256, 1, 1),
+        0,
+        &[
+            x.arg(),
+            Arg::I32(int(rows, "rows")?),
+            Arg::I32(int(dim, "dim")?),
+            Arg::F32(eps),
+        ],
+    )
+}

@@ -1,0 +1,817 @@
+//! The CLIP towers on the GPU, the same computation as `crate::model` (vision.rs, text.rs,
+//! encoder.rs) step for step:
+//!
+//! - weights: fp16 matrices (Q, K and V concatenated into one `[3·width, width]` projection),
+//!   f32 biases, LayerNorm parameters, embeddings and positions; uploaded once;
+//! - activations: the residual stream `h` stays f32 (LayerNorm reads it, the out-projection
+//!   and fc2 GEMMs add into it in place); GEMM and attention inputs are fp16;
+//! - a workspace sized for the largest batch seen so far, reused across batches.
+//!
+//! Per block: LN1 → fused QKV GEMM (fp16 out) → attention → out-proj GEMM (+ bias, += h) →
+//! LN2 → fc1 GEMM (+ bias, activation, fp16 out) → fc2 GEMM (+ bias, += h).
+
+use super::driver::{DevBuf, Gpu, View};
+use super::kernels::{self, Attention, AttentionKernel, Gemm, GemmTile, LayerNorm};
+use super::twins::to_f16;
+use crate::weights::{Activation, ClipConfig, Scope, TensorStore, TextConfig, VisionConfig};
+use anyhow::{Context, Result, anyhow, bail};
+use half::f16;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// What one batch produces (on the host).
+pub struct TowerOutput {
+    /// Post-LN pooled tokens `[batch, hidden]` (through fp16).
+    pub pooled: Vec<f32>,
+    /// Projected features `[batch, projection_dim]`, f32, not normalised (empty without a
+    /// projection).
+    pub embeds: Vec<f32>,
+    /// When traced: the encoder input and each block's output, `[batch·seq, hidden]`, as the
+    /// CPU engine's `hidden_states`.
+    pub hidden_states: Vec<Vec<f32>>,
+}
+
+struct Layer {
+    ln1_g: DevBuf<f32>,
+    ln1_b: DevBuf<f32>,
+    qkv_w: DevBuf<f16>,
+    qkv_b: DevBuf<f32>,
+    out_w: DevBuf<f16>,
+    out_b: DevBuf<f32>,
+    ln2_g: DevBuf<f32>,
+    ln2_b: DevBuf<f32>,
+    fc1_w: DevBuf<f16>,
+    fc1_b: DevBuf<f32>,
+    fc2_w: DevBuf<f16>,
+    fc2_b: DevBuf<f32>,
+}
+
+/// A tower's transformer blocks.
+struct Blocks {
+    hidden: usize,
+    intermediate: usize,
+    heads: usize,
+    act: Activation,
+    eps: f32,
+    layers: Vec<Layer>,
+}
+
+impl Blocks {
+    #[allow(clippy::too_many_arguments)]
+    fn load(
+        gpu: &Arc<Gpu>,
+        s: &Scope,
+        count: usize,
+        hidden: usize,
+        intermediate: usize,
+        heads: usize,
+        act: Activation,
+        eps: f32,
+    ) -> Result<Blocks> {
+        let (d, f) = (hidden, intermediate);
+        let mut layers = Vec::with_capacity(count);
+        for i in 0..count {
+            let p = format!("encoder.layers.{i}");
+            let get = |n: &str, shape: &[usize]| s.get(&format!("{p}.{n}"), shape);
+            let mut qkv_w = get("self_attn.q_proj.weight", &[d, d])?;
+            qkv_w.extend(get("self_attn.k_proj.weight", &[d, d])?);
+            qkv_w.extend(get("self_attn.v_proj.weight", &[d, d])?);
+            let mut qkv_b = get("self_attn.q_proj.bias", &[d])?;
+            qkv_b.extend(get("self_attn.k_proj.bias", &[d])?);
+            qkv_b.extend(get("self_attn.v_proj.bias", &[d])?);
+            layers.push(Layer {
+                ln1_g: gpu.upload(&get("layer_norm1.weight", &[d])?)?,
+                ln1_b: gpu.upload(&get("layer_norm1.bias", &[d])?)?,
+                qkv_w: gpu.upload(&to_f16(&qkv_w))?,
+                qkv_b: gpu.upload(&qkv_b)?,
+                out_w: gpu.upload(&to_f16(&get("self_attn.out_proj.weight", &[d, d])?))?,
+                out_b: gpu.upload(&get("self_attn.out_proj.bias", &[d])?)?,
+                ln2_g: gpu.upload(&get("layer_norm2.weight", &[d])?)?,
+                ln2_b: gpu.upload(&get("layer_norm2.bias", &[d])?)?,
+                fc1_w: gpu.upload(&to_f16(&get("mlp.fc1.weight", &[f, d])?))?,
+                fc1_b: gpu.upload(&get("mlp.fc1.bias", &[f])?)?,
+                fc2_w: gpu.upload(&to_f16(&get("mlp.fc2.weight", &[d, f])?))?,
+                fc2_b: gpu.upload(&get("mlp.fc2.bias", &[d])?)?,
+            });
+        }
+        Ok(Blocks {
+            hidden,
+            intermediate,
+            heads,
+            act,
+            eps,
+            layers,
+        })
+    }
+
+    /// Runs every block over `h` `[batch·seq, hidden]` in place; with `trace`, downloads `h`
+    /// after each block.
+    fn run(
+        &self,
+        gpu: &Gpu,
+        w: &Blockspace,
+        batch: usize,
+        seq: usize,
+        causal: bool,
+        trace: &mut Option<Vec<Vec<f32>>>,
+    ) -> Result<()> {
+        let (d, f) = (self.hidden, self.intermediate);
+        let rows = batch * seq;
+        let h = w.h.slice(0, rows * d);
+        let x16 = w.x16.slice(0, rows * d);
+        let qkv = w.qkv.slice(0, rows * 3 * d);
+        let mid = w.mid.slice(0, rows * f);
+        let gemm = |a, lda, wt, n, k| plain_gemm(a, lda, wt, rows, n, k);
+        for l in &self.layers {
+            LayerNorm {
+                x: h,
+                row_index: None,
+                rows,
+                dim: d,
+                gamma: l.ln1_g.view(),
+                beta: l.ln1_b.view(),
+                eps: self.eps,
+                out32: None,
+                out16: Some(x16),
+            }
+            .launch(gpu, None)?;
+            Gemm {
+                bias: Some(l.qkv_b.view()),
+                out16: Some(qkv),
+                ..gemm(x16, d, &l.qkv_w, 3 * d, d)
+            }
+            .launch(gpu, GemmTile::Auto)?;
+            // The attention output reuses x16: the QKV GEMM has consumed it.
+            Attention {
+                q: qkv,
+                k: qkv.offset(d),
+                v: qkv.offset(2 * d),
+                ld_in: 3 * d,
+                out: x16,
+                ld_out: d,
+                batch,
+                seq,
+                heads: self.heads,
+                head_dim: d / self.heads,
+                causal,
+            }
+            .launch(gpu, AttentionKernel::Auto)?;
+            Gemm {
+                bias: Some(l.out_b.view()),
+                resid: Some(h),
+                out32: Some(h),
+                ..gemm(x16, d, &l.out_w, d, d)
+            }
+            .launch(gpu, GemmTile::Auto)?;
+            LayerNorm {
+                x: h,
+                row_index: None,
+                rows,
+                dim: d,
+                gamma: l.ln2_g.view(),
+                beta: l.ln2_b.view(),
+                eps: self.eps,
+                out32: None,
+                out16: Some(x16),
+            }
+            .launch(gpu, None)?;
+            Gemm {
+                bias: Some(l.fc1_b.view()),
+                act: Some(self.act),
+                out16: Some(mid),
+                ..gemm(x16, d, &l.fc1_w, f, d)
+            }
+            .launch(gpu, GemmTile::Auto)?;
+            Gemm {
+                bias: Some(l.fc2_b.view()),
+                resid: Some(h),
+                out32: Some(h),
+                ..gemm(mid, f, &l.fc2_w, d, f)
+            }
+            .launch(gpu, GemmTile::Auto)?;
+            if let Some(t) = trace {
+                t.push(gpu.read(h)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `a[m, k] · wᵀ` with no epilogue yet (fields are filled in by struct update).
+fn plain_gemm<'a>(
+    a: View<'a, f16>,
+    lda: usize,
+    w: &'a DevBuf<f16>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Gemm<'a> {
+    Gemm {
+        a,
+        lda,
+        w: w.view(),
+        ldw: k,
+        m,
+        n,
+        k,
+        bias: None,
+        act: None,
+        resid: None,
+        out32: None,
+        out16: None,
+    }
+}
+
+/// Buffers the blocks use, for `rows` token rows.
+struct Blockspace {
+    rows: usize,
+    h: DevBuf<f32>,
+    x16: DevBuf<f16>,
+    qkv: DevBuf<f16>,
+    mid: DevBuf<f16>,
+}
+
+impl Blockspace {
+    fn new(gpu: &Arc<Gpu>, rows: usize, d: usize, f: usize) -> Result<Blockspace> {
+        Ok(Blockspace {
+            rows,
+            h: gpu.alloc(rows * d)?,
+            x16: gpu.alloc(rows * d)?,
+            qkv: gpu.alloc(rows * 3 * d)?,
+            mid: gpu.alloc(rows * f)?,
+        })
+    }
+}
+
+/// Pooling and projection: LN over the gathered rows → fp16 pooled → projection GEMM (f32).
+struct Head {
+    ln_g: DevBuf<f32>,
+    ln_b: DevBuf<f32>,
+    eps: f32,
+    /// `[projection_dim, hidden]`.
+    projection: Option<DevBuf<f16>>,
+    projection_dim: usize,
+}
+
+/// Buffers for the head, for `batch` sequences.
+struct Headspace {
+    batch: usize,
+    index: DevBuf<i32>,
+    pooled: DevBuf<f16>,
+    out: DevBuf<f32>,
+}
+
+impl Head {
+    fn workspace(&self, gpu: &Arc<Gpu>, batch: usize, d: usize) -> Result<Headspace> {
+        Ok(Headspace {
+            batch,
+            index: gpu.alloc(batch)?,
+            pooled: gpu.alloc(batch * d)?,
+            out: gpu.alloc(batch * self.projection_dim.max(1))?,
+        })
+    }
+
+    /// Pools rows `index` of `h` and projects them; results stay in `w`.
+    fn run(&self, gpu: &Gpu, h: View<f32>, index: &[i32], w: &Headspace, d: usize) -> Result<()> {
+        let batch = index.len();
+        if batch > w.batch {
+            bail!("pooling {batch} rows with a workspace for {}", w.batch);
+        }
+        gpu.write(w.index.view(), index)?;
+        let pooled = w.pooled.slice(0, batch * d);
+        LayerNorm {
+            x: h,
+            row_index: Some(w.index.slice(0, batch)),
+            rows: batch,
+            dim: d,
+            gamma: self.ln_g.view(),
+            beta: self.ln_b.view(),
+            eps: self.eps,
+            out32: None,
+            out16: Some(pooled),
+        }
+        .launch(gpu, Some(index))?;
+        if let Some(p) = &self.projection {
+            Gemm {
+                a: pooled,
+                lda: d,
+                w: p.view(),
+                ldw: d,
+                m: batch,
+                n: self.projection_dim,
+                k: d,
+                bias: None,
+                act: None,
+                resid: None,
+                out32: Some(w.out.slice(0, batch * self.projection_dim)),
+                out16: None,
+            }
+            .launch(gpu, GemmTile::Auto)?;
+        }
+        Ok(())
+    }
+
+    fn output(
+        &self,
+        gpu: &Gpu,
+        w: &Headspace,
+        batch: usize,
+        d: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let pooled = gpu.read(w.pooled.slice(0, batch * d))?;
+        let embeds = if self.projection.is_some() {
+            gpu.read(w.out.slice(0, batch * self.projection_dim))?
+        } else {
+            Vec::new()
+        };
+        Ok((pooled.iter().map(|v| v.to_f32()).collect(), embeds))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn load_head(
+    gpu: &Arc<Gpu>,
+    s: &Scope,
+    store: &TensorStore,
+    ln: &str,
+    proj: &str,
+    d: usize,
+    projection_dim: usize,
+    eps: f32,
+) -> Result<Head> {
+    let top = Scope {
+        store,
+        prefixes: &[""],
+    };
+    let projection = if top.has(&format!("{proj}.weight")) {
+        Some(gpu.upload(&to_f16(
+            &top.get(&format!("{proj}.weight"), &[projection_dim, d])?,
+        ))?)
+    } else {
+        None
+    };
+    Ok(Head {
+        ln_g: gpu.upload(&s.get(&format!("{ln}.weight"), &[d])?)?,
+        ln_b: gpu.upload(&s.get(&format!("{ln}.bias"), &[d])?)?,
+        eps,
+        projection,
+        projection_dim,
+    })
+}
+
+/// The image tower on the GPU.
+pub struct CudaVision {
+    pub config: VisionConfig,
+    gpu: Arc<Gpu>,
+    /// Patch convolution as `[hidden, kp]`, zero-padded from C·P·P to `kp` (a multiple of 8).
+    patch: DevBuf<f16>,
+    kp: usize,
+    class_embedding: DevBuf<f32>,
+    positions: DevBuf<f32>,
+    pre_ln_g: DevBuf<f32>,
+    pre_ln_b: DevBuf<f32>,
+    blocks: Blocks,
+    head: Head,
+    work: Mutex<Option<VisionWork>>,
+}
+
+struct VisionWork {
+    images: usize,
+    pixels: DevBuf<f32>,
+    patches: DevBuf<f16>,
+    patch_out: DevBuf<f32>,
+    blocks: Blockspace,
+    head: Headspace,
+}
+
+impl CudaVision {
+    pub fn load(gpu: &Arc<Gpu>, store: &TensorStore, config: &VisionConfig) -> Result<Self> {
+        let s = Scope {
+            store,
+            prefixes: &["vision_model.", ""],
+        };
+        let (d, c, p) = (config.hidden_size, config.num_channels, config.patch_size);
+        let k = c * p * p;
+        let kp = k.div_ceil(8) * 8;
+        let patch = s.get("embeddings.patch_embedding.weight", &[d, c, p, p])?;
+        let mut padded = vec![0.0f32; d * kp];
+        for (o, r) in padded.chunks_exact_mut(kp).zip(patch.chunks_exact(k)) {
+            o[..k].copy_from_slice(r);
+        }
+        let eps = config.layer_norm_eps;
+        Ok(CudaVision {
+            patch: gpu.upload(&to_f16(&padded))?,
+            kp,
+            class_embedding: gpu.upload(&s.get("embeddings.class_embedding", &[d])?)?,
+            positions: gpu.upload(&s.get(
+                "embeddings.position_embedding.weight",
+                &[config.num_positions(), d],
+            )?)?,
+            pre_ln_g: gpu.upload(&s.get("pre_layrnorm.weight", &[d])?)?,
+            pre_ln_b: gpu.upload(&s.get("pre_layrnorm.bias", &[d])?)?,
+            blocks: Blocks::load(
+                gpu,
+                &s,
+                config.num_hidden_layers,
+                d,
+                config.intermediate_size,
+                config.num_attention_heads,
+                config.hidden_act,
+                eps,
+            )?,
+            head: load_head(
+                gpu,
+                &s,
+                store,
+                "post_layernorm",
+                "visual_projection",
+                d,
+                config.projection_dim,
+                eps,
+            )?,
+            config: config.clone(),
+            gpu: gpu.clone(),
+            work: Mutex::new(None),
+        })
+    }
+
+    pub fn has_projection(&self) -> bool {
+        self.head.projection.is_some()
+    }
+
+    pub fn pixels_per_image(&self) -> usize {
+        let c = &self.config;
+        c.num_channels * c.image_size * c.image_size
+    }
+
+    fn ensure_work<'a>(
+        &self,
+        slot: &'a mut Option<VisionWork>,
+        batch: usize,
+    ) -> Result<&'a VisionWork> {
+        if slot.as_ref().is_none_or(|w| w.images < batch) {
+            *slot = None; // free the old workspace before allocating a larger one
+            let c = &self.config;
+            let (d, t) = (c.hidden_size, c.num_positions());
+            let g = gpu_grid(c);
+            let gpu = &self.gpu;
+            *slot = Some(VisionWork {
+                images: batch,
+                pixels: gpu.alloc(batch * self.pixels_per_image())?,
+                patches: gpu.alloc(batch * g * g * self.kp)?,
+                patch_out: gpu.alloc(batch * g * g * d)?,
+                blocks: Blockspace::new(gpu, batch * t, d, c.intermediate_size)?,
+                head: self.head.workspace(gpu, batch, d)?,
+            });
+        }
+        Ok(slot.as_ref().expect("just set"))
+    }
+
+    /// Encodes `batch` images of normalised pixels `[batch, channels, size, size]`.
+    pub fn forward(&self, pixels: &[f32], batch: usize, trace: bool) -> Result<TowerOutput> {
+        if pixels.len() != batch * self.pixels_per_image() || batch == 0 {
+            bail!(
+                "pixel buffer of {} values is not {batch} images of {}",
+                pixels.len(),
+                self.pixels_per_image()
+            );
+        }
+        let mut guard = self
+            .work
+            .lock()
+            .map_err(|_| anyhow!("workspace poisoned"))?;
+        let w = self.ensure_work(&mut guard, batch)?;
+        self.gpu.write(w.pixels.view(), pixels)?;
+        let mut states = trace.then(Vec::new);
+        self.run(w, w.pixels.view(), batch, &mut states)?;
+        let d = self.config.hidden_size;
+        let (pooled, embeds) = self.head.output(&self.gpu, &w.head, batch, d)?;
+        Ok(TowerOutput {
+            pooled,
+            embeds,
+            hidden_states: states.unwrap_or_default(),
+        })
+    }
+
+    /// Encodes pixels already on the GPU, leaving the result in the workspace (for benches:
+    /// call [`Gpu::synchronize`] to wait for it).
+    pub fn forward_device(&self, pixels: View<f32>, batch: usize) -> Result<()> {
+        if pixels.len() < batch * self.pixels_per_image() || batch == 0 {
+            bail!("device pixel buffer too small for {batch} images");
+        }
+        let mut guard = self
+            .work
+            .lock()
+            .map_err(|_| anyhow!("workspace poisoned"))?;
+        let w = self.ensure_work(&mut guard, batch)?;
+        self.run(w, pixels, batch, &mut None)
+    }
+
+    /// The pooled features and embeddings [`forward_device`](Self::forward_device) left for
+    /// its first `batch` images.
+    pub fn last_output(&self, batch: usize) -> Result<TowerOutput> {
+        let guard = self
+            .work
+            .lock()
+            .map_err(|_| anyhow!("workspace poisoned"))?;
+        let w = guard
+            .as_ref()
+            .filter(|w| w.images >= batch)
+            .ok_or_else(|| anyhow!("no forward_device result for {batch} images"))?;
+        let (pooled, embeds) =
+            self.head
+                .output(&self.gpu, &w.head, batch, self.config.hidden_size)?;
+        Ok(TowerOutput {
+            pooled,
+            embeds,
+            hidden_states: Vec::new(),
+        })
+    }
+
+    fn run(
+        &self,
+        w: &VisionWork,
+        pixels: View<f32>,
+        batch: usize,
+        trace: &mut Option<Vec<Vec<f32>>>,
+    ) -> Result<()> {
+        let gpu = &*self.gpu;
+        let c = &self.config;
+        let (d, t) = (c.hidden_size, c.num_positions());
+        let patches = batch * (t - 1);
+        kernels::im2col(
+            gpu,
+            pixels,
+            w.patches.view(),
+            batch,
+            c.num_channels,
+            c.image_size,
+            c.patch_size,
+            self.kp,
+        )?;
+        Gemm {
+            a: w.patches.view(),
+            lda: self.kp,
+            w: self.patch.view(),
+            ldw: self.kp,
+            m: patches,
+            n: d,
+            k: self.kp,
+            bias: None,
+            act: None,
+            resid: None,
+            out32: Some(w.patch_out.slice(0, patches * d)),
+            out16: None,
+        }
+        .launch(gpu, GemmTile::Auto)?;
+        let h = w.blocks.h.slice(0, batch * t * d);
+        kernels::vision_embed(
+            gpu,
+            w.patch_out.view(),
+            self.class_embedding.view(),
+            self.positions.view(),
+            h,
+            batch,
+            t,
+            d,
+        )?;
+        LayerNorm {
+            x: h,
+            row_index: None,
+            rows: batch * t,
+            dim: d,
+            gamma: self.pre_ln_g.view(),
+            beta: self.pre_ln_b.view(),
+            eps: c.layer_norm_eps,
+            out32: Some(h),
+            out16: None,
+        }
+        .launch(gpu, None)?;
+        if let Some(tr) = trace {
+            tr.push(gpu.read(h)?);
+        }
+        debug_assert!(w.blocks.rows >= batch * t);
+        self.blocks.run(gpu, &w.blocks, batch, t, false, trace)?;
+        let index: Vec<i32> = (0..batch).map(|b| (b * t) as i32).collect();
+        self.head.run(gpu, h, &index, &w.head, d)
+    }
+}
+
+fn gpu_grid(c: &VisionConfig) -> usize {
+    c.image_size / c.patch_size
+}
+
+/// The text tower on the GPU.
+pub struct CudaText {
+    pub config: TextConfig,
+    gpu: Arc<Gpu>,
+    tokens: DevBuf<f32>,
+    positions: DevBuf<f32>,
+    blocks: Blocks,
+    head: Head,
+    work: Mutex<Option<TextWork>>,
+}
+
+struct TextWork {
+    batch: usize,
+    rows: usize,
+    ids: DevBuf<i32>,
+    blocks: Blockspace,
+    head: Headspace,
+}
+
+impl CudaText {
+    pub fn load(gpu: &Arc<Gpu>, store: &TensorStore, config: &TextConfig) -> Result<Self> {
+        let s = Scope {
+            store,
+            prefixes: &["text_model.", ""],
+        };
+        let d = config.hidden_size;
+        let eps = config.layer_norm_eps;
+        Ok(CudaText {
+            tokens: gpu
+                .upload(&s.get("embeddings.token_embedding.weight", &[config.vocab_size, d])?)?,
+            positions: gpu.upload(&s.get(
+                "embeddings.position_embedding.weight",
+                &[config.max_position_embeddings, d],
+            )?)?,
+            blocks: Blocks::load(
+                gpu,
+                &s,
+                config.num_hidden_layers,
+                d,
+                config.intermediate_size,
+                config.num_attention_heads,
+                config.hidden_act,
+                eps,
+            )?,
+            head: load_head(
+                gpu,
+                &s,
+                store,
+                "final_layer_norm",
+                "text_projection",
+                d,
+                config.projection_dim,
+                eps,
+            )?,
+            config: config.clone(),
+            gpu: gpu.clone(),
+            work: Mutex::new(None),
+        })
+    }
+
+    pub fn has_projection(&self) -> bool {
+        self.head.projection.is_some()
+    }
+
+    /// Where each sequence is pooled: the same rule as the CPU engine's
+    /// `TextTower::pool_positions` (argmax for legacy `eos_token_id` 2, else the first
+    /// `eos_token_id`).
+    pub fn pool_positions(&self, ids: &[u32], batch: usize, seq: usize) -> Result<Vec<usize>> {
+        (0..batch)
+            .map(|b| {
+                let row = &ids[b * seq..(b + 1) * seq];
+                let found = if self.config.pools_at_argmax() {
+                    let mut best: Option<(usize, u32)> = None;
+                    for (i, &t) in row.iter().enumerate() {
+                        if best.is_none_or(|(_, bt)| t > bt) {
+                            best = Some((i, t));
+                        }
+                    }
+                    best.map(|(i, _)| i)
+                } else {
+                    row.iter().position(|&t| t == self.config.eos_token_id)
+                };
+                found.ok_or_else(|| {
+                    anyhow!(
+                        "token sequence {b} has no end token (id {}) to pool at",
+                        self.config.eos_token_id
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Encodes `ids` `[batch, seq]`, checked as the CPU engine checks them.
+    pub fn forward(
+        &self,
+        ids: &[u32],
+        batch: usize,
+        seq: usize,
+        trace: bool,
+    ) -> Result<TowerOutput> {
+        let c = &self.config;
+        let d = c.hidden_size;
+        if ids.len() != batch * seq || batch == 0 || seq == 0 {
+            bail!(
+                "token buffer holds {} ids, expected {batch}×{seq}",
+                ids.len()
+            );
+        }
+        if seq > c.max_position_embeddings {
+            bail!(
+                "sequence of {seq} tokens exceeds the model's {} positions",
+                c.max_position_embeddings
+            );
+        }
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= c.vocab_size) {
+            bail!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                c.vocab_size
+            );
+        }
+        let pool = self.pool_positions(ids, batch, seq)?;
+        let gpu = &*self.gpu;
+        let mut guard = self
+            .work
+            .lock()
+            .map_err(|_| anyhow!("workspace poisoned"))?;
+        let rows = batch * seq;
+        if guard
+            .as_ref()
+            .is_none_or(|w| w.rows < rows || w.batch < batch)
+        {
+            let (b_cap, r_cap) = guard
+                .as_ref()
+                .map_or((batch, rows), |w| (w.batch.max(batch), w.rows.max(rows)));
+            *guard = None; // free the old workspace before allocating a larger one
+            *guard = Some(TextWork {
+                batch: b_cap,
+                rows: r_cap,
+                ids: self.gpu.alloc(r_cap)?,
+                blocks: Blockspace::new(&self.gpu, r_cap, d, c.intermediate_size)?,
+                head: self.head.workspace(&self.gpu, b_cap, d)?,
+            });
+        }
+        let w = guard.as_ref().expect("just set");
+        let ids_i32: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
+        gpu.write(w.ids.view(), &ids_i32)?;
+        let h = w.blocks.h.slice(0, rows * d);
+        kernels::text_embed(
+            gpu,
+            w.ids.slice(0, rows),
+            &ids_i32,
+            self.tokens.view(),
+            self.positions.slice(0, seq * d),
+            h,
+            seq,
+            d,
+        )?;
+        let mut states = trace.then(Vec::new);
+        if let Some(t) = &mut states {
+            t.push(gpu.read(h)?);
+        }
+        self.blocks
+            .run(gpu, &w.blocks, batch, seq, true, &mut states)?;
+        let index: Vec<i32> = pool
+            .iter()
+            .enumerate()
+            .map(|(b, &p)| (b * seq + p) as i32)
+            .collect();
+        self.head.run(gpu, h, &index, &w.head, d)?;
+        let (pooled, embeds) = self.head.output(gpu, &w.head, batch, d)?;
+        Ok(TowerOutput {
+            pooled,
+            embeds,
+            hidden_states: states.unwrap_or_default(),
+        })
+    }
+}
+
+/// A model directory's towers on the GPU.
+pub struct CudaClip {
+    pub dir: PathBuf,
+    pub config: ClipConfig,
+    pub gpu: Arc<Gpu>,
+    pub vision: Option<CudaVision>,
+    pub text: Option<CudaText>,
+}
+
+impl CudaClip {
+    /// Loads `dir` (config.json + safetensors) straight to the GPU: no f32 copy of the model
+    /// is kept on the host.
+    pub fn load(gpu: &Arc<Gpu>, dir: &Path) -> Result<CudaClip> {
+        let config = ClipConfig::load(dir)?;
+        let store = TensorStore::open_dir(dir)?;
+        let vision = config
+            .vision
+            .as_ref()
+            .map(|c| CudaVision::load(gpu, &store, c))
+            .transpose()
+            .with_context(|| format!("loading the vision tower of {} to the GPU", dir.display()))?;
+        let text = config
+            .text
+            .as_ref()
+            .map(|c| CudaText::load(gpu, &store, c))
+            .transpose()
+            .with_context(|| format!("loading the text tower of {} to the GPU", dir.display()))?;
+        Ok(CudaClip {
+            dir: dir.to_path_buf(),
+            config,
+            gpu: gpu.clone(),
+            vision,
+            text,
+        })
+    }
+}

@@ -1,0 +1,573 @@
+//! Every CUDA kernel against its CPU twin on fresh random inputs at awkward sizes, outputs
+//! poisoned (NaN) before each launch so an element a kernel fails to write is caught.
+//!
+//! Without a GPU each test prints `skipped: no CUDA device` and passes. With
+//! `FEDCLIP_EMULATE=1` they run the same kernels on the host emulator (kernels/emu/) at
+//! smaller sizes. The random seed is printed; `FEDCLIP_TEST_SEED=<n>` replays a run.
+
+mod common;
+
+use common::relative_error;
+use fedclip::cuda::kernels::{
+    self, Attention, AttentionKernel, Gemm, GemmTile, LayerNorm, rows_kernel_max_seq,
+};
+use fedclip::cuda::{Gpu, test_gpu, twins};
+use fedclip::model::ops;
+use fedclip::weights::Activation;
+use half::f16;
+use std::sync::Arc;
+
+/// Tolerance of fp16 paths: relative error of the whole tensor, and per element
+/// |got − want| ≤ TOL·(|want| + rms(want)).
+const TOL: f64 = 2e-3;
+
+struct Rng(u64);
+
+impl Rng {
+    fn new(what: &str) -> Rng {
+        let seed = std::env::var("FEDCLIP_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        println!("{what}: seed {seed} (FEDCLIP_TEST_SEED={seed} replays it)");
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Uniform in [-scale, scale).
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| ((self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale)
+            .collect()
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn check(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let bad = got.iter().filter(|v| !v.is_finite()).count();
+    assert_eq!(
+        bad, 0,
+        "{what}: {bad} non-finite outputs (NaN = an element never written)"
+    );
+    let err = relative_error(got, want);
+    let rms = (want.iter().map(|&w| (w as f64).powi(2)).sum::<f64>() / want.len() as f64).sqrt();
+    let (mut worst, mut at) = (0.0f64, 0);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let excess = (g as f64 - w as f64).abs() / (w.abs() as f64 + rms + 1e-30);
+        if excess > worst {
+            (worst, at) = (excess, i);
+        }
+    }
+    println!("  {what}: relative error {err:.2e}, worst element {worst:.2e} at {at}");
+    assert!(err <= TOL, "{what}: relative error {err:.2e} > {TOL:.0e}");
+    assert!(
+        worst <= TOL,
+        "{what}: element {at} got {} want {} ({worst:.2e} > {TOL:.0e})",
+        got[at],
+        want[at]
+    );
+}
+
+fn f16s(x: &[f32]) -> Vec<f16> {
+    twins::to_f16(x)
+}
+
+fn gpu() -> Option<Arc<Gpu>> {
+    test_gpu()
+}
+
+struct GemmCase {
+    m: usize,
+    n: usize,
+    k: usize,
+    /// Extra row stride beyond K for A (0: packed).
+    pad_a: usize,
+    /// Start A one element into its buffer (a misaligned base address).
+    shift_a: bool,
+}
+
+fn gemm_cases(emulated: bool) -> Vec<GemmCase> {
+    let c = |m, n, k| GemmCase {
+        m,
+        n,
+        k,
+        pad_a: 0,
+        shift_a: false,
+    };
+    let mut v = if emulated {
+        vec![
+            c(1, 1, 1),
+            c(17, 5, 33),
+            c(50, 64, 64),
+            c(17, 17, 17),
+            c(197, 130, 72),
+            c(64, 257, 40),
+            c(130, 50, 200),
+        ]
+    } else {
+        let sizes = [1usize, 17, 50, 197, 257, 1000, 3072];
+        let mut v = Vec::new();
+        for &m in &sizes {
+            for &n in &sizes {
+                for &k in &[1usize, 17, 50, 197, 768, 3072] {
+                    // Keep the CPU reference affordable: skip the largest products.
+                    if m * n * k <= 1000 * 3072 * 768 {
+                        v.push(c(m, n, k));
+                    }
+                }
+            }
+        }
+        v
+    };
+    v.push(GemmCase {
+        pad_a: 3,
+        ..c(33, 40, 64)
+    });
+    v.push(GemmCase {
+        shift_a: true,
+        ..c(20, 24, 32)
+    });
+    v
+}
+
+#[test]
+fn gemm_matches_linear_with_every_epilogue() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("gemm");
+    let cases = gemm_cases(gpu.info.emulated);
+    println!("{} shapes × 3 tiles", cases.len());
+    for (ci, case) in cases.iter().enumerate() {
+        let (m, n, k) = (case.m, case.n, case.k);
+        let lda = k + case.pad_a;
+        let shift = case.shift_a as usize;
+        let a = twins::round_f16(&rng.vec(shift + m * lda, 1.0));
+        let w = twins::round_f16(&rng.vec(n * k, 1.0 / (k as f32).sqrt()));
+        let bias = rng.vec(n, 0.5);
+        let resid = rng.vec(m * n, 1.0);
+        // The epilogue varies with the case: bias/act/residual on or off, both outputs.
+        let variant = rng.below(4);
+        let act = match variant {
+            0 => None,
+            1 => Some(Activation::QuickGelu),
+            2 => Some(Activation::Gelu),
+            _ => Some(Activation::QuickGelu),
+        };
+        let with_bias = variant != 0 || ci % 2 == 0;
+        let with_resid = variant >= 2;
+        let a_packed: Vec<f32> = (0..m)
+            .flat_map(|r| a[shift + r * lda..shift + r * lda + k].to_vec())
+            .collect();
+        let want = twins::gemm_epilogue(
+            &a_packed,
+            m,
+            k,
+            &w,
+            n,
+            with_bias.then_some(&bias[..]),
+            act,
+            with_resid.then_some(&resid[..]),
+        );
+        let a_dev = gpu.upload(&f16s(&a)).unwrap();
+        let w_dev = gpu.upload(&f16s(&w)).unwrap();
+        let b_dev = gpu.upload(&bias).unwrap();
+        let r_dev = gpu.upload(&resid).unwrap();
+        let out32 = gpu.alloc::<f32>(m * n).unwrap();
+        let out16 = gpu.alloc::<f16>(m * n).unwrap();
+        for tile in [GemmTile::T128, GemmTile::T128W4, GemmTile::T64] {
+            gpu.poison(out32.view()).unwrap();
+            gpu.poison(out16.view()).unwrap();
+            Gemm {
+                a: a_dev.view().offset(shift),
+                lda,
+                w: w_dev.view(),
+                ldw: k,
+                m,
+                n,
+                k,
+                bias: with_bias.then(|| b_dev.view()),
+                act,
+                resid: with_resid.then(|| r_dev.view()),
+                out32: Some(out32.view()),
+                out16: Some(out16.view()),
+            }
+            .launch(&gpu, tile)
+            .unwrap();
+            let what = format!(
+                "gemm {m}×{n}×{k} lda {lda}{} {tile:?} bias {with_bias} act {act:?} resid {with_resid}",
+                if case.shift_a { " misaligned" } else { "" }
+            );
+            check(
+                &format!("{what} f32"),
+                &gpu.read(out32.view()).unwrap(),
+                &want,
+            );
+            let got16 = twins::from_f16(&gpu.read(out16.view()).unwrap());
+            check(&format!("{what} f16"), &got16, &want);
+        }
+    }
+}
+
+#[test]
+fn gemm_residual_update_in_place() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("gemm in place");
+    let (m, n, k) = (70, 96, 48);
+    let a = twins::round_f16(&rng.vec(m * k, 1.0));
+    let w = twins::round_f16(&rng.vec(n * k, 0.2));
+    let bias = rng.vec(n, 0.5);
+    let h = rng.vec(m * n, 1.0);
+    let want = twins::gemm_epilogue(&a, m, k, &w, n, Some(&bias), None, Some(&h));
+    let (a_dev, w_dev, b_dev) = (
+        gpu.upload(&f16s(&a)).unwrap(),
+        gpu.upload(&f16s(&w)).unwrap(),
+        gpu.upload(&bias).unwrap(),
+    );
+    let h_dev = gpu.upload(&h).unwrap();
+    Gemm {
+        a: a_dev.view(),
+        lda: k,
+        w: w_dev.view(),
+        ldw: k,
+        m,
+        n,
+        k,
+        bias: Some(b_dev.view()),
+        act: None,
+        resid: Some(h_dev.view()),
+        out32: Some(h_dev.view()),
+        out16: None,
+    }
+    .launch(&gpu, GemmTile::Auto)
+    .unwrap();
+    check("h += x·wᵀ + b", &gpu.read(h_dev.view()).unwrap(), &want);
+}
+
+#[test]
+fn layernorm_matches_ops_layer_norm() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("layernorm");
+    let shapes: &[(usize, usize)] = if gpu.info.emulated {
+        &[(1, 24), (17, 40), (50, 768), (9, 1024)]
+    } else {
+        &[
+            (1, 24),
+            (17, 40),
+            (197, 768),
+            (1000, 1024),
+            (3072, 512),
+            (257, 17),
+        ]
+    };
+    for &(rows, dim) in shapes {
+        let offset = rng.vec(1, 3.0)[0];
+        let x: Vec<f32> = rng
+            .vec(rows * dim, 2.0)
+            .iter()
+            .map(|v| v + offset)
+            .collect();
+        let gamma: Vec<f32> = rng.vec(dim, 0.2).iter().map(|v| v + 1.0).collect();
+        let beta = rng.vec(dim, 0.1);
+        let eps = 1e-5;
+        let want = ops::layer_norm(&x, dim, &gamma, &beta, eps);
+        let (x_dev, g_dev, b_dev) = (
+            gpu.upload(&x).unwrap(),
+            gpu.upload(&gamma).unwrap(),
+            gpu.upload(&beta).unwrap(),
+        );
+        let out32 = gpu.alloc::<f32>(rows * dim).unwrap();
+        let out16 = gpu.alloc::<f16>(rows * dim).unwrap();
+        let ln = |x, index: Option<_>, rows, out32, out16| LayerNorm {
+            x,
+            row_index: index,
+            rows,
+            dim,
+            gamma: g_dev.view(),
+            beta: b_dev.view(),
+            eps,
+            out32,
+            out16,
+        };
+        ln(
+            x_dev.view(),
+            None,
+            rows,
+            Some(out32.view()),
+            Some(out16.view()),
+        )
+        .launch(&gpu, None)
+        .unwrap();
+        check(
+            &format!("layernorm {rows}×{dim} f32"),
+            &gpu.read(out32.view()).unwrap(),
+            &want,
+        );
+        let got16 = twins::from_f16(&gpu.read(out16.view()).unwrap());
+        check(&format!("layernorm {rows}×{dim} f16"), &got16, &want);
+
+        // Gathered rows (pooling): every third row, last first.
+        let index: Vec<i32> = (0..rows).rev().step_by(3).map(|r| r as i32).collect();
+        let idx_dev = gpu.upload(&index).unwrap();
+        gpu.poison(out32.view()).unwrap();
+        ln(
+            x_dev.view(),
+            Some(idx_dev.view()),
+            index.len(),
+            Some(out32.slice(0, index.len() * dim)),
+            None,
+        )
+        .launch(&gpu, Some(&index))
+        .unwrap();
+        let want_g: Vec<f32> = index
+            .iter()
+            .flat_map(|&r| want[r as usize * dim..(r as usize + 1) * dim].to_vec())
+            .collect();
+        check(
+            &format!("layernorm {rows}×{dim} gathered"),
+            &gpu.read(out32.slice(0, index.len() * dim)).unwrap(),
+            &want_g,
+        );
+
+        // In place on the residual stream.
+        ln(x_dev.view(), None, rows, Some(x_dev.view()), None)
+            .launch(&gpu, None)
+            .unwrap();
+        check(
+            &format!("layernorm {rows}×{dim} in place"),
+            &gpu.read(x_dev.view()).unwrap(),
+            &want,
+        );
+    }
+}
+
+#[test]
+fn attention_matches_ops_attention() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("attention");
+    // (batch, seq, heads, head_dim, causal)
+    let shapes: &[(usize, usize, usize, usize, bool)] = if gpu.info.emulated {
+        &[
+            (2, 50, 2, 64, false),
+            (1, 77, 2, 64, true),
+            (1, 197, 1, 64, false),
+            (1, 130, 1, 64, true),
+            (2, 17, 3, 10, true),
+            (1, 20, 3, 8, false),
+            (1, 50, 2, 16, false),
+        ]
+    } else {
+        &[
+            (2, 50, 12, 64, false),
+            (2, 197, 12, 64, false),
+            (1, 257, 16, 64, false),
+            (2, 577, 16, 64, false),
+            (4, 77, 8, 64, true),
+            (3, 7, 8, 64, true),
+            (1, 1, 2, 64, false),
+            (1, 1000, 2, 64, true),
+            (2, 17, 4, 10, false),
+            (2, 20, 3, 8, true),
+            (2, 50, 4, 16, false),
+            (1, 577, 2, 96, false),
+        ]
+    };
+    for &(batch, seq, heads, hd, causal) in shapes {
+        let width = heads * hd;
+        let rows = batch * seq;
+        // One fused [rows, 3·width] buffer, as the towers use it.
+        let qkv = twins::round_f16(&rng.vec(rows * 3 * width, 2.0));
+        let split = |part: usize| -> Vec<f32> {
+            (0..rows)
+                .flat_map(|r| qkv[r * 3 * width + part * width..][..width].to_vec())
+                .collect()
+        };
+        let want = ops::attention(
+            &split(0),
+            &split(1),
+            &split(2),
+            ops::AttentionShape {
+                batch,
+                seq,
+                heads,
+                head_dim: hd,
+                causal,
+            },
+        );
+        let qkv_dev = gpu.upload(&f16s(&qkv)).unwrap();
+        let out = gpu.alloc::<f16>(rows * width).unwrap();
+        let call = Attention {
+            q: qkv_dev.view(),
+            k: qkv_dev.view().offset(width),
+            v: qkv_dev.view().offset(2 * width),
+            ld_in: 3 * width,
+            out: out.view(),
+            ld_out: width,
+            batch,
+            seq,
+            heads,
+            head_dim: hd,
+            causal,
+        };
+        let mut kinds = vec![];
+        if seq <= rows_kernel_max_seq(hd) {
+            kinds.push(AttentionKernel::Rows);
+        }
+        if call.hd64_ok() {
+            kinds.push(AttentionKernel::Hd64);
+        }
+        for kind in kinds {
+            gpu.poison(out.view()).unwrap();
+            call.launch(&gpu, kind).unwrap();
+            let got = twins::from_f16(&gpu.read(out.view()).unwrap());
+            check(
+                &format!("attention {kind:?} b{batch} s{seq} h{heads}×{hd} causal {causal}"),
+                &got,
+                &want,
+            );
+        }
+    }
+}
+
+#[test]
+fn embedding_kernels_match_their_twins() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("embeddings");
+    // im2col: (batch, channels, size, patch)
+    let shapes: &[(usize, usize, usize, usize)] = if gpu.info.emulated {
+        &[(2, 3, 30, 7), (1, 3, 64, 32), (1, 3, 28, 14)]
+    } else {
+        &[
+            (2, 3, 30, 7),
+            (3, 3, 224, 32),
+            (2, 3, 224, 14),
+            (1, 3, 336, 14),
+        ]
+    };
+    for &(batch, c, size, p) in shapes {
+        let kp = (c * p * p).div_ceil(8) * 8;
+        let pixels = rng.vec(batch * c * size * size, 2.0);
+        let want = twins::round_f16(&twins::im2col_padded(&pixels, batch, c, size, p, kp));
+        let px = gpu.upload(&pixels).unwrap();
+        let out = gpu.alloc::<f16>(want.len()).unwrap();
+        kernels::im2col(&gpu, px.view(), out.view(), batch, c, size, p, kp).unwrap();
+        let got = twins::from_f16(&gpu.read(out.view()).unwrap());
+        assert_eq!(got, want, "im2col b{batch} c{c} s{size} p{p}: not exact");
+        println!("  im2col b{batch} c{c} s{size} p{p} kp{kp}: exact");
+    }
+
+    for &(batch, tokens, dim) in &[(1usize, 17usize, 40usize), (3, 50, 768), (2, 5, 1)] {
+        let patches = rng.vec(batch * (tokens - 1) * dim, 1.0);
+        let cls = rng.vec(dim, 1.0);
+        let pos = rng.vec(tokens * dim, 1.0);
+        let want = twins::vision_embed(&patches, &cls, &pos, batch, tokens, dim);
+        let (pa, cl, po) = (
+            gpu.upload(&patches).unwrap(),
+            gpu.upload(&cls).unwrap(),
+            gpu.upload(&pos).unwrap(),
+        );
+        let h = gpu.alloc::<f32>(want.len()).unwrap();
+        kernels::vision_embed(
+            &gpu,
+            pa.view(),
+            cl.view(),
+            po.view(),
+            h.view(),
+            batch,
+            tokens,
+            dim,
+        )
+        .unwrap();
+        assert_eq!(gpu.read(h.view()).unwrap(), want, "vision_embed");
+    }
+
+    let (vocab, seq, dim, batch) = (1000usize, 13usize, 24usize, 3usize);
+    let table = rng.vec(vocab * dim, 1.0);
+    let pos = rng.vec(20 * dim, 1.0);
+    let ids: Vec<u32> = (0..batch * seq)
+        .map(|_| rng.below(vocab as u64) as u32)
+        .collect();
+    let ids_i32: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
+    let want = twins::text_embed(&ids, &table, &pos, seq, dim);
+    let (ta, po, id) = (
+        gpu.upload(&table).unwrap(),
+        gpu.upload(&pos).unwrap(),
+        gpu.upload(&ids_i32).unwrap(),
+    );
+    let h = gpu.alloc::<f32>(want.len()).unwrap();
+    kernels::text_embed(
+        &gpu,
+        id.view(),
+        &ids_i32,
+        ta.view(),
+        po.slice(0, seq * dim),
+        h.view(),
+        seq,
+        dim,
+    )
+    .unwrap();
+    assert_eq!(gpu.read(h.view()).unwrap(), want, "text_embed");
+    assert!(
+        kernels::text_embed(
+            &gpu,
+            id.view(),
+            &[vocab as i32; 39],
+            ta.view(),
+            po.slice(0, seq * dim),
+            h.view(),
+            seq,
+            dim
+        )
+        .is_err(),
+        "an out-of-vocabulary id is refused on the host"
+    );
+
+    for &(rows, dim) in &[(1usize, 512usize), (17, 24), (1000, 768)] {
+        let mut x = rng.vec(rows * dim, 3.0);
+        x[..dim].iter_mut().for_each(|v| *v = 0.0); // a zero row stays zero
+        let want = twins::l2_normalize(&x, dim, 1e-12);
+        let xd = gpu.upload(&x).unwrap();
+        kernels::l2_normalize(&gpu, xd.view(), rows, dim, 1e-12).unwrap();
+        let got = gpu.read(xd.view()).unwrap();
+        assert!(got[..dim].iter().all(|&v| v == 0.0), "zero row");
+        check(&format!("l2_normalize {rows}×{dim}"), &got, &want);
+    }
+}
+
+#[test]
+fn launch_wrappers_refuse_bad_shapes() {
+    let Some(gpu) = gpu() else { return };
+    let a = gpu.alloc::<f16>(10).unwrap();
+    let out = gpu.alloc::<f32>(10).unwrap();
+    let g = Gemm {
+        a: a.view(),
+        lda: 5,
+        w: a.view(),
+        ldw: 5,
+        m: 3, // needs 15 elements of A
+        n: 2,
+        k: 5,
+        bias: None,
+        act: None,
+        resid: None,
+        out32: Some(out.view()),
+        out16: None,
+    };
+    assert!(g.launch(&gpu, GemmTile::Auto).is_err());
+    let g = Gemm {
+        m: 2,
+        out32: None,
+        ..g
+    };
+    assert!(g.launch(&gpu, GemmTile::Auto).is_err(), "no output");
+}

@@ -1,0 +1,240 @@
+//! The whole image and text towers on the CUDA engine against the CPU engine (itself proven
+//! equal to transformers): the tiny fixture models (odd head dims, GELU, BF16 shards, the
+//! bundled tiny-clip) and ViT-B/32 with random weights; on a GPU also B/16, L/14 and
+//! L/14-336 image towers.
+//!
+//! The GPU keeps the residual stream in f32 but rounds GEMM and attention inputs to fp16, so
+//! it is compared with a tolerance: relative error of the projected embeddings and pooled
+//! features ≤ TOWER_TOL. Each layer's error is printed, so a failure shows where it starts.
+//!
+//! Without a GPU: `skipped: no CUDA device` (or the host emulator with `FEDCLIP_EMULATE=1`,
+//! tiny models only: it is slow).
+
+mod common;
+
+use common::{relative_error, repo};
+use fedclip::cuda::{CudaClip, Gpu, TowerOutput, test_gpu};
+use fedclip::model::ClipModel;
+use fedclip::weights::write_random_clip;
+use std::path::Path;
+use std::sync::Arc;
+
+/// fp16 GEMM inputs against the f32 CPU engine, through up to 24 blocks.
+const TOWER_TOL: f64 = 2e-3;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+fn compare(
+    what: &str,
+    gpu: &TowerOutput,
+    cpu_pooled: &[f32],
+    cpu_embeds: &[f32],
+    cpu_states: &[Vec<f32>],
+) {
+    for (i, (g, c)) in gpu.hidden_states.iter().zip(cpu_states).enumerate() {
+        println!(
+            "  {what}: hidden state {i}: relative error {:.2e}",
+            relative_error(g, c)
+        );
+    }
+    assert_eq!(
+        gpu.hidden_states.len(),
+        cpu_states.len(),
+        "{what}: traced layers"
+    );
+    for (name, g, c) in [
+        ("pooled", &gpu.pooled, cpu_pooled),
+        ("embeds", &gpu.embeds, cpu_embeds),
+    ] {
+        assert_eq!(g.len(), c.len(), "{what} {name}: length");
+        assert!(g.iter().all(|v| v.is_finite()), "{what} {name}: non-finite");
+        let e = relative_error(g, c);
+        println!("  {what}: {name} relative error {e:.2e}");
+        assert!(
+            e <= TOWER_TOL,
+            "{what} {name}: relative error {e:.2e} > {TOWER_TOL:.0e}"
+        );
+    }
+}
+
+/// Random normalised pixels for `batch` images.
+fn pixels(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.unit() * 2.0).collect()
+}
+
+/// `batch` random prompts of `seq` ids ending (at random lengths) in the end token, padded.
+fn prompts(rng: &mut Rng, model: &ClipModel, batch: usize, seq: usize) -> Vec<u32> {
+    let c = &model.config.text.as_ref().unwrap();
+    // With legacy eos_token_id 2 the end token is the highest id; else eos_token_id itself.
+    let eos = if c.pools_at_argmax() {
+        c.vocab_size as u32 - 1
+    } else {
+        c.eos_token_id
+    };
+    let mut ids = Vec::new();
+    for _ in 0..batch {
+        let len = 2 + (rng.next() % (seq as u64 - 1)) as usize; // 2..=seq
+        for i in 0..seq {
+            let id = if i + 1 < len {
+                loop {
+                    let t = (rng.next() % (c.vocab_size as u64 - 1)) as u32;
+                    if t != eos {
+                        break t;
+                    }
+                }
+            } else if i + 1 == len {
+                eos
+            } else {
+                c.pad_token_id.min(eos.saturating_sub(1))
+            };
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+fn check_model(gpu: &Arc<Gpu>, dir: &Path, what: &str, batch: usize, text: bool) {
+    let mut rng = Rng(0x5EED_1234_ABCD_0001 ^ what.len() as u64);
+    let cpu = ClipModel::load(dir).unwrap();
+    let dev = CudaClip::load(gpu, dir).unwrap();
+    if let (Some(cv), Some(gv)) = (&cpu.vision, &dev.vision) {
+        let px = pixels(&mut rng, batch * cv.pixels_per_image());
+        let want = cv.forward(&px, batch, true);
+        let got = gv.forward(&px, batch, true).unwrap();
+        compare(
+            &format!("{what} vision b{batch}"),
+            &got,
+            &want.pooled,
+            &want.embeds,
+            &want.hidden_states,
+        );
+        // The workspace is reused: a smaller batch afterwards gives the same per-image result.
+        let one = gv.forward(&px[..cv.pixels_per_image()], 1, false).unwrap();
+        let e = relative_error(&one.embeds, &got.embeds[..one.embeds.len()]);
+        assert!(
+            e < 1e-6,
+            "{what}: batch of one differs from the batch ({e:.2e})"
+        );
+        // Pixels already on the device (the bench's path) give the same result.
+        let on_device = gpu.upload(&px).unwrap();
+        gv.forward_device(on_device.view(), batch).unwrap();
+        let dev_out = gv.last_output(batch).unwrap();
+        assert!(
+            relative_error(&dev_out.embeds, &got.embeds) < 1e-6,
+            "{what}: forward_device differs"
+        );
+    }
+    if text && let (Some(ct), Some(gt)) = (&cpu.text, &dev.text) {
+        let seq = ct.config.max_position_embeddings.min(20);
+        let ids = prompts(&mut rng, &cpu, batch + 1, seq);
+        let want = ct.forward(&ids, batch + 1, seq, true).unwrap();
+        let got = gt.forward(&ids, batch + 1, seq, true).unwrap();
+        compare(
+            &format!("{what} text b{}", batch + 1),
+            &got,
+            &want.pooled,
+            &want.embeds,
+            &want.hidden_states,
+        );
+        // Same refusals as the CPU engine.
+        assert!(gt.forward(&ids[..seq], 1, seq - 1, false).is_err());
+        let mut bad = ids[..seq].to_vec();
+        bad[0] = ct.config.vocab_size as u32;
+        assert!(gt.forward(&bad, 1, seq, false).is_err());
+    }
+}
+
+#[test]
+fn tiny_fixture_towers_match_the_cpu_engine() {
+    let Some(gpu) = test_gpu() else { return };
+    for name in ["tiny-f32", "tiny-gelu-sharded", "tiny-vision-only"] {
+        let dir = repo().join("tests/fixtures/models").join(name);
+        check_model(&gpu, &dir, name, 3, true);
+    }
+    check_model(
+        &gpu,
+        &repo().join("weights/tiny-clip"),
+        "tiny-clip",
+        2,
+        true,
+    );
+}
+
+fn config_text(name: &str) -> String {
+    std::fs::read_to_string(repo().join(format!("tests/fixtures/configs/{name}.json"))).unwrap()
+}
+
+#[test]
+fn vit_b32_random_weights_match_the_cpu_engine() {
+    let Some(gpu) = test_gpu() else { return };
+    if gpu.info.emulated && std::env::var("FEDCLIP_EMULATE_LARGE").is_err() {
+        println!("skipped on the emulator (FEDCLIP_EMULATE_LARGE=1 runs it, slowly)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    write_random_clip(tmp.path(), &config_text("clip-vit-base-patch32"), 11).unwrap();
+    let batch = if gpu.info.emulated { 1 } else { 4 };
+    check_model(&gpu, tmp.path(), "ViT-B/32", batch, true);
+}
+
+#[test]
+fn larger_vision_towers_match_the_cpu_engine() {
+    let Some(gpu) = test_gpu() else { return };
+    if gpu.info.emulated {
+        println!("skipped on the emulator (too slow)");
+        return;
+    }
+    for name in [
+        "clip-vit-base-patch16",
+        "clip-vit-large-patch14",
+        "clip-vit-large-patch14-336",
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        write_random_clip(tmp.path(), &config_text(name), 5).unwrap();
+        check_model(&gpu, tmp.path(), name, 2, false);
+    }
+}
+
+/// `fedclip embed`'s CUDA path (the dispatch in src/embed.rs) against its CPU path, from JPEG
+/// and PNG files through the tokenizer, on the bundled tiny-clip.
+#[test]
+fn embed_jobs_on_cuda_match_the_cpu_engine() {
+    use fedclip::embed::{
+        collect_images, encode_images, encode_images_cuda, encode_texts, encode_texts_cuda,
+    };
+    let Some(gpu) = test_gpu() else { return };
+    let dir = repo().join("weights/tiny-clip");
+    let cpu = ClipModel::load(&dir).unwrap();
+    let dev = CudaClip::load(&gpu, &dir).unwrap();
+    let entries = collect_images(&[repo().join("tests/fixtures/images/pacs")]).unwrap();
+    let (want, kept, _) = encode_images(&cpu, &entries, 4, false).unwrap();
+    let (got, kept_gpu, _) = encode_images_cuda(&dev, &entries, 4, false).unwrap();
+    assert_eq!(kept, kept_gpu);
+    let e = relative_error(&got, &want);
+    println!(
+        "  embed images ({} files): relative error {e:.2e}",
+        kept.len()
+    );
+    assert!(e <= TOWER_TOL, "images: {e:.2e}");
+    let prompts: Vec<String> = ["a photo of a dog", "a sketch of a house", "an elephant"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let want = encode_texts(&cpu, &prompts, 2, false).unwrap();
+    let got = encode_texts_cuda(&dev, &prompts, 2, false).unwrap();
+    let e = relative_error(&got, &want);
+    println!("  embed texts: relative error {e:.2e}");
+    assert!(e <= TOWER_TOL, "texts: {e:.2e}");
+}
