@@ -665,34 +665,6 @@ impl CudaText {
         self.head.projection.is_some()
     }
 
-    /// Where each sequence is pooled: the same rule as the CPU engine's
-    /// `TextTower::pool_positions` (argmax for legacy `eos_token_id` 2, else the first
-    /// `eos_token_id`).
-    pub fn pool_positions(&self, ids: &[u32], batch: usize, seq: usize) -> Result<Vec<usize>> {
-        (0..batch)
-            .map(|b| {
-                let row = &ids[b * seq..(b + 1) * seq];
-                let found = if self.config.pools_at_argmax() {
-                    let mut best: Option<(usize, u32)> = None;
-                    for (i, &t) in row.iter().enumerate() {
-                        if best.is_none_or(|(_, bt)| t > bt) {
-                            best = Some((i, t));
-                        }
-                    }
-                    best.map(|(i, _)| i)
-                } else {
-                    row.iter().position(|&t| t == self.config.eos_token_id)
-                };
-                found.ok_or_else(|| {
-                    anyhow!(
-                        "token sequence {b} has no end token (id {}) to pool at",
-                        self.config.eos_token_id
-                    )
-                })
-            })
-            .collect()
-    }
-
     /// Encodes `ids` `[batch, seq]`, checked as the CPU engine checks them.
     pub fn forward(
         &self,
@@ -721,7 +693,7 @@ impl CudaText {
                 c.vocab_size
             );
         }
-        let pool = self.pool_positions(ids, batch, seq)?;
+        let pool = self.config.pool_positions(ids, batch, seq)?;
         let gpu = &*self.gpu;
         let mut guard = self
             .work

@@ -1,7 +1,7 @@
 //! The pre-LN transformer block shared by both towers.
 
 use super::ops;
-use crate::weights::{Activation, Scope};
+use crate::weights::{Activation, Scope, TensorStore};
 use anyhow::Result;
 
 /// An `nn.Linear`: weight `[out, in]`, optional bias `[out]`.
@@ -67,6 +67,33 @@ pub struct BlockShape {
     pub heads: usize,
     pub act: Activation,
     pub eps: f32,
+}
+
+impl BlockShape {
+    /// Loads `count` blocks stored as `encoder.layers.{i}` under `s`.
+    pub fn load_layers(self, s: &Scope, count: usize) -> Result<Vec<EncoderLayer>> {
+        (0..count)
+            .map(|i| EncoderLayer::load(s, &format!("encoder.layers.{i}"), self))
+            .collect()
+    }
+}
+
+/// A tower's projection (`visual_projection` / `text_projection`, stored without a prefix and
+/// without a bias), or `None` for saves that have none.
+pub fn load_projection(
+    store: &TensorStore,
+    name: &str,
+    hidden: usize,
+    dim: usize,
+) -> Result<Option<Linear>> {
+    let s = Scope {
+        store,
+        prefixes: &[""],
+    };
+    if !s.has(&format!("{name}.weight")) {
+        return Ok(None);
+    }
+    Linear::load(&s, name, hidden, dim, false).map(Some)
 }
 
 /// `h + attn(LN1 h)`, then `h + mlp(LN2 h)`, as transformers' `CLIPEncoderLayer`.

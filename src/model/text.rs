@@ -1,9 +1,9 @@
 //! The text tower: token + position embeddings, causal blocks, final LN, the end
 //! token pooled, projection.
 
-use super::encoder::{BlockShape, EncoderLayer, LayerNorm, Linear, Trace, record};
+use super::encoder::{BlockShape, EncoderLayer, LayerNorm, Linear, Trace, load_projection, record};
 use crate::weights::{Scope, TensorStore, TextConfig};
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 
 pub struct TextTower {
     pub config: TextConfig,
@@ -33,31 +33,15 @@ impl TextTower {
         };
         let d = config.hidden_size;
         let eps = config.layer_norm_eps;
-        let shape = BlockShape {
+        let layers = BlockShape {
             hidden: d,
             intermediate: config.intermediate_size,
             heads: config.num_attention_heads,
             act: config.hidden_act,
             eps,
-        };
-        let layers = (0..config.num_hidden_layers)
-            .map(|i| EncoderLayer::load(&s, &format!("encoder.layers.{i}"), shape))
-            .collect::<Result<Vec<_>>>()?;
-        let proj_scope = Scope {
-            store,
-            prefixes: &[""],
-        };
-        let projection = if proj_scope.has("text_projection.weight") {
-            Some(Linear::load(
-                &proj_scope,
-                "text_projection",
-                d,
-                config.projection_dim,
-                false,
-            )?)
-        } else {
-            None
-        };
+        }
+        .load_layers(&s, config.num_hidden_layers)?;
+        let projection = load_projection(store, "text_projection", d, config.projection_dim)?;
         Ok(TextTower {
             tokens: s.get("embeddings.token_embedding.weight", &[config.vocab_size, d])?,
             positions: s.get(
@@ -73,33 +57,6 @@ impl TextTower {
 
     pub fn has_projection(&self) -> bool {
         self.projection.is_some()
-    }
-
-    /// Where transformers pools each sequence.
-    pub fn pool_positions(&self, ids: &[u32], batch: usize, seq: usize) -> Result<Vec<usize>> {
-        (0..batch)
-            .map(|b| {
-                let row = &ids[b * seq..(b + 1) * seq];
-                let found = if self.config.pools_at_argmax() {
-                    // First maximum, as torch.argmax returns.
-                    row.iter()
-                        .enumerate()
-                        .fold(None, |best: Option<(usize, u32)>, (i, &t)| match best {
-                            Some((_, bt)) if bt >= t => best,
-                            _ => Some((i, t)),
-                        })
-                        .map(|(i, _)| i)
-                } else {
-                    row.iter().position(|&t| t == self.config.eos_token_id)
-                };
-                found.ok_or_else(|| {
-                    anyhow!(
-                        "token sequence {b} has no end token (id {}) to pool at",
-                        self.config.eos_token_id
-                    )
-                })
-            })
-            .collect()
     }
 
     /// `ids` is `[batch, seq]` with `seq ≤ max_position_embeddings`.
@@ -130,7 +87,7 @@ impl TextTower {
                 c.vocab_size
             );
         }
-        let pool = self.pool_positions(ids, batch, seq)?;
+        let pool = c.pool_positions(ids, batch, seq)?;
         let mut h = vec![0.0f32; batch * seq * d];
         for (i, row) in h.chunks_exact_mut(d).enumerate() {
             let (t, pos) = (ids[i] as usize, i % seq);

@@ -1,7 +1,7 @@
 //! The ViT image tower: patch embedding, class token, positions, pre-LN, blocks,
 //! post-LN on the class token, projection.
 
-use super::encoder::{BlockShape, EncoderLayer, LayerNorm, Linear, Trace, record};
+use super::encoder::{BlockShape, EncoderLayer, LayerNorm, Linear, Trace, load_projection, record};
 use super::ops;
 use crate::weights::{Scope, TensorStore, VisionConfig};
 use anyhow::Result;
@@ -38,31 +38,15 @@ impl VisionTower {
         };
         let (d, c, p) = (config.hidden_size, config.num_channels, config.patch_size);
         let eps = config.layer_norm_eps;
-        let shape = BlockShape {
+        let layers = BlockShape {
             hidden: d,
             intermediate: config.intermediate_size,
             heads: config.num_attention_heads,
             act: config.hidden_act,
             eps,
-        };
-        let layers = (0..config.num_hidden_layers)
-            .map(|i| EncoderLayer::load(&s, &format!("encoder.layers.{i}"), shape))
-            .collect::<Result<Vec<_>>>()?;
-        let proj_scope = Scope {
-            store,
-            prefixes: &[""],
-        };
-        let projection = if proj_scope.has("visual_projection.weight") {
-            Some(Linear::load(
-                &proj_scope,
-                "visual_projection",
-                d,
-                config.projection_dim,
-                false,
-            )?)
-        } else {
-            None
-        };
+        }
+        .load_layers(&s, config.num_hidden_layers)?;
+        let projection = load_projection(store, "visual_projection", d, config.projection_dim)?;
         Ok(VisionTower {
             patch: s.get("embeddings.patch_embedding.weight", &[d, c, p, p])?,
             class_embedding: s.get("embeddings.class_embedding", &[d])?,

@@ -81,6 +81,35 @@ impl TextConfig {
     pub fn pools_at_argmax(&self) -> bool {
         self.eos_token_id == 2
     }
+
+    /// The token each of `batch` sequences (`ids` is `[batch, seq]`) is pooled at, by
+    /// transformers' rule: the first maximum id for the legacy config, else the first
+    /// `eos_token_id`. Both engines pool here.
+    pub fn pool_positions(&self, ids: &[u32], batch: usize, seq: usize) -> Result<Vec<usize>> {
+        (0..batch)
+            .map(|b| {
+                let row = &ids[b * seq..(b + 1) * seq];
+                let found = if self.pools_at_argmax() {
+                    // The first maximum, as torch.argmax returns.
+                    let mut best: Option<(usize, u32)> = None;
+                    for (i, &t) in row.iter().enumerate() {
+                        if best.is_none_or(|(_, bt)| t > bt) {
+                            best = Some((i, t));
+                        }
+                    }
+                    best.map(|(i, _)| i)
+                } else {
+                    row.iter().position(|&t| t == self.eos_token_id)
+                };
+                found.with_context(|| {
+                    format!(
+                        "token sequence {b} has no end token (id {}) to pool at",
+                        self.eos_token_id
+                    )
+                })
+            })
+            .collect()
+    }
 }
 
 /// What a model directory holds.
