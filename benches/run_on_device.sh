@@ -10,8 +10,9 @@
 # carry [".device-bin"]; each stage fits in its 10-minute limit):
 #
 #   bash benches/run_on_device.sh tests            # every tests/gpu_*.rs + kernels_compile
-#   bash benches/run_on_device.sh ours             # benches/gpu_encode.rs: images/s, GEMM TFLOP/s
-#   bash benches/run_on_device.sh torch            # transformers fp16 SDPA eager, same shapes
+#   bash benches/run_on_device.sh ours             # gpu_encode (images/s, GEMM TFLOP/s), gpu_adapter
+#   bash benches/run_on_device.sh torch            # transformers fp16 SDPA eager, same shapes;
+#                                                  # the adapter step in PyTorch on the GPU
 #   bash benches/run_on_device.sh torch-compile    # the same with torch.compile
 #   bash benches/run_on_device.sh compare          # fedclip embed --device cuda vs transformers
 #   bash benches/run_on_device.sh all              # all of the above (≈ 20 min)
@@ -37,7 +38,7 @@ prepare() {
         tests+=(--test "$(basename "$t" .rs)")
     done
     cargo test --release --no-run "${tests[@]}" --message-format=json >>"$json"
-    cargo bench --no-run --bench gpu_encode --message-format=json >>"$json"
+    cargo bench --no-run --bench gpu_encode --bench gpu_adapter --message-format=json >>"$json"
     rm -rf "$BIN"
     mkdir -p "$BIN"
     python3 - "$json" "$BIN" <<'PY'
@@ -49,9 +50,13 @@ for line in open(sys.argv[1]):
     except ValueError:
         continue
     if m.get("reason") == "compiler-artifact" and m.get("executable"):
-        seen[m["target"]["name"]] = m["executable"]
+        name = m["target"]["name"]
+        # The adapter's test and bench share the name gpu_adapter: benches get a prefix.
+        if m["target"]["kind"] == ["bench"]:
+            name = "bench_" + name
+        seen[name] = m["executable"]
 for name, exe in seen.items():
-    if name in ("fedclip", "kernels_compile", "gpu_encode") or name.startswith("gpu_"):
+    if name in ("fedclip", "kernels_compile") or name.startswith(("gpu_", "bench_gpu_")):
         shutil.copy(exe, f"{sys.argv[2]}/{name}")
 PY
     rm -f "$json"
@@ -118,12 +123,18 @@ do_tests() {
     local t
     for t in "$BIN"/gpu_*; do
         [ -x "$t" ] || continue
-        case "$t" in *.gz | */gpu_encode) continue ;; esac
+        case "$t" in *.gz) continue ;; esac
         run_stage tests "$t" --nocapture --test-threads=1
     done
 }
-do_ours() { run_stage ours "$BIN/gpu_encode" "${extra[@]}"; }
-do_torch() { run_stage torch "$PY" benches/torch_gpu_encode.py bench "${extra[@]}"; }
+do_ours() {
+    run_stage ours "$BIN/bench_gpu_encode" "${extra[@]}"
+    run_stage ours "$BIN/bench_gpu_adapter"
+}
+do_torch() {
+    run_stage torch "$PY" benches/torch_gpu_encode.py bench "${extra[@]}"
+    run_stage torch "$PY" benches/torch_gpu_adapter.py
+}
 do_torch_compile() {
     run_stage torch-compile "$PY" benches/torch_gpu_encode.py bench --compile "${extra[@]}"
 }

@@ -2,9 +2,8 @@
 //! random inputs: awkward widths (37, 61, 512), batches of 1, 2, 31, 33 and 1000, one client
 //! and 37 clients with ragged batches (absent, size 1, different sizes), several steps with a
 //! reset and FedProx in between, both losses, Adam and AdamW. Losses agree within 1e-4
-//! relative; every client's parameters within 1e-4 relative (f32 on both sides), and their
-//! change since the start within 1e-3 (relative to at least one Adam step) so that the updates
-//! themselves are checked.
+//! relative and every client's parameters within 1e-4 relative (f32 on both sides); the updates
+//! of a step are compared with an f64 reference, where the GPU must be as accurate as the CPU.
 //!
 //! Without a GPU each test prints `skipped: no CUDA device` and passes; with
 //! `FEDCLIP_EMULATE=1` the same comparisons run the kernels on the host emulator
@@ -18,17 +17,18 @@ use fedclip::adapter::{
     AdapterBackend, AdapterParams, ClientBatch, CpuAdapters, Loss, OptimizerConfig, OptimizerKind,
     TextFeatures, TrainConfig,
 };
-use fedclip::cuda::nvrtc::Nvrtc;
-use fedclip::cuda::{CudaAdapters, Gpu, adapter, test_gpu};
+use fedclip::cuda::{CudaAdapters, Gpu, test_gpu};
 use std::sync::Arc;
 
 /// Losses and parameters: relative tolerance (f32 on both sides, different summation orders).
 const TOL: f64 = 1e-4;
 /// The parameters' change since the start of a case, relative to the larger of its norm and
-/// the norm of one full Adam step (lr per parameter): Adam normalises each gradient element,
-/// so an element that is only rounding noise (a confidently classified batch) moves by a
-/// noise-dependent fraction of lr on both sides.
-const TOL_UPDATE: f64 = 1.0;
+/// the norm of one full Adam step (lr per parameter). A guard against gross errors only: Adam
+/// normalises each gradient element, so an element that is mostly rounding noise (a
+/// confidently classified batch) moves by a noise-dependent fraction of lr, differently in
+/// any two f32 implementations; `first_step_is_as_accurate_as_the_cpu` checks the updates
+/// precisely, against f64.
+const TOL_UPDATE: f64 = 1e-2;
 /// Adam's moments (m averages the gradients, noise included).
 const TOL_MOMENTS: f64 = 1e-2;
 
@@ -241,7 +241,7 @@ fn compare(
     println!("  {name}: Adam moments m {em:.2e}, v {ev:.2e}");
     // m is a gradient average (rounding of near-zero gradients shows), v its square.
     assert!(
-        em <= TOL_UPDATE && ev <= TOL_UPDATE,
+        em <= TOL_MOMENTS && ev <= TOL_MOMENTS,
         "{name}: moments differ"
     );
     check_predict(name, rng, &s, &dev, &cpu, k);
@@ -384,13 +384,19 @@ fn ragged_clients_match_cpu() {
         }
     }
     // One large client among small ones: large enough that its features are copied to the
-    // GPU on their own (≥ 2¹⁸ values) at d = 37.
-    let mut last = ragged(&mut rng, k, max);
-    last[5] = Some(7100);
-    ops.push(Op::Step(last));
+    // GPU on their own (≥ 2¹⁸ values) at d = 37. (The emulator takes it in one configuration
+    // only; the others get a client of 150.)
+    let last = ragged(&mut rng, k, max);
+    let with_large = |b: usize| {
+        let mut ops = ops.clone();
+        let mut last = last.clone();
+        last[5] = Some(b);
+        ops.push(Op::Step(last));
+        ops
+    };
     let dims: &[usize] = if emulated { &[37] } else { &[37, 61, 512] };
     for &d in dims {
-        for (loss, kind, lr, c, min_batch, limits) in [
+        for (i, (loss, kind, lr, c, min_batch, limits)) in [
             (Loss::Contrastive, OptimizerKind::Adam, 1e-3, 7, 2, None),
             (Loss::Class, OptimizerKind::AdamW, 1e-3, 45, 1, None),
             (
@@ -401,11 +407,196 @@ fn ragged_clients_match_cpu() {
                 1,
                 Some((100, 5)),
             ),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let cfg = config(loss, kind, lr, min_batch);
             let name = format!("K={k} d={d}");
+            let ops = with_large(if emulated && i > 0 { 150 } else { 7100 });
             compare(&gpu, &mut rng, &name, d, c, k, cfg, limits, &ops);
         }
+    }
+}
+
+/// A client's results do not depend on which other clients step with it (nor on the row
+/// tiles, 32 or 64, that the largest batch of a step selects, nor on splitting a step into
+/// groups): bit for bit.
+#[test]
+fn a_client_does_not_depend_on_the_others() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("independence");
+    let (d, c, k) = (37, 7, 9);
+    let s = Setup::new(&mut rng, d, c);
+    let cfg = config(Loss::Contrastive, OptimizerKind::Adam, 1e-3, 2);
+    let mut all = CudaAdapters::new(&gpu, k, &s.init, s.texts.clone(), cfg).unwrap();
+    let mut split = CudaAdapters::new(&gpu, k, &s.init, s.texts.clone(), cfg).unwrap();
+    split.set_group_limits(100, 2);
+    let j = 4;
+    let mut alone = CudaAdapters::new(&gpu, 1, &s.init, s.texts.clone(), cfg).unwrap();
+    for step in 0..3 {
+        // Client j has 20 samples (32-row tiles alone), another client 70 (64-row tiles).
+        let data: Vec<(Vec<f32>, Vec<u32>)> = (0..k)
+            .map(|i| s.batch(&mut rng, if i == j { 20 } else { 3 + 67 * (i % 2) }))
+            .collect();
+        let b = batches(&data);
+        let (la, ls) = (all.step(&b).unwrap(), split.step(&b).unwrap());
+        let l1 = alone.step(&b[j..j + 1]).unwrap();
+        assert_eq!(la, ls, "step {step}: losses depend on the grouping");
+        assert_eq!(
+            la[j].map(f32::to_bits),
+            l1[0].map(f32::to_bits),
+            "step {step}: client {j}'s loss depends on the other clients"
+        );
+        assert_eq!(
+            all.read_all_params().unwrap(),
+            split.read_all_params().unwrap()
+        );
+        let pa = all.client_params(j).unwrap();
+        let p1 = alone.client_params(0).unwrap();
+        assert!(
+            pa.as_slice()
+                .iter()
+                .zip(p1.as_slice())
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "step {step}: client {j}'s parameters depend on the other clients"
+        );
+    }
+    assert_eq!(split.last_step_profile().groups, 5);
+}
+
+/// One Adam / AdamW step at t = 1 in f64 (torch's formulas, as src/adapter/optim.rs).
+fn adam_first_step_f64(cfg: &OptimizerConfig, theta: &[f64], grad: &[f64]) -> Vec<f64> {
+    let (bc1, bc2) = (1.0 - cfg.beta1, 1.0 - cfg.beta2);
+    theta
+        .iter()
+        .zip(grad)
+        .map(|(&p, &g)| {
+            let (p, g) = match cfg.kind {
+                OptimizerKind::Adam => (p, g + cfg.weight_decay * p),
+                OptimizerKind::AdamW => (p * (1.0 - cfg.lr * cfg.weight_decay), g),
+            };
+            let m = (1.0 - cfg.beta1) * g;
+            let v = (1.0 - cfg.beta2) * g * g;
+            p - cfg.lr / bc1 * m / (v.sqrt() / bc2.sqrt() + cfg.eps)
+        })
+        .collect()
+}
+
+fn norm64(v: impl Iterator<Item = f64>) -> f64 {
+    v.map(|x| x * x).sum::<f64>().sqrt()
+}
+
+/// The first step's loss and update of every client against the same step computed in f64
+/// (`fedclip::adapter::loss_and_grad::<f64>` on the same f32 inputs, Adam in f64): per client
+/// the GPU's relative error is at most 3× the CPU's + 1e-4, over the clients (RMS) at most 2×
+/// the CPU's + 1e-5. (Both errors are dominated by gradient elements near Adam's eps; the
+/// CPU's fast exp/tanh make it the less accurate one on average.) With FedProx in one
+/// configuration.
+#[test]
+fn first_step_is_as_accurate_as_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("f64 reference");
+    let emulated = gpu.info.emulated;
+    let d = if emulated { 61 } else { 512 };
+    let sizes: &[usize] = if emulated {
+        &[2, 3, 31, 33, 64, 120]
+    } else {
+        &[2, 3, 31, 33, 100, 1000]
+    };
+    let k = sizes.len();
+    for (loss, kind, c, mu) in [
+        (Loss::Contrastive, OptimizerKind::Adam, 7, None),
+        (Loss::Class, OptimizerKind::AdamW, 45, None),
+        (Loss::Contrastive, OptimizerKind::AdamW, 40, Some(0.3f32)),
+    ] {
+        let cfg = config(loss, kind, 1e-3, 2);
+        let s = Setup::new(&mut rng, d, c);
+        let mut cpu = CpuAdapters::new(k, &s.init, s.texts.clone(), cfg).unwrap();
+        let mut dev = CudaAdapters::new(&gpu, k, &s.init, s.texts.clone(), cfg).unwrap();
+        for j in 0..k {
+            let p = AdapterParams::init(d, rng.next());
+            cpu.set_client_params(j, &p).unwrap();
+            dev.set_client_params(j, &p).unwrap();
+        }
+        let anchor = AdapterParams::init(d, rng.next());
+        if let Some(mu) = mu {
+            cpu.set_proximal(mu, Some(&anchor)).unwrap();
+            dev.set_proximal(mu, Some(&anchor)).unwrap();
+        }
+        let start = cpu.read_all_params().unwrap();
+        let data: Vec<(Vec<f32>, Vec<u32>)> = sizes.iter().map(|&b| s.batch(&mut rng, b)).collect();
+        let want = cpu.step(&batches(&data)).unwrap();
+        let got = dev.step(&batches(&data)).unwrap();
+        let (after_cpu, after_gpu) = (
+            cpu.read_all_params().unwrap(),
+            dev.read_all_params().unwrap(),
+        );
+        let texts64 = s.texts.cast::<f64>();
+        let p = s.init.as_slice().len();
+        println!("d {d}, C {c}, {loss:?}, {kind:?}, FedProx {mu:?}");
+        let (mut sq_gpu, mut sq_cpu) = (0.0, 0.0);
+        for j in 0..k {
+            let theta = &start[j * p..(j + 1) * p];
+            let params64 =
+                AdapterParams::from_flat(d, theta.iter().map(|&v| v as f64).collect()).unwrap();
+            let x64: Vec<f64> = data[j].0.iter().map(|&v| v as f64).collect();
+            let (mut l64, grad) = fedclip::adapter::loss_and_grad(
+                &params64,
+                &ClientBatch::new(&x64, &data[j].1),
+                &texts64,
+                cfg.logit_scale as f64,
+                loss,
+            )
+            .unwrap();
+            let mut grad = grad.into_vec();
+            if let Some(mu) = mu {
+                let mu = mu as f64;
+                let mut sq = 0.0;
+                for ((g, &t), &a) in grad.iter_mut().zip(theta).zip(anchor.as_slice()) {
+                    let diff = t as f64 - a as f64;
+                    *g += mu * diff;
+                    sq += diff * diff;
+                }
+                l64 += 0.5 * mu * sq;
+            }
+            let theta64: Vec<f64> = theta.iter().map(|&v| v as f64).collect();
+            let want64 = adam_first_step_f64(&cfg.optimizer, &theta64, &grad);
+            let delta64: Vec<f64> = want64.iter().zip(&theta64).map(|(a, b)| a - b).collect();
+            let err = |after: &[f32]| {
+                norm64(
+                    after[j * p..(j + 1) * p]
+                        .iter()
+                        .zip(theta)
+                        .zip(&delta64)
+                        .map(|((&a, &t), &w)| (a as f64 - t as f64) - w),
+                ) / norm64(delta64.iter().copied())
+            };
+            let (e_gpu, e_cpu) = (err(&after_gpu), err(&after_cpu));
+            let (lg, lc) = (got[j].unwrap() as f64, want[j].unwrap() as f64);
+            let (le_gpu, le_cpu) = ((lg - l64).abs(), (lc - l64).abs());
+            println!(
+                "  client {j} (B {}): update error GPU {e_gpu:.2e} CPU {e_cpu:.2e}; loss {l64:.6} \
+                 error GPU {le_gpu:.1e} CPU {le_cpu:.1e}",
+                sizes[j]
+            );
+            assert!(
+                e_gpu <= 3.0 * e_cpu + 1e-4,
+                "client {j}: the GPU's update is off the f64 one by {e_gpu:.2e}, the CPU's by {e_cpu:.2e}"
+            );
+            sq_gpu += e_gpu * e_gpu;
+            sq_cpu += e_cpu * e_cpu;
+            assert!(
+                le_gpu <= 3.0 * le_cpu + 1e-5 * l64.abs() + 1e-6,
+                "client {j}: loss {lg} on the GPU, {lc} on the CPU, {l64} in f64"
+            );
+        }
+        let (rms_gpu, rms_cpu) = ((sq_gpu / k as f64).sqrt(), (sq_cpu / k as f64).sqrt());
+        println!("  rms update error GPU {rms_gpu:.2e} CPU {rms_cpu:.2e}");
+        assert!(
+            rms_gpu <= 2.0 * rms_cpu + 1e-5,
+            "the GPU's updates are less accurate"
+        );
     }
 }
 
@@ -549,45 +740,4 @@ fn optimizer_state_round_trips() {
     let mut wrong = state.clone();
     wrong.steps.pop();
     assert!(dev2.set_optimizer_state(&wrong).is_err());
-}
-
-/// kernels/adapter.cu compiles with NVRTC for sm_80 and sm_90 (also before it is listed in
-/// `KERNEL_SOURCES`, which tests/kernels_compile.rs covers); prints ptxas' registers and
-/// spills. Skips without NVRTC unless `CI` is set.
-#[test]
-fn adapter_kernels_compile_for_sm80_and_sm90() {
-    let nv = match Nvrtc::load() {
-        Ok(n) => n,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            println!("skipped: NVRTC not found ({e:#})");
-            return;
-        }
-        Err(e) => panic!("CI is set, so NVRTC must be installed: {e:#}"),
-    };
-    for arch in [80, 90] {
-        let out = nv
-            .compile(&adapter::SOURCE, arch, &["--ptxas-options=-v"])
-            .unwrap_or_else(|e| panic!("kernels/adapter.cu for sm_{arch}: {e:#}"));
-        assert!(!out.cubin.is_empty());
-        let mut current = String::new();
-        for line in out.log.lines() {
-            if let Some(rest) = line.split("entry function '").nth(1) {
-                current = rest.split('\'').next().unwrap_or("").to_string();
-            } else if line.contains("Used") && line.contains("registers") {
-                let used = line.split(':').nth(1).unwrap_or(line).trim();
-                println!("  sm_{arch} {current}: {used}");
-            } else if line.contains("spill stores") {
-                assert!(
-                    line.contains(" 0 bytes spill stores"),
-                    "sm_{arch} {current} spills: {line}"
-                );
-            }
-        }
-        for k in adapter::SOURCE.kernels {
-            assert!(
-                out.log.contains(&format!("'{k}'")),
-                "ptxas did not report {k}"
-            );
-        }
-    }
 }

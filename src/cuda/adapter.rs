@@ -19,9 +19,16 @@
 //! | `fc_adapter_adam` | clients × parameter chunks |
 //!
 //! so 8 launches (9 with FedProx), two host→device copies (features and Adam scalars; labels,
-//! offsets and tiles) and one device→host copy (each client's loss and status) per step. Very
-//! large steps are split into groups of clients (bounded work buffers), each group one such
-//! sequence.
+//! offsets and tiles; a batch of ≥ 1 MiB of features is copied on its own, straight from the
+//! caller's slice) and one device→host copy (each client's loss and status) per step. Very
+//! large steps are split into groups of clients (bounded work buffers, see
+//! [`CudaAdapters::set_group_limits`]), each group one such sequence.
+//!
+//! The GEMMs are plain f32 SIMT tiles (64 columns × 32 or 64 rows, K in steps of 16 through
+//! shared memory, the next slice prefetched into registers); the weight gradients come out of
+//! one launch for both layers, the bias gradients from a virtual column of ones. Gradients go
+//! to a work buffer, and the optimiser kernel skips a client whose loss or gradient tiles were
+//! not finite, so a diverged client is left exactly as it was.
 //!
 //! Features are checked on the host (shape, labels, NaN/inf, all-zero rows) before anything is
 //! uploaded; a non-finite loss or gradient is detected on the device and that client is left
