@@ -11,7 +11,7 @@ use crate::adapter::{
     AdapterBackend, AdapterParams, ClientBatch, CpuAdapters, Loss, OptimizerConfig, OptimizerKind,
     OptimizerState, TextFeatures, TrainConfig, param_count, predict,
 };
-use crate::cuda::{CudaClip, Gpu};
+use crate::cuda::{CudaAdapters, CudaClip, Gpu};
 use crate::data::rng::RandomState;
 use crate::data::split::{SplitConfig, make_splits};
 use crate::data::{Dataset, PromptTemplate};
@@ -310,10 +310,15 @@ pub fn run(cfg: &RunConfig, resume: bool, device: Device) -> Result<RunOutcome> 
 
     // Features: once per image and prompt, from the cache when it has them.
     let model = ClipModel::load(&cfg.model)?;
-    let gpu_model = match select_device(device)? {
+    // On a GPU both the extraction and the adapter rounds run there.
+    let gpu = match select_device(device)? {
         Backend::Cpu => None,
-        Backend::Cuda => Some(CudaClip::load(&Gpu::open()?, &cfg.model)?),
+        Backend::Cuda => Some(Gpu::open()?),
     };
+    let gpu_model = gpu
+        .as_ref()
+        .map(|g| CudaClip::load(g, &cfg.model))
+        .transpose()?;
     let vision = model
         .vision
         .as_ref()
@@ -412,7 +417,21 @@ pub fn run(cfg: &RunConfig, resume: bool, device: Device) -> Result<RunOutcome> 
         },
         min_batch: 2,
     };
-    let mut backend = CpuAdapters::new(trainees.len(), &init, texts.clone(), train_config)?;
+    let mut backend: Box<dyn AdapterBackend> = match &gpu {
+        Some(g) => Box::new(CudaAdapters::new(
+            g,
+            trainees.len(),
+            &init,
+            texts.clone(),
+            train_config,
+        )?),
+        None => Box::new(CpuAdapters::new(
+            trainees.len(),
+            &init,
+            texts.clone(),
+            train_config,
+        )?),
+    };
     let resumed_from = state.as_ref().map(|s| s.rounds_done);
     let mut state = match state {
         Some(s) => {
