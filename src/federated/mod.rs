@@ -27,6 +27,7 @@ use report::{MetricRow, Summary};
 use safetensors::SafeTensors;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The bundled random-weight model, the default of `--model`.
@@ -245,6 +246,16 @@ fn accuracy(
 
 /// Runs (or, with `resume`, continues) one experiment. See `fedclip run --help`.
 pub fn run(cfg: &RunConfig, resume: bool, device: Device) -> Result<RunOutcome> {
+    // On a GPU both the extraction and the adapter rounds run there.
+    let gpu = match select_device(device)? {
+        Backend::Cpu => None,
+        Backend::Cuda => Some(Gpu::open()?),
+    };
+    run_on(cfg, resume, gpu)
+}
+
+/// [`run`] on a given GPU (or the CPU with `None`); tests pass the host emulator here.
+pub fn run_on(cfg: &RunConfig, resume: bool, gpu: Option<Arc<Gpu>>) -> Result<RunOutcome> {
     ensure!(cfg.batch >= 1, "--batch must be at least 1");
     ensure!(cfg.extract_batch >= 1, "--extract-batch must be at least 1");
     ensure!(
@@ -310,11 +321,6 @@ pub fn run(cfg: &RunConfig, resume: bool, device: Device) -> Result<RunOutcome> 
 
     // Features: once per image and prompt, from the cache when it has them.
     let model = ClipModel::load(&cfg.model)?;
-    // On a GPU both the extraction and the adapter rounds run there.
-    let gpu = match select_device(device)? {
-        Backend::Cpu => None,
-        Backend::Cuda => Some(Gpu::open()?),
-    };
     let gpu_model = gpu
         .as_ref()
         .map(|g| CudaClip::load(g, &cfg.model))
