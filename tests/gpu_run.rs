@@ -74,6 +74,7 @@ fn run_on_gpu_matches_cpu() {
         Some(gpu),
     )
     .unwrap();
+    assert_eq!(cpu.summary.images_extracted, 20);
     assert_eq!(cuda.summary.images_extracted, 20);
     let read =
         |dir: &str| std::fs::read_to_string(tmp.path().join(dir).join("metrics.csv")).unwrap();

@@ -73,7 +73,10 @@ pub fn test_gpu() -> Option<Arc<Gpu>> {
                 println!("{why}: running on the host emulator");
                 Some(Gpu::emulator().unwrap_or_else(|e| panic!("emulator: {e:#}")))
             } else if why.starts_with("no CUDA device") {
-                println!("skipped: no CUDA device");
+                // Straight to the stream, past the test harness' capture of `println!`, so a
+                // plain `cargo test` shows which tests did not run.
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "skipped: no CUDA device");
                 None
             } else {
                 panic!("CUDA driver present but unusable: {why}")
