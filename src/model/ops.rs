@@ -18,6 +18,48 @@ fn parallelism(flops: usize) -> Parallelism {
     }
 }
 
+/// Below this many rows `linear` threads over output columns instead of leaving it to gemm.
+const SMALL_M: usize = 256;
+
+/// `dst[m, n] (+)= x[m, k] · w[n, k]ᵀ` with `dst` rows `ld` apart and `w` rows `k` apart.
+///
+/// # Safety
+/// `dst` must be valid for `m` rows of `ld` floats (n ≤ ld) and `w` for `n · k` floats.
+unsafe fn gemm_into(
+    dst: *mut f32,
+    ld: usize,
+    x: &[f32],
+    w: *const f32,
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+    par: Parallelism,
+) {
+    // SAFETY: forwarded from the caller; `x` is [m, k].
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            ld as isize,
+            accumulate,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w,
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
 /// `out[m, n] = x[m, k] · w[n, k]ᵀ (+ bias[n])`: a PyTorch `nn.Linear` with `w` stored
 /// `[out_features, in_features]` row-major, as safetensors holds it.
 pub fn linear(
@@ -36,29 +78,42 @@ pub fn linear(
         out.chunks_exact_mut(n)
             .for_each(|row| row.copy_from_slice(b));
     }
-    // SAFETY: the strides describe buffers whose lengths were asserted above.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            bias.is_some(),
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(m * n * k),
-        );
+    let threads = rayon::current_num_threads();
+    if m < SMALL_M && threads > 1 && m * n * k >= 1 << 20 {
+        // Few rows (batch 1 of a ViT is 50): gemm's own threading splits rows in blocks of its
+        // microkernel height, which leaves threads idle here. Split the output columns instead,
+        // one single-threaded product per thread on disjoint columns.
+        let cols = n.div_ceil(threads).next_multiple_of(16);
+        let out_ptr = out.as_mut_ptr() as usize;
+        (0..n.div_ceil(cols)).into_par_iter().for_each(|c| {
+            let (j0, j1) = (c * cols, ((c + 1) * cols).min(n));
+            // SAFETY: each task writes only columns j0..j1 of `out`; the reads stay inside `x`
+            // and rows j0..j1 of `w`, whose lengths were asserted above.
+            unsafe {
+                gemm_into(
+                    (out_ptr as *mut f32).add(j0),
+                    n,
+                    x,
+                    w.as_ptr().add(j0 * k),
+                    (m, j1 - j0, k),
+                    bias.is_some(),
+                    Parallelism::None,
+                )
+            };
+        });
+    } else {
+        // SAFETY: the strides describe buffers whose lengths were asserted above.
+        unsafe {
+            gemm_into(
+                out.as_mut_ptr(),
+                n,
+                x,
+                w.as_ptr(),
+                (m, n, k),
+                bias.is_some(),
+                parallelism(m * n * k),
+            )
+        };
     }
     out
 }
