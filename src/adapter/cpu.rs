@@ -5,8 +5,8 @@ use super::optim;
 use super::params::{AdapterParams, param_count};
 use super::real::all_finite;
 use super::{
-    AdapterBackend, ClientBatch, OptimizerState, TextFeatures, TrainConfig, check_batch,
-    check_features,
+    AdapterBackend, ClientBatch, OptimizerState, TextFeatures, TrainConfig, check_features,
+    check_step,
 };
 use anyhow::{Result, bail, ensure};
 use rayon::prelude::*;
@@ -159,19 +159,8 @@ impl AdapterBackend for CpuAdapters {
 
     fn step(&mut self, batches: &[Option<ClientBatch<'_>>]) -> Result<Vec<Option<f32>>> {
         let step = self.steps;
-        if batches.len() != self.clients {
-            bail!(
-                "step {step}: {} batches given for {} clients",
-                batches.len(),
-                self.clients
-            );
-        }
         let (d, c) = (self.dim, self.texts.classes());
-        for (k, batch) in batches.iter().enumerate() {
-            if let Some(batch) = batch {
-                check_batch(&format!("client {k}, step {step}"), batch, d, c)?;
-            }
-        }
+        check_step(step, batches, self.clients, d, c)?;
         self.steps += 1;
         let p = param_count(d);
         let (config, scale, texts) = (self.config, self.scale, self.texts.as_slice());

@@ -196,6 +196,29 @@ pub trait AdapterBackend {
     fn predict(&self, k: usize, features: &[f32]) -> Result<Vec<u32>>;
 }
 
+/// Checks one step's batches before any client is touched: one entry per client, each batch
+/// as [`check_batch`] wants it. Messages name the client and the step.
+pub(crate) fn check_step(
+    step: u64,
+    batches: &[Option<ClientBatch<'_>>],
+    clients: usize,
+    dim: usize,
+    classes: usize,
+) -> Result<()> {
+    if batches.len() != clients {
+        bail!(
+            "step {step}: {} batches given for {clients} clients",
+            batches.len()
+        );
+    }
+    for (k, batch) in batches.iter().enumerate() {
+        if let Some(batch) = batch {
+            check_batch(&format!("client {k}, step {step}"), batch, dim, classes)?;
+        }
+    }
+    Ok(())
+}
+
 /// Checks one batch: [B, d] features, finite and not all zero per row, labels < classes.
 /// `who` prefixes the messages (e.g. "client 3, step 7").
 pub(crate) fn check_batch<T: Real>(

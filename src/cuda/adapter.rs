@@ -38,9 +38,9 @@ use super::driver::{Arg, DevBuf, Gpu, View};
 use super::nvrtc::{KERNEL_SOURCES, KernelSource};
 use crate::adapter::{
     AdapterBackend, AdapterParams, ClientBatch, Loss, OptimizerKind, OptimizerState, TextFeatures,
-    TrainConfig, check_batch, check_features, param_count,
+    TrainConfig, check_features, check_step, param_count,
 };
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use bytemuck::Pod;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -710,19 +710,8 @@ impl AdapterBackend for CudaAdapters {
 
     fn step(&mut self, batches: &[Option<ClientBatch<'_>>]) -> Result<Vec<Option<f32>>> {
         let step = self.steps;
-        if batches.len() != self.clients {
-            bail!(
-                "step {step}: {} batches given for {} clients",
-                batches.len(),
-                self.clients
-            );
-        }
         let (d, c) = (self.dim, self.texts.classes());
-        for (k, batch) in batches.iter().enumerate() {
-            if let Some(batch) = batch {
-                check_batch(&format!("client {k}, step {step}"), batch, d, c)?;
-            }
-        }
+        check_step(step, batches, self.clients, d, c)?;
         self.steps += 1;
         let min_batch = self.config.min_batch.max(1);
         let active: Vec<(usize, &ClientBatch<'_>)> = batches
