@@ -6,7 +6,7 @@ use super::params::{AdapterParams, param_count};
 use super::real::all_finite;
 use super::{
     AdapterBackend, ClientBatch, OptimizerState, TextFeatures, TrainConfig, check_features,
-    check_step,
+    check_setup, check_step,
 };
 use anyhow::{Result, bail, ensure};
 use rayon::prelude::*;
@@ -79,23 +79,7 @@ impl CpuAdapters {
         config: TrainConfig,
     ) -> Result<Self> {
         let dim = init.dim();
-        ensure!(num_clients > 0, "need at least one client");
-        ensure!(
-            texts.dim() == dim,
-            "text features have dim {}, the adapter has dim {dim}",
-            texts.dim()
-        );
-        ensure!(
-            config.logit_scale.is_finite(),
-            "logit scale {} is not finite",
-            config.logit_scale
-        );
-        let scale = config.logit_scale.exp();
-        ensure!(
-            scale.is_finite(),
-            "logit scale {} overflows exp()",
-            config.logit_scale
-        );
+        let scale = check_setup(num_clients, dim, &texts, &config)?;
         let p = param_count(dim);
         let total = num_clients
             .checked_mul(p)

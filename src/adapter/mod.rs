@@ -196,6 +196,29 @@ pub trait AdapterBackend {
     fn predict(&self, k: usize, features: &[f32]) -> Result<Vec<u32>>;
 }
 
+/// Checks what a K-client trainer is built from and returns the logit scale s = exp(logit_scale).
+pub(crate) fn check_setup(
+    num_clients: usize,
+    dim: usize,
+    texts: &TextFeatures<f32>,
+    config: &TrainConfig,
+) -> Result<f32> {
+    ensure!(num_clients > 0, "need at least one client");
+    check_texts(dim, texts)?;
+    ensure!(
+        config.logit_scale.is_finite(),
+        "logit scale {} is not finite",
+        config.logit_scale
+    );
+    let scale = config.logit_scale.exp();
+    ensure!(
+        scale.is_finite(),
+        "logit scale {} overflows exp()",
+        config.logit_scale
+    );
+    Ok(scale)
+}
+
 /// Checks one step's batches before any client is touched: one entry per client, each batch
 /// as [`check_batch`] wants it. Messages name the client and the step.
 pub(crate) fn check_step(

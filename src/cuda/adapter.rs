@@ -38,7 +38,7 @@ use super::driver::{Arg, DevBuf, Gpu, View};
 use super::nvrtc::{KERNEL_SOURCES, KernelSource};
 use crate::adapter::{
     AdapterBackend, AdapterParams, ClientBatch, Loss, OptimizerKind, OptimizerState, TextFeatures,
-    TrainConfig, check_features, check_step, param_count,
+    TrainConfig, check_features, check_setup, check_step, param_count,
 };
 use anyhow::{Context, Result, ensure};
 use bytemuck::Pod;
@@ -239,23 +239,7 @@ impl CudaAdapters {
         config: TrainConfig,
     ) -> Result<Self> {
         let dim = init.dim();
-        ensure!(num_clients > 0, "need at least one client");
-        ensure!(
-            texts.dim() == dim,
-            "text features have dim {}, the adapter has dim {dim}",
-            texts.dim()
-        );
-        ensure!(
-            config.logit_scale.is_finite(),
-            "logit scale {} is not finite",
-            config.logit_scale
-        );
-        let scale = config.logit_scale.exp();
-        ensure!(
-            scale.is_finite(),
-            "logit scale {} overflows exp()",
-            config.logit_scale
-        );
+        let scale = check_setup(num_clients, dim, &texts, &config)?;
         ensure!(
             KERNEL_SOURCES.iter().any(|s| s.file == SOURCE.file),
             "kernels/adapter.cu is not in this build's kernel list: add \

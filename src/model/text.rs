@@ -3,7 +3,7 @@
 
 use super::encoder::{BlockShape, EncoderLayer, LayerNorm, Linear, Trace, load_projection, record};
 use crate::weights::{Scope, TensorStore, TextConfig};
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 pub struct TextTower {
     pub config: TextConfig,
@@ -69,25 +69,7 @@ impl TextTower {
     ) -> Result<TextOutput> {
         let c = &self.config;
         let d = c.hidden_size;
-        if ids.len() != batch * seq {
-            bail!(
-                "token buffer holds {} ids, expected {batch}×{seq}",
-                ids.len()
-            );
-        }
-        if seq > c.max_position_embeddings {
-            bail!(
-                "sequence of {seq} tokens exceeds the model's {} positions",
-                c.max_position_embeddings
-            );
-        }
-        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= c.vocab_size) {
-            bail!(
-                "token id {bad} is outside the vocabulary of {} tokens",
-                c.vocab_size
-            );
-        }
-        let pool = c.pool_positions(ids, batch, seq)?;
+        let pool = c.check_ids(ids, batch, seq)?;
         let mut h = vec![0.0f32; batch * seq * d];
         for (i, row) in h.chunks_exact_mut(d).enumerate() {
             let (t, pos) = (ids[i] as usize, i % seq);

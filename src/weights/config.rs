@@ -82,6 +82,30 @@ impl TextConfig {
         self.eos_token_id == 2
     }
 
+    /// Checks a `[batch, seq]` id buffer against the model (length, positions, vocabulary) and
+    /// returns where each sequence is pooled. Both engines' text towers start here.
+    pub fn check_ids(&self, ids: &[u32], batch: usize, seq: usize) -> Result<Vec<usize>> {
+        if ids.len() != batch * seq {
+            bail!(
+                "token buffer holds {} ids, expected {batch}×{seq}",
+                ids.len()
+            );
+        }
+        if seq > self.max_position_embeddings {
+            bail!(
+                "sequence of {seq} tokens exceeds the model's {} positions",
+                self.max_position_embeddings
+            );
+        }
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.vocab_size) {
+            bail!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                self.vocab_size
+            );
+        }
+        self.pool_positions(ids, batch, seq)
+    }
+
     /// The token each of `batch` sequences (`ids` is `[batch, seq]`) is pooled at, by
     /// transformers' rule: the first maximum id for the legacy config, else the first
     /// `eos_token_id`. Both engines pool here.
