@@ -159,7 +159,13 @@ fn check_model(gpu: &Arc<Gpu>, dir: &Path, what: &str, batch: usize, text: bool)
 #[test]
 fn tiny_fixture_towers_match_the_cpu_engine() {
     let Some(gpu) = test_gpu() else { return };
-    for name in ["tiny-f32", "tiny-gelu-sharded", "tiny-vision-only"] {
+    for name in [
+        "tiny-f32",
+        "tiny-gelu-sharded",
+        "tiny-vision-only",
+        "oc-tiny-quickgelu",
+        "oc-tiny-gelu",
+    ] {
         let dir = repo().join("tests/fixtures/models").join(name);
         check_model(&gpu, &dir, name, 3, true);
     }

@@ -58,7 +58,7 @@ pub mod store;
 use crate::model::ClipModel;
 use crate::preprocess::PreprocessConfig;
 use anyhow::{Context, Result, bail, ensure};
-use hash::{Digest, FileStamp, HashMemo, model_fingerprint};
+use hash::{Digest, FileStamp, HashMemo, model_fingerprint_of};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::collections::HashSet;
@@ -126,7 +126,7 @@ impl CacheKeys {
         pre: &PreprocessConfig,
         memo: &mut HashMemo,
     ) -> Result<Self> {
-        let fp = model_fingerprint(&model.dir, memo)
+        let fp = model_fingerprint_of(&model.files, memo)
             .with_context(|| format!("hashing the model files of {}", model.dir.display()))?;
         Ok(CacheKeys {
             image: format!(

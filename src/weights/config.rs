@@ -56,6 +56,16 @@ impl VisionConfig {
     }
 }
 
+/// Which token a text sequence is pooled at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextPooling {
+    /// The first maximum id: the end token, highest in CLIP's vocabulary. transformers with
+    /// the legacy `eos_token_id = 2` (openai's saves), and open_clip's `pool_type = "argmax"`.
+    Argmax,
+    /// The first `eos_token_id`: transformers with any other `eos_token_id`.
+    FirstEos,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct TextConfig {
     pub vocab_size: usize,
@@ -70,16 +80,16 @@ pub struct TextConfig {
     pub bos_token_id: u32,
     pub eos_token_id: u32,
     pub pad_token_id: u32,
+    pub pooling: TextPooling,
 }
 
 impl TextConfig {
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
-    /// transformers pools at `argmax(input_ids)` when the config carries the legacy
-    /// `eos_token_id = 2` (openai's saves do), else at the first `eos_token_id`.
+    /// Whether sequences are pooled at their first maximum id (see [`TextPooling`]).
     pub fn pools_at_argmax(&self) -> bool {
-        self.eos_token_id == 2
+        self.pooling == TextPooling::Argmax
     }
 
     /// Checks a `[batch, seq]` id buffer against the model (length, positions, vocabulary) and
@@ -107,8 +117,7 @@ impl TextConfig {
     }
 
     /// The token each of `batch` sequences (`ids` is `[batch, seq]`) is pooled at, by
-    /// transformers' rule: the first maximum id for the legacy config, else the first
-    /// `eos_token_id`. Both engines pool here.
+    /// [`TextPooling`]. Both engines pool here.
     pub fn pool_positions(&self, ids: &[u32], batch: usize, seq: usize) -> Result<Vec<usize>> {
         (0..batch)
             .map(|b| {
@@ -331,6 +340,12 @@ fn text_config(r: RawText, proj: Option<usize>, file: &Path, p: &str) -> Result<
         bos_token_id: r.bos_token_id.unwrap_or(49406),
         eos_token_id: r.eos_token_id.unwrap_or(49407),
         pad_token_id: r.pad_token_id.unwrap_or(1),
+        // transformers pools at argmax(input_ids) for the legacy eos_token_id 2.
+        pooling: if r.eos_token_id.unwrap_or(49407) == 2 {
+            TextPooling::Argmax
+        } else {
+            TextPooling::FirstEos
+        },
     };
     divides(c.hidden_size, c.num_attention_heads, p, file)?;
     Ok(c)
