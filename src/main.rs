@@ -31,7 +31,8 @@ struct RunArgs {
     /// DomainNet or any such folder). Defaults to the bundled PACS-mini.
     #[arg(long, default_value = BUNDLED_DATA)]
     data: PathBuf,
-    /// Hugging Face CLIP model directory. Defaults to the bundled tiny model (random weights:
+    /// CLIP model: a Hugging Face or open_clip directory, or a .safetensors file with its
+    /// config beside it (layout detected). Defaults to the bundled tiny model (random weights:
     /// its accuracies mean nothing); e.g. --model path/to/clip-vit-base-patch32.
     #[arg(long, default_value = BUNDLED_MODEL)]
     model: PathBuf,
@@ -100,7 +101,9 @@ struct RunArgs {
 
 #[derive(Args)]
 struct EmbedArgs {
-    /// Hugging Face CLIP model directory (config.json, model.safetensors, tokenizer.json).
+    /// CLIP model: a Hugging Face directory (config.json, model.safetensors, tokenizer.json),
+    /// an open_clip one (open_clip_config.json, open_clip_model.safetensors), or a
+    /// .safetensors file with its config beside it.
     /// Defaults to the bundled tiny model, whose weights are random.
     #[arg(long, default_value = BUNDLED_MODEL)]
     model: PathBuf,

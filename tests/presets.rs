@@ -239,7 +239,9 @@ fn domainnet_scale() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("DomainNet");
+    // FEDCLIP_SCALE_DIR keeps the tree (e.g. to time other tools on it); else it is temporary.
+    let root = std::env::var_os("FEDCLIP_SCALE_DIR")
+        .map_or_else(|| tmp.path().join("DomainNet"), PathBuf::from);
     let p = Preset::DomainNet;
     let start = Instant::now();
     let mut files = 0;
