@@ -42,11 +42,17 @@ impl ClipTokenizer {
                     .map_err(|e| anyhow!("{}: not a valid tokenizer: {e}", f.display()))?,
                 f.display().to_string(),
             ),
-            TokenizerSource::BundledOpenAi => (
-                tokenizers::Tokenizer::from_bytes(BUNDLED_OPENAI_BPE)
-                    .map_err(|e| anyhow!("the bundled OpenAI BPE: {e}"))?,
-                "the bundled OpenAI BPE".to_string(),
-            ),
+            TokenizerSource::BundledOpenAi => {
+                eprintln!(
+                    "note: {} has no tokenizer.json; using the bundled OpenAI CLIP BPE, open_clip's tokenizer for this model",
+                    dir.display()
+                );
+                (
+                    tokenizers::Tokenizer::from_bytes(BUNDLED_OPENAI_BPE)
+                        .map_err(|e| anyhow!("the bundled OpenAI BPE: {e}"))?,
+                    "the bundled OpenAI BPE".to_string(),
+                )
+            }
             TokenizerSource::Missing(why) => bail!("{why}"),
         };
         Self::configure(inner, &name, context)

@@ -362,3 +362,234 @@ fn model_paths_that_are_not_models_are_errors() {
     );
     assert!(ModelFiles::locate(&lone).is_err());
 }
+
+/// Every other option the parser refuses, each named in its message.
+#[test]
+fn open_clip_config_errors_name_the_field() {
+    use fedclip::weights::open_clip::parse;
+    let base: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(model_dir("oc-tiny-gelu").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    let cases: Vec<(&str, &str, serde_json::Value, &str)> = vec![
+        (
+            "",
+            "multimodal_cfg",
+            serde_json::json!({"width": 512}),
+            "`multimodal_cfg`",
+        ),
+        (
+            "",
+            "init_logit_bias",
+            serde_json::json!(-10),
+            "`init_logit_bias`",
+        ),
+        (
+            "",
+            "embed_dim",
+            serde_json::json!(0),
+            "`embed_dim` = 0 is not a positive integer",
+        ),
+        (
+            "",
+            "quick_gelu",
+            serde_json::json!("yes"),
+            "`quick_gelu` = \"yes\" is not true or false",
+        ),
+        (
+            "",
+            "vision_cfg",
+            serde_json::json!(3),
+            "`vision_cfg` is not an object",
+        ),
+        (
+            "vision_cfg",
+            "image_size",
+            serde_json::json!([224, 160]),
+            "`vision_cfg.image_size`",
+        ),
+        (
+            "vision_cfg",
+            "patch_size",
+            serde_json::json!(128),
+            "`vision_cfg.patch_size`",
+        ),
+        (
+            "vision_cfg",
+            "head_width",
+            serde_json::json!(128),
+            "`vision_cfg.head_width` = 128 is not at most width",
+        ),
+        (
+            "vision_cfg",
+            "head_width",
+            serde_json::json!(20),
+            "not a multiple of the head count 3",
+        ),
+        (
+            "vision_cfg",
+            "mlp_ratio",
+            serde_json::json!(-1.0),
+            "`vision_cfg.mlp_ratio`",
+        ),
+        (
+            "vision_cfg",
+            "act_kwargs",
+            serde_json::json!({"approximate": "tanh"}),
+            "`vision_cfg.act_kwargs`",
+        ),
+        (
+            "vision_cfg",
+            "norm_kwargs",
+            serde_json::json!({"eps": -1}),
+            "`vision_cfg.norm_kwargs.eps`",
+        ),
+        (
+            "vision_cfg",
+            "qk_norm",
+            serde_json::json!(true),
+            "`vision_cfg.qk_norm`",
+        ),
+        (
+            "vision_cfg",
+            "no_ln_pre",
+            serde_json::json!(true),
+            "`vision_cfg.no_ln_pre`",
+        ),
+        (
+            "vision_cfg",
+            "pos_embed_type",
+            serde_json::json!("sin_cos_2d"),
+            "`vision_cfg.pos_embed_type`",
+        ),
+        (
+            "text_cfg",
+            "embed_cls",
+            serde_json::json!(true),
+            "`text_cfg.embed_cls`",
+        ),
+        (
+            "text_cfg",
+            "pool_type",
+            serde_json::json!("eos"),
+            "`text_cfg.pool_type`",
+        ),
+        (
+            "text_cfg",
+            "proj_bias",
+            serde_json::json!(true),
+            "`text_cfg.proj_bias`",
+        ),
+        (
+            "text_cfg",
+            "proj_type",
+            serde_json::json!("mlp"),
+            "`text_cfg.proj_type`",
+        ),
+        (
+            "text_cfg",
+            "pad_id",
+            serde_json::json!("zero"),
+            "`text_cfg.pad_id`",
+        ),
+        (
+            "text_cfg",
+            "heads",
+            serde_json::json!(5),
+            "`text_cfg.width` = 32 is not a multiple",
+        ),
+    ];
+    for (section, key, value, says) in cases {
+        let mut json = base.clone();
+        let target = if section.is_empty() {
+            &mut json
+        } else {
+            &mut json[section]
+        };
+        target[key] = value;
+        let msg = match parse(&json.to_string(), Path::new("cfg.json")) {
+            Ok(_) => panic!("{section}.{key}: accepted"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            msg.contains("cfg.json") && msg.contains(says),
+            "{section}.{key}: {msg}"
+        );
+    }
+    let msg = parse(
+        "{\"embed_dim\": 8, \"vision_cfg\": null}",
+        Path::new("cfg.json"),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(msg.contains("neither `vision_cfg` nor `text_cfg`"), "{msg}");
+    let msg = parse("{not json", Path::new("cfg.json"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("cfg.json is not valid JSON"), "{msg}");
+}
+
+#[test]
+fn open_clip_preprocess_cfg_is_read_and_checked() {
+    use fedclip::preprocess::{PreprocessConfig, Resample};
+    // The hub fixture's preprocess_cfg is OpenAI's.
+    let cfg = PreprocessConfig::from_model_dir(&model_dir("oc-tiny-quickgelu"), 64).unwrap();
+    assert_eq!(cfg, PreprocessConfig::openai(64));
+    let json = |s: &str| -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_str(s).unwrap()
+    };
+    let c = PreprocessConfig::from_open_clip(
+        &json(r#"{"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear", "size": 96}"#),
+        64,
+    )
+    .unwrap();
+    assert_eq!(
+        (c.mean, c.std, c.resample),
+        ([0.5; 3], [0.5; 3], Resample::Bilinear)
+    );
+    assert_eq!(
+        (c.resize_shortest, c.crop_height, c.crop_width),
+        (96, 96, 96)
+    );
+    for (bad, says) in [
+        (r#"{"resize_mode": "squash"}"#, "`resize_mode`"),
+        (r#"{"interpolation": "lanczos"}"#, "`interpolation`"),
+        (r#"{"std": [0.5, 0.0, 0.5]}"#, "`std`: must not contain 0"),
+        (r#"{"mean": [0.5]}"#, "mean"),
+        (r#"{"size": [224, 160]}"#, "only square sizes"),
+        (r#"{"mode": "L"}"#, "`mode`"),
+    ] {
+        let msg = format!(
+            "{:#}",
+            PreprocessConfig::from_open_clip(&json(bad), 64).unwrap_err()
+        );
+        assert!(msg.contains(says), "{bad}: {msg}");
+    }
+    // In a model folder the error names the file.
+    let tmp = edited_copy("oc-tiny-quickgelu", "open_clip_config.json", |j| {
+        j["preprocess_cfg"]["resize_mode"] = serde_json::json!("longest");
+    });
+    let msg = format!(
+        "{:#}",
+        PreprocessConfig::from_model_dir(tmp.path(), 64).unwrap_err()
+    );
+    assert!(
+        msg.contains("open_clip_config.json") && msg.contains("resize_mode"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_vocabulary_other_than_openai_needs_a_tokenizer_file() {
+    // oc-tiny-gelu has 1000 tokens: the bundled BPE does not fit it.
+    let msg = ClipTokenizer::load(&model_dir("oc-tiny-gelu"), 77)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("vocab_size is 1000") && msg.contains("tokenizer.json"),
+        "{msg}"
+    );
+}

@@ -51,7 +51,7 @@ pub fn parse(json: &str, file: &Path) -> Result<(ClipConfig, OpenClipExtras)> {
     } else {
         Activation::Gelu
     };
-    let vision = match model.obj.get("vision_cfg") {
+    let vision = match model.present("vision_cfg") {
         Some(v) => Some(vision(
             &Fields::new(v, &format!("{p}vision_cfg."), file)?,
             embed_dim,
@@ -59,7 +59,7 @@ pub fn parse(json: &str, file: &Path) -> Result<(ClipConfig, OpenClipExtras)> {
         )?),
         None => None,
     };
-    let (text, tokenizer) = match model.obj.get("text_cfg") {
+    let (text, tokenizer) = match model.present("text_cfg") {
         Some(t) => {
             let f = Fields::new(t, &format!("{p}text_cfg."), file)?;
             (
@@ -323,7 +323,11 @@ fn vision(f: &Fields, embed_dim: usize, act: Activation) -> Result<VisionConfig>
         hidden_size: width,
         intermediate_size: f.mlp_width(width)?,
         num_hidden_layers: f.usize_or("layers", 12)?,
-        num_attention_heads: f.heads(width, (width / head_width).max(1), "width / head_width")?,
+        // open_clip's `width // head_width` heads.
+        num_attention_heads: match width / head_width {
+            0 => return Err(f.bad("head_width", "at most width")),
+            heads => f.heads(width, heads, "width / head_width")?,
+        },
         num_channels: 3,
         image_size,
         patch_size,
