@@ -96,23 +96,8 @@ impl Dataset {
     /// Scans `root`. With `preset`, exactly its domains are used (each must exist; other
     /// folders are ignored with a warning); without, the preset is detected.
     pub fn scan_with(root: &Path, preset: Option<Preset>) -> Result<Dataset> {
-        if !root.exists() {
-            bail!("dataset root {} does not exist", root.display());
-        }
-        if !root.is_dir() {
-            bail!("dataset root {} is not a directory", root.display());
-        }
         let mut warnings = Vec::new();
-        let found = sorted_subdirs(root)?
-            .into_iter()
-            .filter(|n| !n.starts_with('.'))
-            .collect::<Vec<_>>();
-        if found.is_empty() {
-            bail!(
-                "dataset root {} has no domain folders (expected <root>/<domain>/<class>/<image>)",
-                root.display()
-            );
-        }
+        let found = Self::domain_folders(root)?;
         let (preset, names) = match preset {
             Some(p) => {
                 let mut names = Vec::new();
@@ -229,6 +214,28 @@ impl Dataset {
             domains,
             warnings,
         })
+    }
+
+    /// The sorted sub-folders of `root` not starting with `.`, without scanning them: the
+    /// domains [`scan`](Self::scan) would take. An error when there are none.
+    pub fn domain_folders(root: &Path) -> Result<Vec<String>> {
+        if !root.exists() {
+            bail!("dataset root {} does not exist", root.display());
+        }
+        if !root.is_dir() {
+            bail!("dataset root {} is not a directory", root.display());
+        }
+        let found = sorted_subdirs(root)?
+            .into_iter()
+            .filter(|n| !n.starts_with('.'))
+            .collect::<Vec<_>>();
+        if found.is_empty() {
+            bail!(
+                "dataset root {} has no domain folders (expected <root>/<domain>/<class>/<image>)",
+                root.display()
+            );
+        }
+        Ok(found)
     }
 
     pub fn domain_names(&self) -> Vec<&str> {
