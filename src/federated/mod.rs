@@ -11,17 +11,14 @@ use crate::adapter::{
     AdapterBackend, AdapterParams, ClientBatch, CpuAdapters, Loss, OptimizerConfig, OptimizerKind,
     OptimizerState, TextFeatures, TrainConfig, param_count, predict,
 };
-use crate::cuda::{CudaAdapters, CudaClip, Gpu};
+use crate::cuda::{CudaAdapters, Gpu};
 use crate::data::rng::RandomState;
 use crate::data::split::{SplitConfig, make_splits};
 use crate::data::{Dataset, PromptTemplate};
-use crate::device::{Backend, Device, select_device};
-use crate::embed::{
-    ImageEntry, encode_images, encode_images_cuda, encode_texts, encode_texts_cuda,
-};
+use crate::device::Device;
+use crate::encode::{Encoder, Engine, ImageEntry};
 use crate::features::FeatureCache;
-use crate::model::ClipModel;
-use crate::preprocess::PreprocessConfig;
+use crate::io::{write_atomic, write_safetensors};
 use anyhow::{Context, Result, bail, ensure};
 use report::{MetricRow, Summary};
 use safetensors::SafeTensors;
@@ -43,19 +40,6 @@ pub fn is_bundled_model(dir: &Path) -> bool {
 
 /// Random-stream tag of the per-round batch order (the data module uses 1 and 2).
 const TAG_BATCHES: u32 = 3;
-
-/// Writes a file atomically: a temporary file beside it, synced, then renamed over it.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().with_context(|| format!("cannot write {}", path.display()))
-}
 
 /// Test hook for the resume tests: `FEDCLIP_ABORT_AT=<round>:<metrics|state>` aborts the
 /// process, as a kill would, right after that round's metrics or its checkpoint are written.
@@ -128,7 +112,7 @@ impl State {
             meta.insert("best_val".to_string(), val.to_string());
             tensors.push(("best", vec![params.len()], params));
         }
-        crate::embed::write_safetensors(&dir.join(STATE_FILE), &tensors, meta)
+        write_safetensors(&dir.join(STATE_FILE), &tensors, meta)
     }
 
     fn load(dir: &Path) -> Result<State> {
@@ -223,7 +207,7 @@ fn write_adapter(path: &Path, dim: usize, params: &[f32], clients: &[&str]) -> R
         "layout".into(),
         "FedCLIP adapter: Linear(d,d) → Tanh → Linear(d,d) → Softmax; PyTorch [out, in]".into(),
     );
-    crate::embed::write_safetensors(path, &refs, meta)
+    write_safetensors(path, &refs, meta)
 }
 
 /// Accuracy of `params` (None: zero-shot) on one split.
@@ -247,11 +231,7 @@ fn accuracy(
 /// Runs (or, with `resume`, continues) one experiment. See `fedclip run --help`.
 pub fn run(cfg: &RunConfig, resume: bool, device: Device) -> Result<RunOutcome> {
     // On a GPU both the extraction and the adapter rounds run there.
-    let gpu = match select_device(device)? {
-        Backend::Cpu => None,
-        Backend::Cuda => Some(Gpu::open()?),
-    };
-    run_on(cfg, resume, gpu)
+    run_on(cfg, resume, Engine::select(device)?.gpu().cloned())
 }
 
 /// [`run`] on a given GPU (or the CPU with `None`); tests pass the host emulator here.
@@ -320,33 +300,19 @@ pub fn run_on(cfg: &RunConfig, resume: bool, gpu: Option<Arc<Gpu>>) -> Result<Ru
     splits.write_json(&dataset, &out.join("splits.json"))?;
 
     // Features: once per image and prompt, from the cache when it has them.
-    let model = ClipModel::load(&cfg.model)?;
-    let gpu_model = gpu
-        .as_ref()
-        .map(|g| CudaClip::load(g, &cfg.model))
-        .transpose()?;
-    let vision = model
-        .vision
-        .as_ref()
-        .with_context(|| format!("{} has no vision tower", cfg.model.display()))?;
-    let pre = PreprocessConfig::from_model_dir(&cfg.model, vision.config.image_size)?;
-    let cache = FeatureCache::open(&cfg.cache_dir, &model, &pre)?;
+    let engine = Engine::from_gpu(gpu.clone());
+    let encoder = Encoder::open(&cfg.model, &engine)?;
+    let pre = encoder.preprocess_config()?;
+    let cache = FeatureCache::open(&cfg.cache_dir, &encoder, &pre)?;
     let extract_start = Instant::now();
     let (mut extracted, mut cached) = (0, 0);
     let mut domain_features = Vec::new();
     for domain in &dataset.domains {
         let (feats, stats) = cache.image_features(&domain.paths(), |chunk| {
-            let entries: Vec<ImageEntry> = chunk
-                .iter()
-                .map(|p| ImageEntry {
-                    path: p.clone(),
-                    name: p.display().to_string(),
-                })
-                .collect();
-            Ok(match &gpu_model {
-                Some(g) => encode_images_cuda(g, &entries, cfg.extract_batch, false)?.0,
-                None => encode_images(&model, &entries, cfg.extract_batch, false)?.0,
-            })
+            let entries: Vec<ImageEntry> = chunk.iter().map(|p| ImageEntry::from_path(p)).collect();
+            Ok(encoder
+                .encode_images(&entries, cfg.extract_batch, false)?
+                .embeds)
         })?;
         extracted += stats.computed;
         cached += stats.hits;
@@ -354,9 +320,8 @@ pub fn run_on(cfg: &RunConfig, resume: bool, gpu: Option<Arc<Gpu>>) -> Result<Ru
     }
     let template = PromptTemplate::new(&cfg.prompt_template);
     let prompts = dataset.prompts(&template);
-    let (text_raw, _) = cache.text_features(&prompts, |chunk| match &gpu_model {
-        Some(g) => encode_texts_cuda(g, chunk, cfg.extract_batch, false),
-        None => encode_texts(&model, chunk, cfg.extract_batch, false),
+    let (text_raw, _) = cache.text_features(&prompts, |chunk| {
+        encoder.encode_texts(chunk, cfg.extract_batch, false)
     })?;
     for w in cache.warnings() {
         eprintln!("warning: {w}");
@@ -366,7 +331,7 @@ pub fn run_on(cfg: &RunConfig, resume: bool, gpu: Option<Arc<Gpu>>) -> Result<Ru
         .first()
         .map_or(0, |f| f.len() / dataset.domains[0].samples.len().max(1));
     let texts = TextFeatures::new(&text_raw, dataset.classes.len(), dim)?;
-    let logit_scale = model.logit_scale.with_context(|| {
+    let logit_scale = encoder.logit_scale().with_context(|| {
         format!(
             "{}: no `logit_scale` tensor (the loss needs CLIP's temperature)",
             cfg.model.display()

@@ -39,11 +39,7 @@ impl ClipModel {
             .map(|c| TextTower::load(&store, c))
             .transpose()
             .with_context(|| format!("loading the text tower of {}", dir.display()))?;
-        let logit_scale = if store.contains("logit_scale") {
-            Some(store.get("logit_scale", &[])?.data[0])
-        } else {
-            None
-        };
+        let logit_scale = read_logit_scale(&store)?;
         Ok(ClipModel {
             dir: dir.to_path_buf(),
             config,
@@ -51,5 +47,14 @@ impl ClipModel {
             text,
             logit_scale,
         })
+    }
+}
+
+/// `logit_scale` as stored (a scalar), when the save has it.
+pub fn read_logit_scale(store: &TensorStore) -> Result<Option<f32>> {
+    if store.contains("logit_scale") {
+        Ok(Some(store.get("logit_scale", &[])?.data[0]))
+    } else {
+        Ok(None)
     }
 }
