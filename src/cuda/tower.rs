@@ -675,7 +675,10 @@ impl CudaText {
 /// A model directory's towers on the GPU.
 pub struct CudaClip {
     pub dir: PathBuf,
+    pub files: ModelFiles,
     pub config: ClipConfig,
+    /// `logit_scale` as stored (the log of the temperature), when the save has it.
+    pub logit_scale: Option<f32>,
     pub gpu: Arc<Gpu>,
     pub vision: Option<CudaVision>,
     pub text: Option<CudaText>,
@@ -704,7 +707,9 @@ impl CudaClip {
             .transpose()
             .with_context(|| format!("loading the text tower of {} to the GPU", path.display()))?;
         Ok(CudaClip {
-            dir: files.dir,
+            dir: files.dir.clone(),
+            logit_scale: weights.logit_scale()?,
+            files,
             config,
             gpu: gpu.clone(),
             vision,

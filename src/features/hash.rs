@@ -216,7 +216,7 @@ impl HashMemo {
         }
         let sum = blake3::hash(&buf);
         buf.extend_from_slice(sum.as_bytes());
-        write_atomic(&self.path, &buf)?;
+        crate::io::write_atomic(&self.path, &buf)?;
         self.dirty = false;
         Ok(())
     }
@@ -274,24 +274,6 @@ impl Reader<'_> {
             self.take(8)?.try_into().expect("8 bytes"),
         ))
     }
-}
-
-/// A temporary file beside `path`, renamed into place.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_path(path);
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} into place", path.display()))
-}
-
-/// `<path>.tmp-<pid>-<nanos>`: unique per writer, recognisable as debris.
-pub fn temp_path(path: &Path) -> PathBuf {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp-{}-{nanos}", std::process::id()));
-    path.with_file_name(name)
 }
 
 /// The files whose bytes determine a model's features.
