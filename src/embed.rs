@@ -4,7 +4,7 @@ use crate::cuda::{CudaClip, CudaText, CudaVision, Gpu};
 use crate::device::{Backend, Device, select_device};
 use crate::model::{ClipModel, TextTower, VisionTower};
 use crate::preprocess::{PreprocessConfig, preprocess_file};
-use crate::tokenizer::ClipTokenizer;
+use crate::tokenizer::{ClipTokenizer, TokenizerKind};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -25,6 +25,7 @@ pub struct EmbedRequest {
     pub device: Device,
     pub skip_bad: bool,
     pub truncate: bool,
+    pub tokenizer: TokenizerKind,
 }
 
 pub struct EmbedSummary {
@@ -282,12 +283,20 @@ pub fn encode_texts(
     prompts: &[String],
     batch: usize,
     truncate: bool,
+    tokenizer: TokenizerKind,
 ) -> Result<Vec<f32>> {
     let text = model
         .text
         .as_ref()
         .with_context(|| format!("{} has no text tower", model.dir.display()))?;
-    encode_texts_on(Text::Cpu(text), &model.dir, prompts, batch, truncate)
+    encode_texts_on(
+        Text::Cpu(text),
+        &model.dir,
+        prompts,
+        batch,
+        truncate,
+        tokenizer,
+    )
 }
 
 /// [`encode_texts`] on the CUDA engine.
@@ -296,12 +305,20 @@ pub fn encode_texts_cuda(
     prompts: &[String],
     batch: usize,
     truncate: bool,
+    tokenizer: TokenizerKind,
 ) -> Result<Vec<f32>> {
     let text = model
         .text
         .as_ref()
         .with_context(|| format!("{} has no text tower", model.dir.display()))?;
-    encode_texts_on(Text::Cuda(text), &model.dir, prompts, batch, truncate)
+    encode_texts_on(
+        Text::Cuda(text),
+        &model.dir,
+        prompts,
+        batch,
+        truncate,
+        tokenizer,
+    )
 }
 
 fn encode_texts_on(
@@ -310,6 +327,7 @@ fn encode_texts_on(
     prompts: &[String],
     batch: usize,
     truncate: bool,
+    kind: TokenizerKind,
 ) -> Result<Vec<f32>> {
     if !text.has_projection() {
         bail!(
@@ -318,7 +336,7 @@ fn encode_texts_on(
         );
     }
     let config = text.config();
-    let tokenizer = ClipTokenizer::load(dir, config.max_position_embeddings)?;
+    let tokenizer = ClipTokenizer::load(dir, config.max_position_embeddings, kind)?;
     let ids = prompts
         .iter()
         .map(|p| tokenizer.encode(p, truncate))
@@ -423,8 +441,10 @@ pub fn run(req: &EmbedRequest) -> Result<EmbedSummary> {
     }
     if let Some(prompts) = &prompts {
         let embeds = match &engine {
-            Engine::Cpu(m) => encode_texts(m, prompts, req.batch, req.truncate)?,
-            Engine::Cuda(m) => encode_texts_cuda(m, prompts, req.batch, req.truncate)?,
+            Engine::Cpu(m) => encode_texts(m, prompts, req.batch, req.truncate, req.tokenizer)?,
+            Engine::Cuda(m) => {
+                encode_texts_cuda(m, prompts, req.batch, req.truncate, req.tokenizer)?
+            }
         };
         let dim = config.text.as_ref().map_or(0, |t| t.projection_dim);
         owned.push(("text_embeds", vec![prompts.len(), dim], embeds));

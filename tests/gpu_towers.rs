@@ -214,6 +214,7 @@ fn embed_jobs_on_cuda_match_the_cpu_engine() {
     use fedclip::embed::{
         collect_images, encode_images, encode_images_cuda, encode_texts, encode_texts_cuda,
     };
+    use fedclip::tokenizer::TokenizerKind;
     let Some(gpu) = test_gpu() else { return };
     let dir = repo().join("weights/tiny-clip");
     let cpu = ClipModel::load(&dir).unwrap();
@@ -232,8 +233,8 @@ fn embed_jobs_on_cuda_match_the_cpu_engine() {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let want = encode_texts(&cpu, &prompts, 2, false).unwrap();
-    let got = encode_texts_cuda(&dev, &prompts, 2, false).unwrap();
+    let want = encode_texts(&cpu, &prompts, 2, false, TokenizerKind::Openai).unwrap();
+    let got = encode_texts_cuda(&dev, &prompts, 2, false, TokenizerKind::Openai).unwrap();
     let e = relative_error(&got, &want);
     println!("  embed texts: relative error {e:.2e}");
     assert!(e <= TOWER_TOL, "texts: {e:.2e}");

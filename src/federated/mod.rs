@@ -330,7 +330,7 @@ pub fn run_on(cfg: &RunConfig, resume: bool, gpu: Option<Arc<Gpu>>) -> Result<Ru
         .as_ref()
         .with_context(|| format!("{} has no vision tower", cfg.model.display()))?;
     let pre = PreprocessConfig::from_model_dir(&cfg.model, vision.config.image_size)?;
-    let cache = FeatureCache::open(&cfg.cache_dir, &model, &pre)?;
+    let cache = FeatureCache::open(&cfg.cache_dir, &model, &pre, cfg.tokenizer)?;
     let extract_start = Instant::now();
     let (mut extracted, mut cached) = (0, 0);
     let mut domain_features = Vec::new();
@@ -355,8 +355,8 @@ pub fn run_on(cfg: &RunConfig, resume: bool, gpu: Option<Arc<Gpu>>) -> Result<Ru
     let template = PromptTemplate::new(&cfg.prompt_template);
     let prompts = dataset.prompts(&template);
     let (text_raw, _) = cache.text_features(&prompts, |chunk| match &gpu_model {
-        Some(g) => encode_texts_cuda(g, chunk, cfg.extract_batch, false),
-        None => encode_texts(&model, chunk, cfg.extract_batch, false),
+        Some(g) => encode_texts_cuda(g, chunk, cfg.extract_batch, false, cfg.tokenizer),
+        None => encode_texts(&model, chunk, cfg.extract_batch, false, cfg.tokenizer),
     })?;
     for w in cache.warnings() {
         eprintln!("warning: {w}");

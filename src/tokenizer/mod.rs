@@ -1,7 +1,40 @@
-//! CLIP's byte-level BPE, read from the model directory's `tokenizer.json`.
+//! CLIP's byte-level BPE, read from the model directory's `tokenizer.json`, after the text
+//! cleaning of OpenAI's `clip.tokenize` (or none, as transformers' `CLIPTokenizerFast`).
+
+pub mod clean;
+pub mod ftfy;
 
 use anyhow::{Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::path::Path;
+
+/// Which tokenizer's text handling to reproduce; both share the BPE of `tokenizer.json`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerKind {
+    /// OpenAI's `clip.tokenize` (the reference's, also open_clip's): ftfy, HTML unescaping,
+    /// whitespace collapse and lower-casing before BPE.
+    #[default]
+    Openai,
+    /// transformers' `CLIPTokenizerFast`: `tokenizer.json` alone (no ftfy, no unescaping).
+    Hf,
+}
+
+impl TokenizerKind {
+    /// What fedclip did before the choice existed, for settings saved without it.
+    pub fn before_the_choice() -> Self {
+        TokenizerKind::Hf
+    }
+
+    /// The text `tokenizer.json` is given.
+    pub fn prepare<'a>(self, text: &'a str) -> Cow<'a, str> {
+        match self {
+            TokenizerKind::Openai => Cow::Owned(clean::openai_clean(text)),
+            TokenizerKind::Hf => Cow::Borrowed(text),
+        }
+    }
+}
 
 /// OpenAI CLIP's context length.
 pub const CONTEXT_LENGTH: usize = 77;
@@ -9,13 +42,14 @@ pub const CONTEXT_LENGTH: usize = 77;
 pub struct ClipTokenizer {
     inner: tokenizers::Tokenizer,
     context: usize,
+    kind: TokenizerKind,
     pub start: u32,
     pub end: u32,
 }
 
 impl ClipTokenizer {
     /// Loads `<dir>/tokenizer.json`; `context` is the model's position count (77 for CLIP).
-    pub fn load(dir: &Path, context: usize) -> Result<Self> {
+    pub fn load(dir: &Path, context: usize, kind: TokenizerKind) -> Result<Self> {
         let file = dir.join("tokenizer.json");
         if !file.exists() {
             bail!(
@@ -39,6 +73,7 @@ impl ClipTokenizer {
         Ok(ClipTokenizer {
             inner,
             context,
+            kind,
             start,
             end,
         })
@@ -50,7 +85,7 @@ impl ClipTokenizer {
     pub fn encode(&self, text: &str, truncate: bool) -> Result<Vec<u32>> {
         let enc = self
             .inner
-            .encode(text, true)
+            .encode(self.kind.prepare(text).as_ref(), true)
             .map_err(|e| anyhow!("cannot tokenize {text:?}: {e}"))?;
         let mut ids = enc.get_ids().to_vec();
         // Guard against a tokenizer.json whose post-processor adds no special tokens.
