@@ -178,3 +178,31 @@ fn the_corpus_exercises_the_difference() {
         c.cases.len()
     );
 }
+
+/// `fedclip embed --tokenizer`: the choice reaches the text tower. A prompt that cleaning
+/// changes gets other features under `hf`; one it leaves alone gets the same.
+#[test]
+fn embed_passes_the_tokenizer_choice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = tmp.path().join("prompts.txt");
+    std::fs::write(&prompts, "a photo of a dog\nrock &amp; roll’s “best”\n").unwrap();
+    let embed = |kind: &str| -> Vec<f32> {
+        let out = tmp.path().join(format!("{kind}.safetensors"));
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_fedclip"))
+            .args(["embed", "--device", "cpu", "--tokenizer", kind, "--texts"])
+            .arg(&prompts)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let bytes = std::fs::read(&out).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let t = st.tensor("text_embeds").unwrap();
+        bytemuck::pod_collect_to_vec(t.data())
+    };
+    let (openai, hf) = (embed("openai"), embed("hf"));
+    let dim = openai.len() / 2;
+    assert_eq!(openai[..dim], hf[..dim], "a plain prompt must not change");
+    assert_ne!(openai[dim..], hf[dim..], "the cleaned prompt must change");
+}
