@@ -5,7 +5,7 @@
 //! names the first string that differs.
 //!
 //! Known gap: the strings in tests/fixtures/tokenizer_known_deviations.json, whose mojibake
-//! plsfix judges by an older ftfy's heuristic. They must still differ (so the list shrinks
+//! plsfix repairs as an older ftfy did. They must still differ (so the list shrinks
 //! when plsfix catches up); every other string must match.
 
 use fedclip::tokenizer::clean::{fix_text, html_unescape, openai_clean};

@@ -9,9 +9,10 @@
 //! * Terminal escapes: plsfix's pattern never matches (it spells ESC as `"\033"`, which Rust
 //!   reads as NUL, `3`, `3`), so they are removed here, before plsfix drops the ESC alone.
 //!
-//! plsfix ports an older ftfy's mojibake heuristic (`badness`): it is private to plsfix, and
-//! where it judges text otherwise than ftfy 6.3 the result differs (see
-//! tests/tokenizer_parity.rs for the strings this affects).
+//! Not bridged: plsfix's mojibake repair, private to it, follows an older ftfy (its `badness`
+//! heuristic, and `restore_byte_a0` tried under MacRoman too), so some mojibake is repaired
+//! otherwise than by ftfy 6.3 (tests/fixtures/tokenizer_known_deviations.json lists the corpus
+//! strings this affects).
 
 use super::clean::html_unescape;
 use regex::{Captures, Regex};
