@@ -147,7 +147,8 @@ impl CacheKeys {
 }
 
 /// The text store key. `hf` is what fedclip did before the choice existed, so its key is the
-/// one those caches were written under; `openai` adds its cleaning.
+/// one those caches were written under; `openai` adds its cleaning, whose tag must change
+/// whenever the cleaning's output does (e.g. when a known ftfy deviation is fixed).
 fn text_key(weights: &str, tokenizer_files: &str, kind: TokenizerKind) -> String {
     let key = format!("fedclip-text-features/1;weights={weights};tokenizer={tokenizer_files}");
     match kind {
