@@ -5,6 +5,7 @@ use fedclip::embed::{self, EmbedRequest};
 use fedclip::federated::{
     self, Aggregate, BUNDLED_DATA, BUNDLED_MODEL, LossName, Method, OptimizerName, RunConfig,
 };
+use fedclip::tokenizer::TokenizerKind;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -83,6 +84,11 @@ struct RunArgs {
     /// Class prompt; `{}` becomes the class name with `_` as spaces, lower-cased.
     #[arg(long, default_value = "a picture of a {}")]
     prompt_template: String,
+    /// Prompt tokenization: `openai` cleans text as OpenAI's clip.tokenize does (ftfy, HTML
+    /// unescaping, whitespace, lower case), as the reference; `hf` as transformers'
+    /// CLIPTokenizerFast (tokenizer.json alone).
+    #[arg(long, value_enum, default_value_t = TokenizerKind::Openai)]
+    tokenizer: TokenizerKind,
     /// Images per forward pass while extracting features.
     #[arg(long, default_value_t = 64)]
     extract_batch: usize,
@@ -129,6 +135,11 @@ struct EmbedArgs {
     /// Cut prompts longer than the context (77 tokens) instead of failing.
     #[arg(long)]
     truncate: bool,
+    /// Prompt tokenization: `openai` cleans text as OpenAI's clip.tokenize does (ftfy, HTML
+    /// unescaping, whitespace, lower case), as the reference; `hf` as transformers'
+    /// CLIPTokenizerFast (tokenizer.json alone).
+    #[arg(long, value_enum, default_value_t = TokenizerKind::Openai)]
+    tokenizer: TokenizerKind,
 }
 
 fn embed_command(a: EmbedArgs) -> Result<()> {
@@ -146,6 +157,7 @@ fn embed_command(a: EmbedArgs) -> Result<()> {
         device: a.device,
         skip_bad: a.skip_bad,
         truncate: a.truncate,
+        tokenizer: a.tokenizer,
     };
     let s = embed::run(&req)?;
     eprintln!(
@@ -209,6 +221,7 @@ fn run_command(a: RunArgs) -> Result<()> {
         dirichlet_alpha: a.dirichlet_alpha,
         sample_fraction: a.sample_fraction,
         prompt_template: a.prompt_template,
+        tokenizer: a.tokenizer,
         extract_batch: a.extract_batch,
         cache_dir: a.cache_dir,
         out,

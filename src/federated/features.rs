@@ -58,7 +58,7 @@ pub fn extract(
 ) -> Result<Features> {
     let encoder = Encoder::open(&cfg.model, engine)?;
     let pre = encoder.preprocess_config()?;
-    let cache = FeatureCache::open(&cfg.cache_dir, &encoder, &pre)?;
+    let cache = FeatureCache::open(&cfg.cache_dir, &encoder, &pre, cfg.tokenizer)?;
     let start = Instant::now();
     let (mut extracted, mut from_cache) = (0, 0);
     let mut domain_features = Vec::new();
@@ -75,7 +75,7 @@ pub fn extract(
     }
     let prompts = dataset.prompts(&PromptTemplate::new(&cfg.prompt_template));
     let (text_raw, _) = cache.text_features(&prompts, |chunk| {
-        encoder.encode_texts(chunk, cfg.extract_batch, false)
+        encoder.encode_texts(chunk, cfg.extract_batch, false, cfg.tokenizer)
     })?;
     for w in cache.warnings() {
         eprintln!("warning: {w}");
