@@ -365,6 +365,8 @@ fn attention_matches_ops_attention() {
             (2, 17, 3, 10, true),
             (1, 20, 3, 8, false),
             (1, 50, 2, 16, false),
+            // 51 KiB of scores: over the 48 KiB a kernel gets without opting in.
+            (1, 1600, 1, 8, true),
         ]
     } else {
         &[
@@ -380,6 +382,7 @@ fn attention_matches_ops_attention() {
             (2, 20, 3, 8, true),
             (2, 50, 4, 16, false),
             (1, 577, 2, 96, false),
+            (1, 2000, 2, 32, false),
         ]
     };
     for &(batch, seq, heads, hd, causal) in shapes {
@@ -420,7 +423,7 @@ fn attention_matches_ops_attention() {
             causal,
         };
         let mut kinds = vec![];
-        if seq <= rows_kernel_max_seq(hd) {
+        if seq <= rows_kernel_max_seq(hd, gpu.info.max_smem_optin as usize) {
             kinds.push(AttentionKernel::Rows);
         }
         if call.hd64_ok() {
@@ -436,6 +439,64 @@ fn attention_matches_ops_attention() {
                 &want,
             );
         }
+    }
+}
+
+/// More (sequence, head) pairs than the grid has rows: the launch splits into several. On a
+/// GPU at the real limit (65,535), on the emulator with its limit lowered to 7 rows.
+#[test]
+fn attention_splits_grids_over_the_row_limit() {
+    let Some(gpu) = gpu() else { return };
+    let gpu = if gpu.info.emulated {
+        Gpu::emulator_with_grid_limit(7).unwrap()
+    } else {
+        gpu
+    };
+    let mut rng = Rng::new("attention grid split");
+    let limit = gpu.info.max_grid_y as usize;
+    let (heads, hd) = (if gpu.info.emulated { 3 } else { 16 }, 64);
+    let seq = 3;
+    let batch = limit / heads + 2;
+    assert!(batch * heads > limit);
+    let width = heads * hd;
+    let rows = batch * seq;
+    let [q, k, v] = [(); 3].map(|_| twins::round_f16(&rng.vec(rows * width, 2.0)));
+    let shape = ops::AttentionShape {
+        batch,
+        seq,
+        heads,
+        head_dim: hd,
+        causal: false,
+    };
+    let want = ops::attention(&q, &k, &v, shape);
+    let (qd, kd, vd) = (
+        gpu.upload(&f16s(&q)).unwrap(),
+        gpu.upload(&f16s(&k)).unwrap(),
+        gpu.upload(&f16s(&v)).unwrap(),
+    );
+    let out = gpu.alloc::<f16>(rows * width).unwrap();
+    let call = Attention {
+        q: qd.view(),
+        k: kd.view(),
+        v: vd.view(),
+        ld_in: width,
+        out: out.view(),
+        ld_out: width,
+        batch,
+        seq,
+        heads,
+        head_dim: hd,
+        causal: false,
+    };
+    for kind in [AttentionKernel::Rows, AttentionKernel::Hd64] {
+        gpu.poison(out.view()).unwrap();
+        call.launch(&gpu, kind).unwrap();
+        let got = twins::from_f16(&gpu.read(out.view()).unwrap());
+        check(
+            &format!("attention {kind:?} b{batch}×h{heads} over a grid limit of {limit}"),
+            &got,
+            &want,
+        );
     }
 }
 
