@@ -154,6 +154,8 @@ size_check() {
 # ---------------------------------------------------------------- run (device machine)
 
 have_gpu() {
+    # DEVICE_CHECK_EMULATE=1: a dry run of the stages on the host emulator (tests the script).
+    [ "${DEVICE_CHECK_EMULATE:-}" = 1 ] && { export FEDCLIP_EMULATE=1; return 0; }
     command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'
 }
 
@@ -226,8 +228,12 @@ facts() {
     echo "binaries from commit $(cat "$BIN/commit" 2>/dev/null || echo '?') ($(cat "$BIN/dirty" 2>/dev/null || echo '?') modified files); $(cat "$BIN/glibc" 2>/dev/null || echo 'glibc need unknown')"
     ldd --version 2>&1 | head -n1
     uname -a
-    nvidia-smi 2>&1 || echo "nvidia-smi: not available"
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,compute_cap --format=csv 2>&1 || true
+    if command -v nvidia-smi >/dev/null; then
+        nvidia-smi 2>&1
+        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,compute_cap --format=csv 2>&1
+    else
+        echo "nvidia-smi: not on the PATH"
+    fi
     echo "LD_LIBRARY_PATH (NVRTC search) = ${LD_LIBRARY_PATH:-}"
     echo "FEDCLIP_TEST_SEED=$FEDCLIP_TEST_SEED"
     "$PY" - <<'PY' 2>&1 || true
