@@ -18,7 +18,7 @@
 # git-ignored); fixtures travel with the working tree, and the test binaries find them
 # through the path they were built in, linked to the tree there.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 ROOT="$PWD"
 SELF="$ROOT/benches/device_check.sh"
 BIN="$ROOT/.device-bin"
@@ -99,11 +99,14 @@ for name, exe in seen.items():
         shutil.copy(exe, f"{sys.argv[2]}/{name}")
 PY
     rm -f "$json"
-    glibc_check
+    local glibc
+    glibc="$(glibc_check)" || { echo "$glibc" >&2; exit 1; }
+    echo "$glibc"
     for f in "$BIN"/*; do
         strip --strip-debug "$f" 2>/dev/null || true
         gzip -9 "$f"
     done
+    echo "$glibc" | head -n1 >"$BIN/glibc"
     git rev-parse HEAD >"$BIN/commit" 2>/dev/null || echo unknown >"$BIN/commit"
     git status --porcelain --untracked-files=no | wc -l | tr -d ' ' >"$BIN/dirty"
     echo "$ROOT" >"$BIN/built_in"
@@ -132,9 +135,8 @@ glibc_check() {
         fi
     done
     echo "glibc: the binaries need GLIBC_$worst at most (built against $(ldd --version 2>/dev/null | head -n1 | grep -o '[0-9.]*$')); the device is assumed to have $DEVICE_GLIBC or newer"
-    echo "glibc_max_needed $worst" >"$BIN/glibc"
     if [ "$bad" = 1 ]; then
-        echo "prepare: a binary needs a glibc newer than $DEVICE_GLIBC; build on an older distro" >&2
+        echo "prepare: a binary needs a glibc newer than $DEVICE_GLIBC; build on an older distro"
         return 1
     fi
 }
@@ -225,7 +227,8 @@ test_binary() {
 
 facts() {
     date -u
-    echo "binaries from commit $(cat "$BIN/commit" 2>/dev/null || echo '?') ($(cat "$BIN/dirty" 2>/dev/null || echo '?') modified files); $(cat "$BIN/glibc" 2>/dev/null || echo 'glibc need unknown')"
+    echo "binaries from commit $(cat "$BIN/commit" 2>/dev/null || echo '?') ($(cat "$BIN/dirty" 2>/dev/null || echo '?') tracked files modified)"
+    cat "$BIN/glibc" 2>/dev/null || echo "glibc: the binaries' need is unknown (no .device-bin)"
     ldd --version 2>&1 | head -n1
     uname -a
     if command -v nvidia-smi >/dev/null; then
@@ -380,6 +383,8 @@ run() {
     return 0
 }
 
+# Dispatch only when executed (sourcing it gives the functions, for trying them out).
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
 case "${1:-}" in
     prepare) prepare ;;
     plan) plan ;;
