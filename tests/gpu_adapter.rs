@@ -532,6 +532,9 @@ fn client_loss_grad<T: Real>(
     (l, grad)
 }
 
+/// A client's gradient at (parameters, features, texts).
+type GradAt<'a, T> = dyn Fn(&[T], &[T], &[T]) -> Vec<T> + 'a;
+
 /// The rounding error of an f32 gradient of one client's batch, per element: the RMS, over
 /// eight draws of inputs (parameters, features, texts) each moved by at most one ulp, of the
 /// CPU's f32 gradient (`loss_and_grad::<f32>`, the code `CpuAdapters` runs) minus the f64
@@ -543,8 +546,8 @@ fn client_loss_grad<T: Real>(
 fn gradient_noise(
     rng: &mut Rng,
     inputs: [&[f32]; 3],
-    grad32: &dyn Fn(&[f32], &[f32], &[f32]) -> Vec<f32>,
-    grad64: &dyn Fn(&[f64], &[f64], &[f64]) -> Vec<f64>,
+    grad32: &GradAt<'_, f32>,
+    grad64: &GradAt<'_, f64>,
 ) -> Vec<f64> {
     let mut jitter = |v: &[f32]| -> Vec<f32> {
         v.iter()
