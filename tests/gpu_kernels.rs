@@ -647,3 +647,46 @@ fn launch_wrappers_refuse_bad_shapes() {
     };
     assert!(g.launch(&gpu, GemmTile::Auto).is_err(), "no output");
 }
+
+/// Attention shapes no launch can take: the row kernel's scores over the device's shared
+/// memory, and more heads than the grid has rows (splitting by sequences cannot help).
+#[test]
+fn attention_refuses_what_no_grid_or_shared_memory_holds() {
+    let Some(gpu) = gpu() else { return };
+    let attention = |gpu: &Arc<Gpu>, seq: usize, heads: usize, hd: usize| {
+        let buf = gpu.alloc::<f16>(seq * heads * hd).unwrap();
+        let call = Attention {
+            q: buf.view(),
+            k: buf.view(),
+            v: buf.view(),
+            ld_in: heads * hd,
+            out: buf.view(),
+            ld_out: heads * hd,
+            batch: 1,
+            seq,
+            heads,
+            head_dim: hd,
+            causal: false,
+        };
+        format!("{:#}", call.launch(gpu, AttentionKernel::Rows).unwrap_err())
+    };
+    let seq = gpu.info.max_smem_optin as usize / 32 + 1;
+    let msg = attention(&gpu, seq, 1, 8);
+    assert!(
+        msg.contains(&format!(
+            "{seq} tokens × head dim 8 exceed the row kernel's shared memory"
+        )),
+        "{msg}"
+    );
+    let gpu = if gpu.info.emulated {
+        Gpu::emulator_with_grid_limit(7).unwrap()
+    } else {
+        gpu
+    };
+    let heads = gpu.info.max_grid_y as usize + 1;
+    let msg = attention(&gpu, 1, heads, 8);
+    assert!(
+        msg.contains(&format!("{heads} heads exceed the grid's")),
+        "{msg}"
+    );
+}
