@@ -211,7 +211,7 @@ test_binary() {
     shift
     local log
     log="$(mktemp)"
-    "$BIN/$bin" --test-threads=4 "$@" 2>&1 | tee "$log"
+    "$BIN/$bin" --test-threads=4 --nocapture "$@" 2>&1 | tee "$log"
     local rc=${PIPESTATUS[0]}
     if [ "$rc" != 0 ]; then
         local failed
