@@ -215,7 +215,8 @@ test_binary() {
     local rc=${PIPESTATUS[0]}
     if [ "$rc" != 0 ]; then
         local failed
-        failed="$(awk '/^failures:$/ {n++; next} n == 2 && /^    [A-Za-z0-9_:]+$/ {print $1}' "$log")"
+        # The names under the last `failures:` heading (libtest lists them there).
+        failed="$(awk '/^failures:$/ {list = ""; next} /^    [A-Za-z0-9_:]+$/ {list = list " " $1} END {print list}' "$log")"
         for t in $failed; do
             echo "== rerun of $bin $t with CUDA_LAUNCH_BLOCKING=1 FEDCLIP_CUDA_SYNC=1 (seed $FEDCLIP_TEST_SEED)"
             CUDA_LAUNCH_BLOCKING=1 FEDCLIP_CUDA_SYNC=1 "$BIN/$bin" --exact "$t" --test-threads=1 --nocapture 2>&1
