@@ -501,11 +501,8 @@ fn norm64(v: impl Iterator<Item = f64>) -> f64 {
 
 /// f32's unit roundoff.
 const U32: f64 = f32::EPSILON as f64 / 2.0;
-/// K of the first-step error model for accumulations of up to `len` terms (see
-/// `first_step_is_as_accurate_as_the_cpu`).
-fn noise_spread(len: usize) -> f64 {
-    3.0 * (len as f64 / 8.0).sqrt().max(2.0)
-}
+/// K of the first-step error model (see `first_step_is_as_accurate_as_the_cpu`).
+const NOISE_SPREAD: f64 = 6.0;
 
 /// One client's loss and gradient in `T` at `inputs` = (parameters, features, texts), with
 /// the FedProx term when `prox` = (μ, anchor) is given.
@@ -596,13 +593,15 @@ fn gradient_noise(
 /// held to an error model instead: element i's update may be off by
 /// `|step(g_i ± K·σ_i) − step(g_i)|`, σ_i the f32 gradient's rounding error there
 /// ([`gradient_noise`]), plus Adam's own f32 rounding (2u·|θ| + 8u·|Δ|); the client's error
-/// norm must be within the norm of that allowance. K = 3·max(2, √(L/8)), L = max(B, d, C) the
-/// longest accumulation: 3 for the tail of an RMS estimated from eight draws; the CPU sums in
-/// 8 lanes where a GPU thread accumulates its tile sequentially (error growing as √L), and the
-/// GPU contracts to FMA and has `expf`/`tanhf`/`logf` within 2 ulp (at least a factor 2). With
-/// K = 6 for all L, 1 seed in 27 failed (B = 2, C = 45: GPU 1.4e-5 against a model of 1.1e-5,
-/// CPU 3.4e-6). The CPU is held to the same model, so the model is not tuned to the GPU. The loss: within
-/// 16u·(s + |loss|), s the logit scale (both backends).
+/// norm must be within the norm of that allowance. K = 6: 3 for the tail of an RMS estimated
+/// from eight draws, 2 for what the GPU does differently (FMA contraction, summation order,
+/// `expf`/`tanhf`/`logf` within 2 ulp where the CPU's are within 3). The CPU is held to the
+/// same model, so the model is not tuned to the GPU.
+///
+/// Open: it held on 26 of 27 emulator seeds; on seed 101012974736978 (class loss, C = 45,
+/// AdamW, B = 2) the emulated GPU's gradient is off by ≈ 13σ at several elements with
+/// |g| ≈ 1e-5 where the CPU's is within 1σ (update error GPU 1.4e-5, model 1.1e-5, CPU
+/// 3.4e-6): a real accuracy difference of the GPU path, not yet located.
 #[test]
 fn first_step_is_as_accurate_as_the_cpu() {
     let Some(gpu) = gpu() else { return };
@@ -667,11 +666,10 @@ fn first_step_is_as_accurate_as_the_cpu() {
             );
             let want64 = adam_first_step_f64(&cfg.optimizer, &theta64, &grad);
             let delta64: Vec<f64> = want64.iter().zip(&theta64).map(|(a, b)| a - b).collect();
-            let spread = noise_spread(sizes[j].max(d).max(c));
             let allowed: Vec<f64> = (0..p)
                 .map(|i| {
                     let step = |g: f64| adam_first_step_one(&cfg.optimizer, theta64[i], g);
-                    let b = spread * sigma[i];
+                    let b = NOISE_SPREAD * sigma[i];
                     let from_grad = (step(grad[i] + b) - want64[i])
                         .abs()
                         .max((step(grad[i] - b) - want64[i]).abs());
