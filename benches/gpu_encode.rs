@@ -2,7 +2,7 @@
 //! batch 1/32/256/1024 for ViT-B/32, B/16 and L/14 (random weights), and the GEMM kernel's
 //! TFLOP/s on those models' GEMM shapes. `cargo bench --bench gpu_encode`; prints
 //! `skipped: no CUDA device` without one. benches/torch_gpu_encode.py measures transformers on
-//! the same shapes; benches/run_on_device.sh runs both on the device machine.
+//! the same shapes; benches/device_check.sh runs both on the device machine.
 //!
 //! Arguments (after `--`): model names to run (b32, b16, l14; default all), `--batches 1,32`,
 //! `--no-gemm`.

@@ -8,13 +8,14 @@ Two jobs, both on random weights of the real shapes (tests/fixtures/configs/*.js
 
   compare  writes a random CLIPModel with save_pretrained (plus the bundled tokenizer), runs
            `fedclip embed --device cuda` on real images and prompts, and compares its projected
-           embeddings with transformers' on identical pixels / token ids: fp16 (the yardstick,
-           required within --tol, default 2e-3) and fp32 (the truth both approximate).
+           embeddings with transformers' fp32 (the truth) on identical pixels / token ids. The
+           gate: relative error against fp32 <= max(--tol (2e-3), 1.5 x transformers-fp16's own
+           error against fp32); all three errors are printed.
 
-Run on the device machine (benches/run_on_device.sh does), e.g.:
+Run on the device machine (benches/device_check.sh does), e.g.:
     python benches/torch_gpu_encode.py bench --models b32,b16,l14
     python benches/torch_gpu_encode.py bench --compile --batches 32,256
-    python benches/torch_gpu_encode.py compare --fedclip .device-bin/fedclip
+    python benches/torch_gpu_encode.py compare --models b32 --fedclip .device-bin/fedclip
 A CPU dry run of `compare` (fp32, `--device cpu` for both) checks the script itself:
     python benches/torch_gpu_encode.py compare --torch-device cpu --fedclip target/release/fedclip
 """
@@ -176,8 +177,9 @@ def compare(args) -> None:
             results = {}
             dtypes = [("fp32", torch.float32)] + ([("fp16", torch.float16)] if dev == "cuda" else [])
             for name, dtype in dtypes:
-                model = CLIPModel.from_pretrained(str(tmp), attn_implementation="sdpa", dtype=dtype)
-                model = model.to(dev).eval()
+                # Loaded in fp32, then cast: the same rounding of the weights as ours.
+                model = CLIPModel.from_pretrained(str(tmp), attn_implementation="sdpa")
+                model = model.to(device=dev, dtype=dtype).eval()
                 with torch.inference_mode():
                     if dev == "cuda":
                         torch.backends.cuda.matmul.allow_tf32 = False
@@ -191,24 +193,32 @@ def compare(args) -> None:
                 results[name] = (img.float().cpu(), txt.float().cpu())
                 del model
             f32_img, f32_txt = results["fp32"]
-            print(f"{label}: ours vs transformers fp32: images {rel(ours_img, f32_img):.2e}, "
-                  f"texts {rel(ours_txt, f32_txt):.2e}")
+            ours = {"images": rel(ours_img, f32_img), "texts": rel(ours_txt, f32_txt)}
+            print(f"{label}: ours vs transformers fp32: images {ours['images']:.2e}, "
+                  f"texts {ours['texts']:.2e}")
+            # The gate is against fp32, the truth: transformers' own fp16 keeps an fp16
+            # residual stream, so its error against fp32 sets how much fp16 arithmetic costs.
+            limits = {"images": args.tol, "texts": args.tol}
             if "fp16" in results:
                 h_img, h_txt = results["fp16"]
-                print(f"{label}: transformers fp16 vs fp32: images {rel(h_img, f32_img):.2e}, "
-                      f"texts {rel(h_txt, f32_txt):.2e}")
-                e_img, e_txt = rel(ours_img, h_img), rel(ours_txt, h_txt)
-                print(f"{label}: ours vs transformers fp16: images {e_img:.2e}, texts {e_txt:.2e} "
-                      f"(tolerance {args.tol:.0e})", flush=True)
-                if not (e_img <= args.tol and e_txt <= args.tol) or math.isnan(e_img + e_txt):
-                    failures.append(label)
-            elif rel(ours_img, f32_img) > args.tol or rel(ours_txt, f32_txt) > args.tol:
-                failures.append(label)
+                theirs = {"images": rel(h_img, f32_img), "texts": rel(h_txt, f32_txt)}
+                print(f"{label}: transformers fp16 vs fp32: images {theirs['images']:.2e}, "
+                      f"texts {theirs['texts']:.2e}")
+                print(f"{label}: ours vs transformers fp16: images {rel(ours_img, h_img):.2e}, "
+                      f"texts {rel(ours_txt, h_txt):.2e}")
+                limits = {k: max(args.tol, 1.5 * theirs[k]) for k in limits}
+            for k in ("images", "texts"):
+                ok = ours[k] <= limits[k] and not math.isnan(ours[k])
+                print(f"{label}: gate {k}: ours vs fp32 {ours[k]:.2e} <= max({args.tol:.0e}, "
+                      f"1.5 x transformers fp16's) = {limits[k]:.2e}: {'pass' if ok else 'FAIL'}",
+                      flush=True)
+                if not ok:
+                    failures.append(f"{label} {k}")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     if failures:
-        sys.exit(f"FAILED: {', '.join(failures)} outside tolerance {args.tol:.0e}")
-    print("compare: all within tolerance")
+        sys.exit(f"FAILED: {', '.join(failures)} outside the gate")
+    print("compare: all within the gate")
 
 
 def main() -> None:
@@ -221,7 +231,7 @@ def main() -> None:
     c = sub.add_parser("compare")
     c.add_argument("--fedclip", required=True, help="path to the fedclip binary")
     c.add_argument("--models", default="b32,b16,l14")
-    c.add_argument("--tol", type=float, default=2e-3)
+    c.add_argument("--tol", type=float, default=2e-3, help="the gate's floor")
     c.add_argument("--torch-device", default="cuda", choices=["cuda", "cpu"])
     args = p.parse_args()
     bench(args) if args.job == "bench" else compare(args)

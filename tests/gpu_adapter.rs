@@ -15,12 +15,19 @@ mod common;
 use common::relative_error;
 use fedclip::adapter::{
     AdapterBackend, AdapterParams, ClientBatch, CpuAdapters, Loss, OptimizerConfig, OptimizerKind,
-    TextFeatures, TrainConfig,
+    Real, TextFeatures, TrainConfig,
 };
 use fedclip::cuda::{CudaAdapters, Gpu, test_gpu};
 use std::sync::Arc;
 
 /// Losses and parameters: relative tolerance (f32 on both sides, different summation orders).
+/// Losses: off by ≤ 16u·(s + |loss|) by the first-step test's model, 2e-5 relative for s = 100
+/// and losses above 1. Parameters: NOT yet from an error model. Adam moves an element by
+/// −lr·g/(|g| + eps), so the backends differ where |g| is within a few eps of zero, by up to
+/// lr·δg/eps with δg the f32 gradient's rounding; with s = 100 the gradients reach ~10 and δg
+/// ~1e-6, so one such element can exceed 1e-4 of ‖θ‖ (seed 205212118255506 on the emulator:
+/// `ragged_clients_match_cpu` K=37 d=37, client 9 off by 1.73e-4 after its first step). The
+/// fix is the first-step test's per-element allowance in `check_params`; to do.
 const TOL: f64 = 1e-4;
 /// The parameters' change since the start of a case, relative to the larger of its norm and
 /// the norm of one full Adam step (lr per parameter). A guard against gross errors only: Adam
@@ -470,41 +477,135 @@ fn a_client_does_not_depend_on_the_others() {
 
 /// One Adam / AdamW step at t = 1 in f64 (torch's formulas, as src/adapter/optim.rs).
 fn adam_first_step_f64(cfg: &OptimizerConfig, theta: &[f64], grad: &[f64]) -> Vec<f64> {
-    let (bc1, bc2) = (1.0 - cfg.beta1, 1.0 - cfg.beta2);
     theta
         .iter()
         .zip(grad)
-        .map(|(&p, &g)| {
-            let (p, g) = match cfg.kind {
-                OptimizerKind::Adam => (p, g + cfg.weight_decay * p),
-                OptimizerKind::AdamW => (p * (1.0 - cfg.lr * cfg.weight_decay), g),
-            };
-            let m = (1.0 - cfg.beta1) * g;
-            let v = (1.0 - cfg.beta2) * g * g;
-            p - cfg.lr / bc1 * m / (v.sqrt() / bc2.sqrt() + cfg.eps)
-        })
+        .map(|(&p, &g)| adam_first_step_one(cfg, p, g))
         .collect()
+}
+
+fn adam_first_step_one(cfg: &OptimizerConfig, p: f64, g: f64) -> f64 {
+    let (bc1, bc2) = (1.0 - cfg.beta1, 1.0 - cfg.beta2);
+    let (p, g) = match cfg.kind {
+        OptimizerKind::Adam => (p, g + cfg.weight_decay * p),
+        OptimizerKind::AdamW => (p * (1.0 - cfg.lr * cfg.weight_decay), g),
+    };
+    let m = (1.0 - cfg.beta1) * g;
+    let v = (1.0 - cfg.beta2) * g * g;
+    p - cfg.lr / bc1 * m / (v.sqrt() / bc2.sqrt() + cfg.eps)
 }
 
 fn norm64(v: impl Iterator<Item = f64>) -> f64 {
     v.map(|x| x * x).sum::<f64>().sqrt()
 }
 
+/// f32's unit roundoff.
+const U32: f64 = f32::EPSILON as f64 / 2.0;
+/// K of the first-step error model (see `first_step_is_as_accurate_as_the_cpu`).
+const NOISE_SPREAD: f64 = 6.0;
+
+/// One client's loss and gradient in `T` at `inputs` = (parameters, features, texts), with
+/// the FedProx term when `prox` = (μ, anchor) is given.
+fn client_loss_grad<T: Real>(
+    cfg: &TrainConfig,
+    prox: Option<(f32, &[f32])>,
+    labels: &[u32],
+    inputs: [&[T]; 3],
+    c: usize,
+) -> (T, Vec<T>) {
+    let [theta, x, texts] = inputs;
+    let d = texts.len() / c;
+    let params = AdapterParams::from_flat(d, theta.to_vec()).unwrap();
+    let texts = TextFeatures::new(texts, c, d).unwrap();
+    let (mut l, grad) = fedclip::adapter::loss_and_grad(
+        &params,
+        &ClientBatch::new(x, labels),
+        &texts,
+        T::from_f64(cfg.logit_scale as f64),
+        cfg.loss,
+    )
+    .unwrap();
+    let mut grad = grad.into_vec();
+    if let Some((mu, anchor)) = prox {
+        let mu = T::from_f64(mu as f64);
+        let mut sq = T::ZERO;
+        for ((g, &t), &a) in grad.iter_mut().zip(theta).zip(anchor) {
+            let diff = t - T::from_f64(a as f64);
+            *g += mu * diff;
+            sq += diff * diff;
+        }
+        l += T::from_f64(0.5) * mu * sq;
+    }
+    (l, grad)
+}
+
+/// A client's gradient at (parameters, features, texts).
+type GradAt<'a, T> = dyn Fn(&[T], &[T], &[T]) -> Vec<T> + 'a;
+
+/// The rounding error of an f32 gradient of one client's batch, per element: the RMS, over
+/// eight draws of inputs (parameters, features, texts) each moved by at most one ulp, of the
+/// CPU's f32 gradient (`loss_and_grad::<f32>`, the code `CpuAdapters` runs) minus the f64
+/// gradient at the same inputs. This samples every rounding the f32 computation makes: the
+/// accumulations (whose error is set by the terms' magnitudes, not the result's), and the
+/// element-wise ones that cancel, 1 − H² where tanh saturates and p − 1 where the softmax is
+/// confident, which both backends round alike and which no perturbation of the inputs alone
+/// would show.
+fn gradient_noise(
+    rng: &mut Rng,
+    inputs: [&[f32]; 3],
+    grad32: &GradAt<'_, f32>,
+    grad64: &GradAt<'_, f64>,
+) -> Vec<f64> {
+    let mut jitter = |v: &[f32]| -> Vec<f32> {
+        v.iter()
+            .map(|&a| match rng.below(3) {
+                0 => a.next_down(),
+                1 => a,
+                _ => a.next_up(),
+            })
+            .collect()
+    };
+    let wide = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+    const SAMPLES: usize = 8;
+    let mut sq = Vec::new();
+    for _ in 0..SAMPLES {
+        let [t, x, tx] = inputs.map(&mut jitter);
+        let g32 = grad32(&t, &x, &tx);
+        let g64 = grad64(&wide(&t), &wide(&x), &wide(&tx));
+        sq.resize(g64.len(), 0.0);
+        for ((s, &a), b) in sq.iter_mut().zip(&g32).zip(&g64) {
+            *s += (a as f64 - b) * (a as f64 - b);
+        }
+    }
+    sq.iter().map(|s| (s / SAMPLES as f64).sqrt()).collect()
+}
+
 /// The first step's loss and update of every client against the same step computed in f64
-/// (`fedclip::adapter::loss_and_grad::<f64>` on the same f32 inputs, Adam in f64): per client
-/// the GPU's relative error is at most 3× the CPU's + 1e-4, over the clients (RMS) at most 2×
-/// the CPU's + 1e-5. (Both errors are dominated by gradient elements near Adam's eps; the
-/// CPU's fast exp/tanh make it the less accurate one on average.) With FedProx in one
-/// configuration.
+/// (`fedclip::adapter::loss_and_grad::<f64>` on the same f32 inputs, Adam in f64), with
+/// FedProx in one configuration.
+///
+/// Why not "as close as the CPU": Adam's first update is `−lr·g/(|g| + eps)`, which turns a
+/// gradient element within a few eps (1e-6) of zero, a cancelling sum, into an update
+/// anywhere in ±lr with gain up to lr/eps; the rounding error of such a sum is set by its
+/// terms, not its value, so two f32 implementations' errors there are independent draws, and
+/// their ratio is unbounded (it exceeded 3 on about 1 seed in 8: seed 15851, B = 3, one element
+/// with |g| = 3.2e-6 carried most of both errors, of opposite signs). So each implementation is
+/// held to an error model instead: element i's update may be off by
+/// `|step(g_i ± K·σ_i) − step(g_i)|`, σ_i the f32 gradient's rounding error there
+/// ([`gradient_noise`]), plus Adam's own f32 rounding (2u·|θ| + 8u·|Δ|); the client's error
+/// norm must be within the norm of that allowance. K = 6: 3 for the tail of an RMS estimated
+/// from eight draws, 2 for what the GPU does differently (FMA contraction, summation order,
+/// `expf`/`tanhf`/`logf` within 2 ulp where the CPU's are within 3). The CPU is held to the
+/// same model, so the model is not tuned to the GPU.
+///
+/// Open: it held on 26 of 27 emulator seeds; on seed 101012974736978 (class loss, C = 45,
+/// AdamW, B = 2) the emulated GPU's gradient is off by ≈ 13σ at several elements with
+/// |g| ≈ 1e-5 where the CPU's is within 1σ (update error GPU 1.4e-5, model 1.1e-5, CPU
+/// 3.4e-6): a real accuracy difference of the GPU path, not yet located.
 #[test]
 fn first_step_is_as_accurate_as_the_cpu() {
     let Some(gpu) = gpu() else { return };
-    // A fixed seed: on about 1 in 8 random seeds (e.g. 15851, 23770, 126717, 237583,
-    // 1795626175454784719) the emulated GPU's first update for a B = 64 client is more than
-    // 3× further from f64 than the CPU's. Not yet understood (Adam's first step amplifies
-    // near-zero gradient elements, so summation order matters); to be investigated on the GPU.
-    // Kept out of CI's random draw so that CI is not a coin toss; FEDCLIP_TEST_SEED explores.
-    let mut rng = Rng::with_default("f64 reference", 7919 + 13);
+    let mut rng = Rng::new("f64 reference");
     let emulated = gpu.info.emulated;
     let d = if emulated { 61 } else { 512 };
     let sizes: &[usize] = if emulated {
@@ -540,37 +641,43 @@ fn first_step_is_as_accurate_as_the_cpu() {
             cpu.read_all_params().unwrap(),
             dev.read_all_params().unwrap(),
         );
-        let texts64 = s.texts.cast::<f64>();
         let p = s.init.as_slice().len();
+        let logit_s = (cfg.logit_scale as f64).exp();
         println!("d {d}, C {c}, {loss:?}, {kind:?}, FedProx {mu:?}");
-        let (mut sq_gpu, mut sq_cpu) = (0.0, 0.0);
         for j in 0..k {
             let theta = &start[j * p..(j + 1) * p];
-            let params64 =
-                AdapterParams::from_flat(d, theta.iter().map(|&v| v as f64).collect()).unwrap();
-            let x64: Vec<f64> = data[j].0.iter().map(|&v| v as f64).collect();
-            let (mut l64, grad) = fedclip::adapter::loss_and_grad(
-                &params64,
-                &ClientBatch::new(&x64, &data[j].1),
-                &texts64,
-                cfg.logit_scale as f64,
-                loss,
-            )
-            .unwrap();
-            let mut grad = grad.into_vec();
-            if let Some(mu) = mu {
-                let mu = mu as f64;
-                let mut sq = 0.0;
-                for ((g, &t), &a) in grad.iter_mut().zip(theta).zip(anchor.as_slice()) {
-                    let diff = t as f64 - a as f64;
-                    *g += mu * diff;
-                    sq += diff * diff;
-                }
-                l64 += 0.5 * mu * sq;
-            }
-            let theta64: Vec<f64> = theta.iter().map(|&v| v as f64).collect();
+            let labels = &data[j].1;
+            // Loss and gradient in f64 at the given (possibly perturbed) inputs.
+            let prox = mu.map(|mu| (mu, anchor.as_slice()));
+            let loss_grad = |theta: &[f64], x: &[f64], texts: &[f64]| {
+                client_loss_grad(&cfg, prox, labels, [theta, x, texts], c)
+            };
+            let loss_grad32 = |theta: &[f32], x: &[f32], texts: &[f32]| {
+                client_loss_grad(&cfg, prox, labels, [theta, x, texts], c)
+            };
+            let wide = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+            let (theta64, x64) = (wide(theta), wide(&data[j].0));
+            let (l64, grad) = loss_grad(&theta64, &x64, &wide(s.texts.as_slice()));
+            let sigma = gradient_noise(
+                &mut rng,
+                [theta, &data[j].0, s.texts.as_slice()],
+                &|t, x, tx| loss_grad32(t, x, tx).1,
+                &|t, x, tx| loss_grad(t, x, tx).1,
+            );
             let want64 = adam_first_step_f64(&cfg.optimizer, &theta64, &grad);
             let delta64: Vec<f64> = want64.iter().zip(&theta64).map(|(a, b)| a - b).collect();
+            let allowed: Vec<f64> = (0..p)
+                .map(|i| {
+                    let step = |g: f64| adam_first_step_one(&cfg.optimizer, theta64[i], g);
+                    let b = NOISE_SPREAD * sigma[i];
+                    let from_grad = (step(grad[i] + b) - want64[i])
+                        .abs()
+                        .max((step(grad[i] - b) - want64[i]).abs());
+                    from_grad + 2.0 * U32 * theta64[i].abs() + 8.0 * U32 * delta64[i].abs()
+                })
+                .collect();
+            let scale = norm64(delta64.iter().copied());
+            let limit = norm64(allowed.iter().copied()) / scale;
             let err = |after: &[f32]| {
                 norm64(
                     after[j * p..(j + 1) * p]
@@ -578,33 +685,35 @@ fn first_step_is_as_accurate_as_the_cpu() {
                         .zip(theta)
                         .zip(&delta64)
                         .map(|((&a, &t), &w)| (a as f64 - t as f64) - w),
-                ) / norm64(delta64.iter().copied())
+                ) / scale
             };
             let (e_gpu, e_cpu) = (err(&after_gpu), err(&after_cpu));
             let (lg, lc) = (got[j].unwrap() as f64, want[j].unwrap() as f64);
             let (le_gpu, le_cpu) = ((lg - l64).abs(), (lc - l64).abs());
             println!(
-                "  client {j} (B {}): update error GPU {e_gpu:.2e} CPU {e_cpu:.2e}; loss {l64:.6} \
-                 error GPU {le_gpu:.1e} CPU {le_cpu:.1e}",
+                "  client {j} (B {}): update error GPU {e_gpu:.2e} CPU {e_cpu:.2e} model {limit:.2e}; \
+                 loss {l64:.6} error GPU {le_gpu:.1e} CPU {le_cpu:.1e}",
                 sizes[j]
             );
             assert!(
-                e_gpu <= 3.0 * e_cpu + 1e-4,
-                "client {j}: the GPU's update is off the f64 one by {e_gpu:.2e}, the CPU's by {e_cpu:.2e}"
+                e_gpu <= limit,
+                "client {j}: the GPU's update is off the f64 one by {e_gpu:.2e}, over the error model's {limit:.2e} (CPU {e_cpu:.2e})"
             );
-            sq_gpu += e_gpu * e_gpu;
-            sq_cpu += e_cpu * e_cpu;
             assert!(
-                le_gpu <= 3.0 * le_cpu + 1e-5 * l64.abs() + 1e-6,
-                "client {j}: loss {lg} on the GPU, {lc} on the CPU, {l64} in f64"
+                e_cpu <= limit,
+                "client {j}: the CPU's update is off the f64 one by {e_cpu:.2e}, over the error model's {limit:.2e}: the model is too tight"
             );
+            // Logits are s·cos in ±s; each log-sum-exp subtracts its maximum, so terms of
+            // magnitude up to s are rounded a few times each (a few ulp of s); averaging
+            // adds no more.
+            let loss_limit = 16.0 * U32 * (logit_s + l64.abs());
+            for (who, le) in [("GPU", le_gpu), ("CPU", le_cpu)] {
+                assert!(
+                    le <= loss_limit,
+                    "client {j}: loss {lg} on the GPU, {lc} on the CPU, {l64} in f64: the {who}'s error is over {loss_limit:.1e}"
+                );
+            }
         }
-        let (rms_gpu, rms_cpu) = ((sq_gpu / k as f64).sqrt(), (sq_cpu / k as f64).sqrt());
-        println!("  rms update error GPU {rms_gpu:.2e} CPU {rms_cpu:.2e}");
-        assert!(
-            rms_gpu <= 2.0 * rms_cpu + 1e-5,
-            "the GPU's updates are less accurate"
-        );
     }
 }
 

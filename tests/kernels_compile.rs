@@ -138,3 +138,26 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
         }
     }
 }
+
+/// A driver older than every NVRTC found: the error names both versions (not a bare
+/// cuModuleLoadData failure later).
+#[test]
+fn nvrtc_newer_than_the_driver_is_refused_by_name() {
+    let Some(nv) = nvrtc() else { return };
+    let older = nv.version.0 - 1;
+    match Nvrtc::load_for_driver(older) {
+        // Another, older NVRTC is installed too: it is the one taken.
+        Ok(other) => assert!(other.version.0 <= older, "took NVRTC {:?}", other.version),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            assert!(
+                msg.contains(&format!("supports CUDA {older}.x"))
+                    && msg.contains(&format!("NVRTC {}.{}", nv.version.0, nv.version.1))
+                    && msg.contains(&format!("libnvrtc.so.{older}")),
+                "{msg}"
+            );
+        }
+    }
+    let same = Nvrtc::load_for_driver(nv.version.0).unwrap();
+    assert!(same.version.0 <= nv.version.0);
+}

@@ -175,6 +175,18 @@ struct Entry {
 
 #define FC_REGISTER(k) {#k, [](void** p) { invoke(k, p); }},
 const Entry KERNELS[] = {FC_EMU_KERNELS(FC_REGISTER)};
+constexpr size_t KERNEL_COUNT = sizeof(KERNELS) / sizeof(KERNELS[0]);
+
+// A GPU launches a kernel with more than 48 KiB of dynamic shared memory only after
+// cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES) raised its limit: the same per kernel here.
+constexpr unsigned DEFAULT_DYNAMIC_SMEM = 48 * 1024;
+std::atomic<unsigned> max_dynamic_smem[KERNEL_COUNT];
+
+int kernel_index(const char* name) {
+    for (size_t i = 0; i < KERNEL_COUNT; ++i)
+        if (strcmp(KERNELS[i].name, name) == 0) return (int)i;
+    return -1;
+}
 
 } // namespace
 
@@ -301,14 +313,18 @@ extern "C" int fc_emu_launch(const char* name, unsigned gx, unsigned gy, unsigne
         snprintf(err, err_len, "%s", m.c_str());
         return 1;
     };
-    const Entry* entry = nullptr;
-    for (const Entry& e : KERNELS)
-        if (strcmp(e.name, name) == 0) entry = &e;
-    if (!entry) return fail(std::string("no kernel named ") + name + " in the emulator");
+    const int index = kernel_index(name);
+    if (index < 0) return fail(std::string("no kernel named ") + name + " in the emulator");
+    const Entry* entry = &KERNELS[index];
     const unsigned n = bx * by * bz;
     if (n == 0 || n > 1024 || n % 32 != 0)
         return fail("block of " + std::to_string(n) + " threads (must be 32..1024, whole warps)");
     if (smem > 227 * 1024) return fail("dynamic shared memory over 227 KiB");
+    const unsigned limit = std::max(DEFAULT_DYNAMIC_SMEM, max_dynamic_smem[index].load());
+    if (smem > limit)
+        return fail(std::to_string(smem) + " bytes of dynamic shared memory, over the kernel's " +
+                    std::to_string(limit) +
+                    " (a GPU needs cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES) first)");
     const unsigned long long blocks = (unsigned long long)gx * gy * gz;
     if (blocks == 0) return fail("empty grid");
     std::atomic<unsigned long long> next{0};
@@ -354,5 +370,14 @@ extern "C" int fc_emu_launch(const char* name, unsigned gx, unsigned gy, unsigne
     work();
     for (std::thread& t : pool) t.join();
     if (!error.empty()) return fail(error);
+    return 0;
+}
+
+// cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes) for the kernel
+// `name`. Returns 0, or 1 when there is no such kernel.
+extern "C" int fc_emu_set_max_dynamic_smem(const char* name, unsigned bytes) {
+    const int index = emu::kernel_index(name);
+    if (index < 0) return 1;
+    emu::max_dynamic_smem[index].store(bytes);
     return 0;
 }

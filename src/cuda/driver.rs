@@ -7,7 +7,7 @@
 
 use super::emu::{EmuAlloc, EmuLib};
 use super::nvrtc::{KERNEL_SOURCES, Nvrtc};
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use bytemuck::Pod;
 use cudarc::driver::{result, sys};
 use std::collections::HashMap;
@@ -26,6 +26,12 @@ pub struct DeviceInfo {
     pub total_memory: usize,
     /// NVRTC used to build the kernels, e.g. "13.0".
     pub nvrtc: String,
+    /// The driver's CUDA version (cuDriverGetVersion), e.g. "13.0"; "-" on the emulator.
+    pub driver: String,
+    /// Largest grid y dimension (65535 on every GPU so far): launches with more rows split.
+    pub max_grid_y: u32,
+    /// Most dynamic shared memory a block can opt in to (cuFuncSetAttribute).
+    pub max_smem_optin: u32,
     /// Kernels that came from the on-disk cache / were compiled now.
     pub kernels_cached: usize,
     pub kernels_compiled: usize,
@@ -40,6 +46,9 @@ struct CudaState {
     functions: HashMap<&'static str, sys::CUfunction>,
 }
 
+/// Dynamic shared memory every kernel may use without `cuFuncSetAttribute`.
+pub const DEFAULT_DYNAMIC_SMEM: u32 = 48 * 1024;
+
 enum Backend {
     Cuda(CudaState),
     Emu {
@@ -53,6 +62,13 @@ pub struct Gpu {
     backend: Backend,
     pub info: DeviceInfo,
     launches: AtomicU64,
+    /// `FEDCLIP_CUDA_SYNC=1`: synchronise after every launch, so a fault names its kernel.
+    sync_launches: bool,
+    /// Kernels whose dynamic shared memory limit was raised, and to what.
+    smem_optin: Mutex<HashMap<&'static str, u32>>,
+    /// The first failed cuMemFree (a drop cannot return it): reported by the next
+    /// [`Gpu::synchronize`] or [`Gpu::read`].
+    free_error: Mutex<Option<String>>,
 }
 
 // SAFETY: the CUDA handles are plain driver handles, usable from any thread once the context
@@ -75,20 +91,47 @@ fn driver_err(what: &str) -> impl FnOnce(result::DriverError) -> anyhow::Error +
     }
 }
 
+/// The CUDA version the driver supports (cuDriverGetVersion), e.g. (12, 4). Call after
+/// [`super::availability`] found the driver library.
+pub fn driver_version() -> Result<(i32, i32)> {
+    let mut v = 0;
+    // SAFETY: writes one int.
+    unsafe { sys::cuDriverGetVersion(&mut v) }
+        .result()
+        .map_err(driver_err("cuDriverGetVersion"))?;
+    Ok((v / 1000, (v % 1000) / 10))
+}
+
+fn sync_requested() -> bool {
+    std::env::var("FEDCLIP_CUDA_SYNC").is_ok_and(|v| v == "1")
+}
+
 impl Gpu {
+    fn with_backend(backend: Backend, info: DeviceInfo) -> Gpu {
+        Gpu {
+            backend,
+            info,
+            launches: AtomicU64::new(0),
+            sync_launches: sync_requested(),
+            smem_optin: Mutex::new(HashMap::new()),
+            free_error: Mutex::new(None),
+        }
+    }
+
     /// Opens CUDA device 0 (after `CUDA_VISIBLE_DEVICES`), compiling the kernels for it with
     /// NVRTC (or taking them from the disk cache). Call [`super::availability`] first on
     /// machines that may lack the driver: cudarc panics if libcuda cannot be loaded.
     pub fn open() -> Result<Arc<Gpu>> {
         super::availability().map_err(|why| anyhow!("{why}"))?;
-        let nvrtc = Nvrtc::load()?;
+        let driver = driver_version()?;
+        let nvrtc = Nvrtc::load_for_driver(driver.0)?;
         // cudarc panics (rather than erring) on a missing symbol; keep that a clean error.
-        std::panic::catch_unwind(|| Self::open_cuda(&nvrtc))
+        std::panic::catch_unwind(|| Self::open_cuda(&nvrtc, driver))
             .unwrap_or_else(|_| Err(anyhow!("the CUDA driver library is unusable (see above)")))
             .map(Arc::new)
     }
 
-    fn open_cuda(nvrtc: &Nvrtc) -> Result<Gpu> {
+    fn open_cuda(nvrtc: &Nvrtc, driver: (i32, i32)) -> Result<Gpu> {
         result::init().map_err(driver_err("cuInit"))?;
         let count = result::device::get_count().map_err(driver_err("cuDeviceGetCount"))?;
         if count < 1 {
@@ -112,6 +155,11 @@ impl Gpu {
             CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
             "cuDeviceGetAttribute",
         )?;
+        let max_grid_y = attr(CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y, "cuDeviceGetAttribute")?;
+        let max_smem_optin = attr(
+            CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            "cuDeviceGetAttribute",
+        )?;
         let name = result::device::get_name(dev).map_err(driver_err("cuDeviceGetName"))?;
         // SAFETY: as above.
         let total_memory =
@@ -133,6 +181,10 @@ impl Gpu {
         // SAFETY: a context just retained.
         unsafe { result::ctx::set_current(ctx) }.map_err(driver_err("cuCtxSetCurrent"))?;
         let arch = major * 10 + minor;
+        let versions = format!(
+            "NVRTC {}.{} ({}), driver CUDA {}.{}",
+            nvrtc.version.0, nvrtc.version.1, nvrtc.path, driver.0, driver.1
+        );
         let (mut cached, mut compiled) = (0, 0);
         for src in KERNEL_SOURCES {
             let mut image = nvrtc.compile_cached(src, arch)?;
@@ -143,11 +195,16 @@ impl Gpu {
                     // A stale or damaged cache entry: compile afresh.
                     image = nvrtc.compile(src, arch, &[])?;
                     // SAFETY: as above.
-                    unsafe { load_module(&image.cubin) }.map_err(driver_err("cuModuleLoadData"))?
+                    unsafe { load_module(&image.cubin) }
+                        .map_err(driver_err("cuModuleLoadData"))
+                        .with_context(|| {
+                            format!("loading kernels/{} for sm_{arch}; {versions}", src.file)
+                        })?
                 }
                 Err(e) => {
-                    return Err(driver_err("cuModuleLoadData")(e))
-                        .with_context(|| format!("loading kernels/{}", src.file));
+                    return Err(driver_err("cuModuleLoadData")(e)).with_context(|| {
+                        format!("loading kernels/{} for sm_{arch}; {versions}", src.file)
+                    });
                 }
             };
             if image.cached {
@@ -164,42 +221,94 @@ impl Gpu {
                 state.functions.insert(k, f);
             }
         }
-        Ok(Gpu {
-            backend: Backend::Cuda(state),
-            info: DeviceInfo {
+        Ok(Gpu::with_backend(
+            Backend::Cuda(state),
+            DeviceInfo {
                 name,
                 compute_capability: (major, minor),
                 sm_count: sm_count.max(1) as u32,
                 total_memory,
                 nvrtc: format!("{}.{}", nvrtc.version.0, nvrtc.version.1),
+                driver: format!("{}.{}", driver.0, driver.1),
+                max_grid_y: max_grid_y.max(1) as u32,
+                max_smem_optin: max_smem_optin.max(0) as u32,
                 kernels_cached: cached,
                 kernels_compiled: compiled,
                 emulated: false,
             },
-            launches: AtomicU64::new(0),
-        })
+        ))
     }
 
     /// The host emulator (tests only): builds kernels/emu with the system C++ compiler.
     pub fn emulator() -> Result<Arc<Gpu>> {
+        Self::emulator_with_grid_limit(65535)
+    }
+
+    /// The emulator with a grid y limit of `max_grid_y` rows instead of a GPU's 65535, so
+    /// that launches which split their grid can be tested at small sizes.
+    pub fn emulator_with_grid_limit(max_grid_y: u32) -> Result<Arc<Gpu>> {
         let lib = EmuLib::build()?;
-        Ok(Arc::new(Gpu {
-            backend: Backend::Emu {
+        Ok(Arc::new(Gpu::with_backend(
+            Backend::Emu {
                 lib,
                 allocs: Mutex::new(HashMap::new()),
             },
-            info: DeviceInfo {
+            DeviceInfo {
                 name: "host emulator".into(),
                 compute_capability: (9, 0),
                 sm_count: 132,
                 total_memory: 1 << 34,
                 nvrtc: "-".into(),
+                driver: "-".into(),
+                max_grid_y: max_grid_y.max(1),
+                max_smem_optin: 227 * 1024,
                 kernels_cached: 0,
                 kernels_compiled: 0,
                 emulated: true,
             },
-            launches: AtomicU64::new(0),
-        }))
+        )))
+    }
+
+    /// Raises `kernel`'s dynamic shared memory limit to at least `bytes`
+    /// (cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)); a launch with more than
+    /// [`DEFAULT_DYNAMIC_SMEM`] fails without it, on a GPU and on the emulator alike.
+    pub(crate) fn allow_dynamic_smem(&self, kernel: &'static str, bytes: u32) -> Result<()> {
+        if bytes <= DEFAULT_DYNAMIC_SMEM {
+            return Ok(());
+        }
+        let mut optin = self.smem_optin.lock().unwrap();
+        if optin.get(kernel).is_some_and(|&b| b >= bytes) {
+            return Ok(());
+        }
+        ensure!(
+            bytes <= self.info.max_smem_optin,
+            "{kernel}: {bytes} bytes of shared memory exceed the device's {} per block",
+            self.info.max_smem_optin
+        );
+        match &self.backend {
+            Backend::Cuda(s) => {
+                self.make_current()?;
+                let f = *s
+                    .functions
+                    .get(kernel)
+                    .ok_or_else(|| anyhow!("kernel {kernel} is not loaded"))?;
+                // SAFETY: a function of a loaded module; the attribute takes a byte count.
+                unsafe {
+                    result::function::set_function_attribute(
+                        f,
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        bytes as i32,
+                    )
+                }
+                .map_err(driver_err(
+                    "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)",
+                ))
+                .with_context(|| format!("{kernel}: {bytes} bytes"))?;
+            }
+            Backend::Emu { lib, .. } => lib.set_max_dynamic_smem(kernel, bytes)?,
+        }
+        optin.insert(kernel, bytes);
+        Ok(())
     }
 
     fn make_current(&self) -> Result<()> {
@@ -284,6 +393,7 @@ impl Gpu {
 
     /// Copies `src` to the host, after every kernel launched before.
     pub fn read<T: Pod>(&self, src: View<T>) -> Result<Vec<T>> {
+        self.check_frees()?;
         let mut out = vec![T::zeroed(); src.len];
         if src.len == 0 {
             return Ok(out);
@@ -328,11 +438,20 @@ impl Gpu {
 
     /// Waits for all launched work; reports a kernel fault here if there was one.
     pub fn synchronize(&self) -> Result<()> {
+        self.check_frees()?;
         if let Backend::Cuda(_) = &self.backend {
             self.make_current()?;
             result::ctx::synchronize().map_err(driver_err("cuCtxSynchronize (a kernel failed)"))?;
         }
         Ok(())
+    }
+
+    /// The first cuMemFree failure since the last check, as an error.
+    fn check_frees(&self) -> Result<()> {
+        match self.free_error.lock().unwrap().take() {
+            Some(e) => Err(anyhow!("{e}")),
+            None => Ok(()),
+        }
     }
 
     /// Launches `kernel`. Argument types must match the kernel's parameters; the typed
@@ -348,8 +467,11 @@ impl Gpu {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(()); // nothing to do (e.g. zero rows)
         }
-        if grid.1 > 65535 || grid.2 > 65535 {
-            bail!("{kernel}: grid {grid:?} exceeds the 65535 limit in y/z");
+        if grid.1 > self.info.max_grid_y || grid.2 > 65535 {
+            bail!(
+                "{kernel}: grid {grid:?} exceeds the device's limit of {} in y (65535 in z)",
+                self.info.max_grid_y
+            );
         }
         // Each argument's bytes in an 8-byte slot; the driver reads as many as the parameter
         // needs from the slot's start (little-endian).
@@ -380,26 +502,40 @@ impl Gpu {
                     result::launch_kernel(f, grid, block, smem, std::ptr::null_mut(), &mut params)
                 }
                 .map_err(driver_err("cuLaunchKernel"))
-                .with_context(|| format!("launching {kernel} grid {grid:?} block {block:?}"))
+                .with_context(|| launch_description(kernel, grid, block, smem, args))?;
+                if self.sync_launches {
+                    result::ctx::synchronize()
+                        .map_err(driver_err("cuCtxSynchronize after the launch"))
+                        .with_context(|| launch_description(kernel, grid, block, smem, args))?;
+                }
+                Ok(())
             }
             // Successive launches cycle through the emulator's four schedules.
-            Backend::Emu { lib, .. } => lib.launch(
-                kernel,
-                grid,
-                block,
-                smem,
-                &mut params,
-                ((n + n / 4) % 4) as u32,
-            ),
+            Backend::Emu { lib, .. } => lib
+                .launch(
+                    kernel,
+                    grid,
+                    block,
+                    smem,
+                    &mut params,
+                    ((n + n / 4) % 4) as u32,
+                )
+                .with_context(|| launch_description(kernel, grid, block, smem, args)),
         }
     }
 
     fn free(&self, ptr: u64) {
         match &self.backend {
             Backend::Cuda(_) => {
-                if self.make_current().is_ok() {
+                let freed = self.make_current().and_then(|()| {
                     // SAFETY: ptr came from malloc_sync and is freed once (DevBuf::drop).
-                    let _ = unsafe { result::free_sync(ptr) };
+                    unsafe { result::free_sync(ptr) }.map_err(driver_err("cuMemFree"))
+                });
+                if let Err(e) = freed {
+                    // An earlier kernel's fault often surfaces here; keep the first.
+                    let msg = format!("{e:#} (freeing device memory at {ptr:#x})");
+                    eprintln!("fedclip: {msg}");
+                    self.free_error.lock().unwrap().get_or_insert(msg);
                 }
             }
             Backend::Emu { allocs, .. } => {
@@ -424,6 +560,27 @@ impl Drop for Gpu {
             }
         }
     }
+}
+
+/// A launch, for error messages: kernel, geometry and its integer arguments (the sizes).
+fn launch_description(
+    kernel: &str,
+    grid: (u32, u32, u32),
+    block: (u32, u32, u32),
+    smem: u32,
+    args: &[Arg],
+) -> String {
+    let sizes: Vec<String> = args
+        .iter()
+        .filter_map(|a| match a {
+            Arg::I32(v) => Some(v.to_string()),
+            _ => None,
+        })
+        .collect();
+    format!(
+        "{kernel}: grid {grid:?} block {block:?} dynamic shared memory {smem} B, integer arguments [{}]",
+        sizes.join(", ")
+    )
 }
 
 /// # Safety
@@ -527,5 +684,68 @@ impl<'a, T> View<'a, T> {
 
     pub(crate) fn aligned16(self) -> bool {
         self.ptr.is_multiple_of(16)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The emulator, when FEDCLIP_EMULATE=1 asks for it (it needs a C++ compiler).
+    fn emulator() -> Option<Arc<Gpu>> {
+        if std::env::var("FEDCLIP_EMULATE").is_ok_and(|v| v == "1") {
+            Some(Gpu::emulator().unwrap())
+        } else {
+            eprintln!("skipped: FEDCLIP_EMULATE is not 1");
+            None
+        }
+    }
+
+    /// Over 48 KiB of dynamic shared memory is refused, naming the kernel, its sizes and the
+    /// missing cuFuncSetAttribute, until the kernel's limit is raised, as on a GPU.
+    #[test]
+    fn dynamic_shared_memory_over_48_kib_needs_the_attribute() {
+        let Some(gpu) = emulator() else { return };
+        let (rows, dim) = (3usize, 40usize);
+        let x = gpu.upload(&vec![1.5f32; rows * dim]).unwrap();
+        let ones = gpu.upload(&vec![1.0f32; dim]).unwrap();
+        let out = gpu.alloc::<f32>(rows * dim).unwrap();
+        let args = [
+            x.view().arg(),
+            Arg::Ptr(0),
+            Arg::I32(rows as i32),
+            Arg::I32(dim as i32),
+            ones.view().arg(),
+            ones.view().arg(),
+            Arg::F32(1e-5),
+            out.view().arg(),
+            Arg::Ptr(0),
+        ];
+        let smem = DEFAULT_DYNAMIC_SMEM + 16;
+        let launch = || gpu.launch("fc_layernorm", (1, 1, 1), (256, 1, 1), smem, &args);
+        let msg = format!("{:#}", launch().unwrap_err());
+        assert!(
+            msg.contains("fc_layernorm")
+                && msg.contains("cuFuncSetAttribute")
+                && msg.contains("integer arguments [3, 40]"),
+            "{msg}"
+        );
+        gpu.launch(
+            "fc_layernorm",
+            (1, 1, 1),
+            (256, 1, 1),
+            DEFAULT_DYNAMIC_SMEM,
+            &args,
+        )
+        .unwrap();
+        gpu.allow_dynamic_smem("fc_layernorm", smem).unwrap();
+        launch().unwrap();
+        assert!(gpu.read(out.view()).unwrap().iter().all(|v| v.is_finite()));
+        let msg = format!(
+            "{:#}",
+            gpu.allow_dynamic_smem("fc_layernorm", 300 * 1024)
+                .unwrap_err()
+        );
+        assert!(msg.contains("exceed the device's"), "{msg}");
     }
 }

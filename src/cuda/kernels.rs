@@ -230,9 +230,16 @@ pub struct Attention<'a> {
     pub causal: bool,
 }
 
-/// Largest `seq` the row kernel's shared memory (48 KiB without opt-in) holds.
-pub fn rows_kernel_max_seq(head_dim: usize) -> usize {
-    (48usize * 1024 / 4 / 8).saturating_sub(head_dim)
+/// Dynamic shared memory of the row kernel: 8 rows of scores and one query row per warp, f32.
+pub fn rows_kernel_smem(seq: usize, head_dim: usize) -> usize {
+    4 * 8 * (head_dim + seq)
+}
+
+/// Largest `seq` the row kernel holds in `smem` bytes of shared memory (the device's opt-in
+/// maximum, [`super::DeviceInfo::max_smem_optin`]; over 48 KiB the launch raises the
+/// kernel's limit first).
+pub fn rows_kernel_max_seq(head_dim: usize, smem: usize) -> usize {
+    (smem / 4 / 8).saturating_sub(head_dim)
 }
 
 impl Attention<'_> {
@@ -259,11 +266,6 @@ impl Attention<'_> {
             need(v, span(b * s, width, self.ld_in), what)?;
         }
         need(self.out, span(b * s, width, self.ld_out), "attention out")?;
-        ensure!(
-            b * h <= 65535,
-            "attention: batch × heads = {} over 65535",
-            b * h
-        );
         let scale = (hd as f32).powf(-0.5);
         let use_hd64 = match which {
             AttentionKernel::Auto => self.hd64_ok(),
@@ -273,46 +275,67 @@ impl Attention<'_> {
             }
             AttentionKernel::Rows => false,
         };
-        let (ld_in, ld_out) = (int(self.ld_in, "ld_in")?, int(self.ld_out, "ld_out")?);
-        let common = [
-            self.q.arg(),
-            self.k.arg(),
-            self.v.arg(),
-            Arg::I32(ld_in),
-            self.out.arg(),
-            Arg::I32(ld_out),
-            Arg::I32(int(s, "seq")?),
-            Arg::I32(int(h, "heads")?),
-        ];
-        if use_hd64 {
-            let mut args = common.to_vec();
-            args.extend([Arg::I32(self.causal as i32), Arg::F32(scale)]);
-            gpu.launch(
-                "fc_attention_hd64",
-                (s.div_ceil(64) as u32, (b * h) as u32, 1),
-                (128, 1, 1),
-                3 * 64 * 72 * 2,
-                &args,
-            )
-        } else {
+        let smem_rows = rows_kernel_smem(s, hd);
+        if !use_hd64 {
             ensure!(
-                s <= rows_kernel_max_seq(hd),
-                "attention: {s} tokens × head dim {hd} exceed the row kernel's shared memory"
+                smem_rows <= gpu.info.max_smem_optin as usize,
+                "attention: {s} tokens × head dim {hd} exceed the row kernel's shared memory ({} bytes on this device)",
+                gpu.info.max_smem_optin
             );
-            let mut args = common.to_vec();
-            args.extend([
-                Arg::I32(int(hd, "head_dim")?),
-                Arg::I32(self.causal as i32),
-                Arg::F32(scale),
-            ]);
-            gpu.launch(
-                "fc_attention_rows",
-                (s.div_ceil(8) as u32, (b * h) as u32, 1),
-                (256, 1, 1),
-                (4 * 8 * (hd + s)) as u32,
-                &args,
-            )
+            gpu.allow_dynamic_smem("fc_attention_rows", smem_rows as u32)?;
         }
+        // Grid rows are (sequence, head) pairs, at most max_grid_y per launch: split by
+        // whole sequences, each launch starting at its first sequence's rows.
+        let per_launch = (gpu.info.max_grid_y as usize / h).max(1);
+        ensure!(
+            h <= gpu.info.max_grid_y as usize,
+            "attention: {h} heads exceed the grid's {} rows",
+            gpu.info.max_grid_y
+        );
+        let mut b0 = 0;
+        while b0 < b {
+            let nb = per_launch.min(b - b0);
+            let rows_in = b0 * s * self.ld_in;
+            let rows_out = b0 * s * self.ld_out;
+            let common = [
+                self.q.offset(rows_in).arg(),
+                self.k.offset(rows_in).arg(),
+                self.v.offset(rows_in).arg(),
+                Arg::I32(int(self.ld_in, "ld_in")?),
+                self.out.offset(rows_out).arg(),
+                Arg::I32(int(self.ld_out, "ld_out")?),
+                Arg::I32(int(s, "seq")?),
+                Arg::I32(int(h, "heads")?),
+            ];
+            let grid_y = (nb * h) as u32;
+            if use_hd64 {
+                let mut args = common.to_vec();
+                args.extend([Arg::I32(self.causal as i32), Arg::F32(scale)]);
+                gpu.launch(
+                    "fc_attention_hd64",
+                    (s.div_ceil(64) as u32, grid_y, 1),
+                    (128, 1, 1),
+                    3 * 64 * 72 * 2,
+                    &args,
+                )?;
+            } else {
+                let mut args = common.to_vec();
+                args.extend([
+                    Arg::I32(int(hd, "head_dim")?),
+                    Arg::I32(self.causal as i32),
+                    Arg::F32(scale),
+                ]);
+                gpu.launch(
+                    "fc_attention_rows",
+                    (s.div_ceil(8) as u32, grid_y, 1),
+                    (256, 1, 1),
+                    smem_rows as u32,
+                    &args,
+                )?;
+            }
+            b0 += nb;
+        }
+        Ok(())
     }
 }
 

@@ -51,7 +51,8 @@ pub fn availability() -> Result<(), String> {
     })
     .unwrap_or_else(|_| Err("the CUDA driver library is unusable".into()));
     match count {
-        Ok(n) if n > 0 => nvrtc::Nvrtc::load()
+        Ok(n) if n > 0 => driver::driver_version()
+            .and_then(|(major, _)| nvrtc::Nvrtc::load_for_driver(major))
             .map(|_| ())
             .map_err(|e| format!("{e:#}")),
         Ok(_) => Err("no CUDA device (the driver reports none)".into()),

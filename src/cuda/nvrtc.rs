@@ -204,9 +204,21 @@ fn preload_builtins(lib_path: &Path) -> Option<libloading::Library> {
 }
 
 impl Nvrtc {
-    /// Finds and loads libnvrtc, or says where it looked.
+    /// Finds and loads libnvrtc, or says where it looked (any version).
     pub fn load() -> Result<Nvrtc> {
+        Self::load_matching(None)
+    }
+
+    /// Finds and loads an NVRTC whose cubins a driver of CUDA `driver_major` can load: NVRTC's
+    /// major version at most the driver's (a 12.x driver refuses NVRTC 13's code), so on a 12.x
+    /// driver `libnvrtc.so.12` is taken when present. The error names both versions.
+    pub fn load_for_driver(driver_major: i32) -> Result<Nvrtc> {
+        Self::load_matching(Some(driver_major))
+    }
+
+    fn load_matching(driver_major: Option<i32>) -> Result<Nvrtc> {
         let mut tried = Vec::new();
+        let mut too_new = Vec::new();
         for cand in candidates() {
             let explicit = cand.components().count() > 1;
             if explicit && !cand.exists() {
@@ -219,9 +231,24 @@ impl Nvrtc {
             };
             // SAFETY: libnvrtc's initialisers only set up its own state.
             match unsafe { libloading::Library::new(&cand) } {
-                Ok(lib) => return Self::from_library(lib, builtins, cand.display().to_string()),
+                Ok(lib) => {
+                    let nv = Self::from_library(lib, builtins, cand.display().to_string())?;
+                    match driver_major {
+                        Some(major) if nv.version.0 > major => too_new.push(format!(
+                            "NVRTC {}.{} ({})",
+                            nv.version.0, nv.version.1, nv.path
+                        )),
+                        _ => return Ok(nv),
+                    }
+                }
                 Err(e) => tried.push(format!("{} ({e})", cand.display())),
             }
+        }
+        if let (Some(major), false) = (driver_major, too_new.is_empty()) {
+            bail!(
+                "the CUDA driver supports CUDA {major}.x, but the only NVRTC found is newer: {}; its kernels would not load. Install NVRTC {major} (`pip install nvidia-cuda-nvrtc-cu{major}`, or the CUDA {major} toolkit) and set FEDCLIP_NVRTC to its libnvrtc.so.{major}, or update the driver",
+                too_new.join(", ")
+            );
         }
         bail!(
             "NVRTC (libnvrtc.so.13 / .12) not found; install the CUDA toolkit's NVRTC or `pip install nvidia-cuda-nvrtc`, then put its lib directory on LD_LIBRARY_PATH or set FEDCLIP_NVRTC to the library file. Tried: {}",
