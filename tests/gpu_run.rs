@@ -43,6 +43,7 @@ fn config(root: &Path, out: &Path, cache: &Path) -> RunConfig {
         loss: LossName::Contrastive,
         mu: 0.0,
         aggregate: Aggregate::Uniform,
+        server_opt: Default::default(),
         seed: 0,
         clients_per_domain: 1,
         dirichlet_alpha: 0.5,

@@ -19,7 +19,9 @@ pub mod rounds;
 pub mod strategy;
 pub mod train;
 
-pub use config::{Aggregate, LossName, Method, OptimizerName, RunConfig};
+pub use config::{
+    Aggregate, LossName, Method, OptimizerName, RunConfig, ServerOptConfig, ServerOptName,
+};
 pub use plan::is_bundled_model;
 
 use crate::cuda::Gpu;
@@ -50,7 +52,7 @@ pub fn run(cfg: &RunConfig, resume: bool, device: Device) -> Result<RunOutcome> 
 
 /// [`run`] on a given GPU (or the CPU with `None`); tests pass the host emulator here.
 pub fn run_on(cfg: &RunConfig, resume: bool, gpu: Option<Arc<Gpu>>) -> Result<RunOutcome> {
-    let strategy = strategy::build(cfg);
+    let strategy = strategy::build(cfg)?;
     let trains = strategy.deployed() != strategy::Deployed::Nothing;
     let mut plan = plan::make(cfg, resume, trains)?;
     let engine = Engine::from_gpu(gpu);
