@@ -83,6 +83,10 @@ struct RunArgs {
     /// FedAdam / FedYogi β2.
     #[arg(long, default_value_t = 0.99)]
     server_beta2: f64,
+    /// Personalization: after the rounds, each training client takes N local steps from the
+    /// final global adapter; summary.json reports its test accuracy then.
+    #[arg(long, default_value_t = 0)]
+    finetune_local_steps: u32,
     /// FedAdam / FedYogi τ (adaptivity).
     #[arg(long, default_value_t = 1e-3)]
     server_tau: f64,
@@ -232,6 +236,7 @@ fn run_command(a: RunArgs) -> Result<()> {
             beta2: a.server_beta2,
             tau: a.server_tau,
         },
+        finetune_local_steps: a.finetune_local_steps,
         seed: a.seed,
         clients_per_domain: a.clients_per_domain,
         dirichlet_alpha: a.dirichlet_alpha,

@@ -121,6 +121,9 @@ pub struct RunConfig {
     /// The server optimiser over the aggregate (absent in runs made before it existed).
     #[serde(default)]
     pub server_opt: ServerOptConfig,
+    /// Personalization after training: local steps from the final global parameters (0: off).
+    #[serde(default)]
+    pub finetune_local_steps: u32,
     pub seed: u32,
     pub clients_per_domain: usize,
     pub dirichlet_alpha: f64,
@@ -139,7 +142,13 @@ impl RunConfig {
     pub fn resume_mismatches(&self, saved: &RunConfig) -> Vec<String> {
         let mut a = serde_json::to_value(self).expect("config serialises");
         let mut b = serde_json::to_value(saved).expect("config serialises");
-        for key in ["rounds", "cache_dir", "out", "extract_batch"] {
+        for key in [
+            "rounds",
+            "cache_dir",
+            "out",
+            "extract_batch",
+            "finetune_local_steps",
+        ] {
             a.as_object_mut().map(|o| o.remove(key));
             b.as_object_mut().map(|o| o.remove(key));
         }
