@@ -111,7 +111,7 @@ struct RunArgs {
     /// Where frozen CLIP features are cached across runs.
     #[arg(long, default_value = "runs/feature-cache")]
     cache_dir: PathBuf,
-    /// Run directory. Default: runs/<method>-<dataset>-<held-out domains>-seed<seed>.
+    /// Run directory. Default: runs/<method>[+<server opt>]-<dataset>-<held-out domains>-seed<seed>.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue an interrupted run in --out from its last finished round.
@@ -203,10 +203,15 @@ fn run_command(a: RunArgs) -> Result<()> {
         .data
         .file_name()
         .map_or("data".into(), |n| n.to_string_lossy().into_owned());
+    // A server optimiser other than plain averaging joins the method's name: fedclip+fedadam.
+    let method = match a.server_opt {
+        ServerOptName::Fedavg => format!("{:?}", a.method),
+        opt => format!("{:?}+{opt:?}", a.method),
+    }
+    .to_lowercase();
     let out = a.out.unwrap_or_else(|| {
         PathBuf::from("runs").join(format!(
-            "{}-{data_name}-{}-seed{}",
-            format!("{:?}", a.method).to_lowercase(),
+            "{method}-{data_name}-{}-seed{}",
             test_domains.join("+"),
             a.seed
         ))

@@ -188,6 +188,33 @@ fn fedclip_run(extra: &[&str]) -> String {
 }
 
 #[test]
+fn a_fedadam_run_says_so_and_moves_away_from_fedavg() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |name: &str, extra: &[&str]| -> serde_json::Value {
+        let out = tmp.path().join(name);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_fedclip"))
+            .args([
+                "run", "--device", "cpu", "--rounds", "2", "--lr", "5e-3", "--out",
+            ])
+            .arg(&out)
+            .arg("--cache-dir")
+            .arg(tmp.path().join("cache"))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
+    };
+    let plain = run("fedavg", &[]);
+    let adam = run("fedadam", &["--server-opt", "fedadam"]);
+    assert!(plain.get("server_opt").is_none());
+    assert_eq!(adam["server_opt"], "fedadam");
+    let last =
+        |name: &str| std::fs::read(tmp.path().join(name).join("adapter-last.safetensors")).unwrap();
+    assert_ne!(last("fedavg"), last("fedadam"));
+}
+
+#[test]
 fn server_optimiser_flags_are_checked_before_anything_runs() {
     let e = fedclip_run(&["--method", "local", "--server-opt", "fedadam"]);
     assert!(

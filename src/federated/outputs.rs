@@ -1,7 +1,7 @@
 //! Stage 5 of a run: the files derived from the state and `metrics.csv`, rewritten whole each
 //! time: the adapters, `accuracy.svg` and `summary.json`.
 
-use super::config::RunConfig;
+use super::config::{RunConfig, ServerOptName};
 use super::features::Features;
 use super::plan::{Plan, is_bundled_model};
 use super::report::{self, MetricRow, Summary};
@@ -83,8 +83,11 @@ fn summarise(
     let client_tests: Vec<f64> = (rounds.trainees.iter())
         .filter_map(|&t| test_of(&clients[t].name))
         .collect();
+    let server_opt = (cfg.server_opt.opt != ServerOptName::Fedavg)
+        .then(|| format!("{:?}", cfg.server_opt.opt).to_lowercase());
     Summary {
         method,
+        server_opt,
         rounds_run: state.rounds_done,
         best_round,
         best_mean_val_accuracy: state.best.as_ref().map(|(_, v, _)| *v),

@@ -169,6 +169,9 @@ pub fn plot_accuracy(path: &Path, rows: &[MetricRow], title: &str) -> Result<()>
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
     pub method: String,
+    /// The server optimiser, when it is not plain averaging (`fedadam`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_opt: Option<String>,
     pub rounds_run: u32,
     /// The round with the best mean validation accuracy over training clients (as the
     /// reference selects), and the accuracies at that round.
