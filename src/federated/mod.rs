@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod evaluate;
 pub mod features;
+pub mod finetune;
 pub mod outputs;
 pub mod plan;
 pub mod report;
@@ -19,7 +20,9 @@ pub mod rounds;
 pub mod strategy;
 pub mod train;
 
-pub use config::{Aggregate, LossName, Method, OptimizerName, RunConfig};
+pub use config::{
+    Aggregate, LossName, Method, OptimizerName, RunConfig, ServerOptConfig, ServerOptName,
+};
 pub use plan::is_bundled_model;
 
 use crate::cuda::Gpu;
@@ -50,8 +53,9 @@ pub fn run(cfg: &RunConfig, resume: bool, device: Device) -> Result<RunOutcome> 
 
 /// [`run`] on a given GPU (or the CPU with `None`); tests pass the host emulator here.
 pub fn run_on(cfg: &RunConfig, resume: bool, gpu: Option<Arc<Gpu>>) -> Result<RunOutcome> {
-    let strategy = strategy::build(cfg);
+    let strategy = strategy::build(cfg)?;
     let trains = strategy.deployed() != strategy::Deployed::Nothing;
+    finetune::check(cfg.finetune_local_steps, strategy.deployed())?;
     let mut plan = plan::make(cfg, resume, trains)?;
     let engine = Engine::from_gpu(gpu);
     let features = features::extract(cfg, &plan.dataset, &plan.splits, &engine)?;
@@ -59,7 +63,11 @@ pub fn run_on(cfg: &RunConfig, resume: bool, gpu: Option<Arc<Gpu>>) -> Result<Ru
     let resumed_from = saved.as_ref().map(|s| s.rounds_done);
     let mut rounds = rounds::Rounds::new(cfg, &plan.splits, &features, &engine, strategy, saved)?;
     rounds.run(&cfg.out)?;
-    let summary = outputs::write(cfg, &plan, &features, &rounds)?;
+    let finetuned = match cfg.finetune_local_steps {
+        0 => None,
+        steps => Some(rounds.finetune(steps)?),
+    };
+    let summary = outputs::write(cfg, &plan, &features, &rounds, finetuned)?;
     Ok(RunOutcome {
         out: cfg.out.clone(),
         summary,

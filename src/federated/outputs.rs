@@ -1,7 +1,7 @@
 //! Stage 5 of a run: the files derived from the state and `metrics.csv`, rewritten whole each
 //! time: the adapters, `accuracy.svg` and `summary.json`.
 
-use super::config::RunConfig;
+use super::config::{RunConfig, ServerOptName};
 use super::features::Features;
 use super::plan::{Plan, is_bundled_model};
 use super::report::{self, MetricRow, Summary};
@@ -19,6 +19,7 @@ pub fn write(
     plan: &Plan,
     features: &Features,
     rounds: &Rounds,
+    finetuned: Option<BTreeMap<String, f64>>,
 ) -> Result<Summary> {
     let out = &cfg.out;
     let dim = features.dim;
@@ -43,7 +44,13 @@ pub fn write(
         cfg.test_domains.join(", ")
     );
     report::plot_accuracy(&out.join("accuracy.svg"), &rows, &title)?;
-    let summary = summarise(cfg, method, features, rounds, &rows);
+    let mut summary = summarise(cfg, method, features, rounds, &rows);
+    if let Some(acc) = finetuned {
+        summary.finetune_local_steps = Some(cfg.finetune_local_steps);
+        summary.mean_finetuned_test_accuracy =
+            (!acc.is_empty()).then(|| acc.values().sum::<f64>() / acc.len() as f64);
+        summary.finetuned_test_accuracy = Some(acc);
+    }
     write_atomic(
         &out.join("summary.json"),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
@@ -76,8 +83,11 @@ fn summarise(
     let client_tests: Vec<f64> = (rounds.trainees.iter())
         .filter_map(|&t| test_of(&clients[t].name))
         .collect();
+    let server_opt = (cfg.server_opt.opt != ServerOptName::Fedavg)
+        .then(|| format!("{:?}", cfg.server_opt.opt).to_lowercase());
     Summary {
         method,
+        server_opt,
         rounds_run: state.rounds_done,
         best_round,
         best_mean_val_accuracy: state.best.as_ref().map(|(_, v, _)| *v),
@@ -94,6 +104,9 @@ fn summarise(
         clients: clients.len(),
         model: cfg.model.display().to_string(),
         model_weights_random: is_bundled_model(&cfg.model),
+        finetune_local_steps: None,
+        finetuned_test_accuracy: None,
+        mean_finetuned_test_accuracy: None,
     }
 }
 

@@ -169,6 +169,9 @@ pub fn plot_accuracy(path: &Path, rows: &[MetricRow], title: &str) -> Result<()>
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
     pub method: String,
+    /// The server optimiser, when it is not plain averaging (`fedadam`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_opt: Option<String>,
     pub rounds_run: u32,
     /// The round with the best mean validation accuracy over training clients (as the
     /// reference selects), and the accuracies at that round.
@@ -190,4 +193,12 @@ pub struct Summary {
     pub clients: usize,
     pub model: String,
     pub model_weights_random: bool,
+    /// With `--finetune-local-steps N`: N, and each training client's test accuracy after N
+    /// local steps from the final global parameters (see `finetune.rs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finetune_local_steps: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finetuned_test_accuracy: Option<BTreeMap<String, f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_finetuned_test_accuracy: Option<f64>,
 }

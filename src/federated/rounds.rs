@@ -34,12 +34,12 @@ fn crash_point(round: u32, point: &str) {
 
 /// The federation between rounds: trainer, strategy and state.
 pub struct Rounds<'a> {
-    cfg: &'a RunConfig,
+    pub(super) cfg: &'a RunConfig,
     splits: &'a Splits,
-    features: &'a Features,
+    pub(super) features: &'a Features,
     /// Client index of each trainer slot.
     pub trainees: Vec<usize>,
-    backend: Box<dyn AdapterBackend>,
+    pub(super) backend: Box<dyn AdapterBackend>,
     pub strategy: Box<dyn Strategy>,
     pub state: State,
 }

@@ -9,11 +9,17 @@
 //! its line in [`build`].
 
 mod fedavg;
+mod fedopt;
 mod local;
 mod zeroshot;
 
-use super::config::{Method, RunConfig};
-use anyhow::Result;
+pub use fedavg::FedAvg;
+pub use fedopt::FedOpt;
+pub use local::Local;
+pub use zeroshot::Zeroshot;
+
+use super::config::{Method, RunConfig, ServerOptName};
+use anyhow::{Result, bail};
 
 /// What the sampled clients do this round (Flower's `configure_train` result).
 #[derive(Clone, Debug, PartialEq)]
@@ -95,12 +101,48 @@ pub trait Strategy {
     }
 }
 
-/// The strategy of `cfg.method`: the one place that matches on [`Method`].
-pub fn build(cfg: &RunConfig) -> Box<dyn Strategy> {
-    match cfg.method {
-        Method::Fedclip => Box::new(fedavg::FedAvg::new(cfg.aggregate, None)),
-        Method::Fedprox => Box::new(fedavg::FedAvg::new(cfg.aggregate, Some(cfg.mu as f32))),
-        Method::Local => Box::new(local::Local),
-        Method::Zeroshot => Box::new(zeroshot::Zeroshot),
+/// The strategy of `cfg.method` under `cfg.server_opt`: the one place that matches on
+/// [`Method`].
+pub fn build(cfg: &RunConfig) -> Result<Box<dyn Strategy>> {
+    let base: Box<dyn Strategy> = match cfg.method {
+        Method::Fedclip => Box::new(FedAvg::new(cfg.aggregate, None)),
+        Method::Fedprox => Box::new(FedAvg::new(cfg.aggregate, Some(cfg.mu as f32))),
+        Method::Local => Box::new(Local),
+        Method::Zeroshot => Box::new(Zeroshot),
+    };
+    let server = cfg.server_opt;
+    if server.opt == ServerOptName::Fedavg {
+        return Ok(base);
     }
+    if base.deployed() != Deployed::Global {
+        let name = |d: &dyn std::fmt::Debug| format!("{d:?}").to_lowercase();
+        bail!(
+            "--server-opt {} needs a method with a global model (fedclip, fedprox), not --method {}",
+            name(&server.opt),
+            name(&cfg.method)
+        );
+    }
+    check_server_opt(&server)?;
+    Ok(Box::new(FedOpt::new(base, server)))
+}
+
+fn check_server_opt(c: &super::config::ServerOptConfig) -> Result<()> {
+    let unit = |v: f64| (0.0..1.0).contains(&v);
+    if !(c.lr > 0.0 && c.lr.is_finite()) {
+        bail!("--server-lr must be positive, got {}", c.lr);
+    }
+    if !unit(c.momentum) {
+        bail!("--server-momentum must be in [0, 1), got {}", c.momentum);
+    }
+    if !unit(c.beta1) || !unit(c.beta2) {
+        bail!(
+            "--server-beta1 and --server-beta2 must be in [0, 1), got {} and {}",
+            c.beta1,
+            c.beta2
+        );
+    }
+    if !(c.tau > 0.0 && c.tau.is_finite()) {
+        bail!("--server-tau must be positive, got {}", c.tau);
+    }
+    Ok(())
 }
