@@ -4,6 +4,7 @@ use fedclip::device::Device;
 use fedclip::embed::{self, EmbedRequest};
 use fedclip::federated::{
     self, Aggregate, BUNDLED_DATA, BUNDLED_MODEL, LossName, Method, OptimizerName, RunConfig,
+    ServerOptConfig, ServerOptName,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,6 +68,28 @@ struct RunArgs {
     mu: f64,
     #[arg(long, value_enum, default_value_t = Aggregate::Uniform)]
     aggregate: Aggregate,
+    /// Server optimiser over the aggregate (Reddi et al. 2021), for fedclip and fedprox.
+    #[arg(long, value_enum, default_value_t = ServerOptName::Fedavg)]
+    server_opt: ServerOptName,
+    /// Server learning rate η. Default: 1 (fedavgm), 0.1 (fedadam), 0.01 (fedyogi).
+    #[arg(long)]
+    server_lr: Option<f64>,
+    /// FedAvgM's server momentum.
+    #[arg(long, default_value_t = 0.9)]
+    server_momentum: f64,
+    /// FedAdam / FedYogi β1.
+    #[arg(long, default_value_t = 0.9)]
+    server_beta1: f64,
+    /// FedAdam / FedYogi β2.
+    #[arg(long, default_value_t = 0.99)]
+    server_beta2: f64,
+    /// Personalization: after the rounds, each training client takes N local steps from the
+    /// final global adapter; summary.json reports its test accuracy then.
+    #[arg(long, default_value_t = 0)]
+    finetune_local_steps: u32,
+    /// FedAdam / FedYogi τ (adaptivity).
+    #[arg(long, default_value_t = 1e-3)]
+    server_tau: f64,
     /// Seed of the numpy-identical splits, the adapter initialisation and batch orders.
     #[arg(long, default_value_t = 0)]
     seed: u32,
@@ -203,6 +226,17 @@ fn run_command(a: RunArgs) -> Result<()> {
         loss: a.loss,
         mu: a.mu,
         aggregate: a.aggregate,
+        server_opt: ServerOptConfig {
+            opt: a.server_opt,
+            lr: a
+                .server_lr
+                .unwrap_or(ServerOptConfig::default_lr(a.server_opt)),
+            momentum: a.server_momentum,
+            beta1: a.server_beta1,
+            beta2: a.server_beta2,
+            tau: a.server_tau,
+        },
+        finetune_local_steps: a.finetune_local_steps,
         seed: a.seed,
         clients_per_domain: a.clients_per_domain,
         dirichlet_alpha: a.dirichlet_alpha,

@@ -207,6 +207,11 @@ fn resume_keeps_optimiser_moments_and_fedprox_anchor() {
 }
 
 #[test]
+fn resume_keeps_the_server_optimisers_moments() {
+    resume_equals_uninterrupted("state", &["--server-opt", "fedadam", "--server-lr", "0.01"]);
+}
+
+#[test]
 fn resume_after_a_kill_mid_checkpoint_matches_an_uninterrupted_run() {
     resume_equals_uninterrupted("metrics", &[]);
 }

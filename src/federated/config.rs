@@ -46,6 +46,59 @@ pub enum OptimizerName {
     Adamw,
 }
 
+/// What the server does with the mean client update (Reddi et al. 2021, "Adaptive
+/// Federated Optimization"); the mean minus the global parameters is the pseudo-gradient Δ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerOptName {
+    /// The mean becomes the global parameters (FedCLIP's reference).
+    Fedavg,
+    /// Server momentum (Hsu et al. 2019): m = μ m − Δ, x −= η m.
+    Fedavgm,
+    /// Adam on Δ, with Flower's bias-corrected η.
+    Fedadam,
+    /// Yogi on Δ (no bias correction).
+    Fedyogi,
+}
+
+/// `--server-opt` and its hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServerOptConfig {
+    pub opt: ServerOptName,
+    /// η (`--server-lr`).
+    pub lr: f64,
+    /// FedAvgM's momentum (`--server-momentum`).
+    pub momentum: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    /// τ, the adaptivity floor of FedAdam / FedYogi.
+    pub tau: f64,
+}
+
+impl ServerOptConfig {
+    /// Flower's defaults per optimiser: η = 1 (FedAvgM), 0.1 (FedAdam), 0.01 (FedYogi).
+    pub fn default_lr(opt: ServerOptName) -> f64 {
+        match opt {
+            ServerOptName::Fedavg | ServerOptName::Fedavgm => 1.0,
+            ServerOptName::Fedadam => 0.1,
+            ServerOptName::Fedyogi => 0.01,
+        }
+    }
+}
+
+impl Default for ServerOptConfig {
+    fn default() -> Self {
+        ServerOptConfig {
+            opt: ServerOptName::Fedavg,
+            lr: 1.0,
+            momentum: 0.9,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: 1e-3,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
     pub data: PathBuf,
@@ -65,6 +118,12 @@ pub struct RunConfig {
     /// FedProx's μ (used by `fedprox` only).
     pub mu: f64,
     pub aggregate: Aggregate,
+    /// The server optimiser over the aggregate (absent in runs made before it existed).
+    #[serde(default)]
+    pub server_opt: ServerOptConfig,
+    /// Personalization after training: local steps from the final global parameters (0: off).
+    #[serde(default)]
+    pub finetune_local_steps: u32,
     pub seed: u32,
     pub clients_per_domain: usize,
     pub dirichlet_alpha: f64,
@@ -83,7 +142,13 @@ impl RunConfig {
     pub fn resume_mismatches(&self, saved: &RunConfig) -> Vec<String> {
         let mut a = serde_json::to_value(self).expect("config serialises");
         let mut b = serde_json::to_value(saved).expect("config serialises");
-        for key in ["rounds", "cache_dir", "out", "extract_batch"] {
+        for key in [
+            "rounds",
+            "cache_dir",
+            "out",
+            "extract_batch",
+            "finetune_local_steps",
+        ] {
             a.as_object_mut().map(|o| o.remove(key));
             b.as_object_mut().map(|o| o.remove(key));
         }

@@ -190,4 +190,12 @@ pub struct Summary {
     pub clients: usize,
     pub model: String,
     pub model_weights_random: bool,
+    /// With `--finetune-local-steps N`: N, and each training client's test accuracy after N
+    /// local steps from the final global parameters (see `finetune.rs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finetune_local_steps: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finetuned_test_accuracy: Option<BTreeMap<String, f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_finetuned_test_accuracy: Option<f64>,
 }

@@ -1,0 +1,108 @@
+//! Personalization after training (`--finetune-local-steps N`): every training client starts
+//! from the final global parameters with a fresh optimiser, takes N local steps on its own
+//! training split, and is tested with the result. It runs after the last checkpoint and
+//! changes nothing the rounds saved.
+//!
+//! Step j of client k uses batch `j mod S` (S = ⌈train / batch⌉) of pass `⌊j / S⌋`, whose
+//! order is `RandomState::from_key([seed, 4, k, pass]).permutation(train)`.
+
+use super::features::{ClientData, SplitData};
+use super::rounds::Rounds;
+use super::strategy::Deployed;
+use crate::adapter::{AdapterParams, ClientBatch, TextFeatures, predict};
+use crate::data::rng::RandomState;
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+
+/// Random-stream tag of the fine-tuning batch order (rounds use 3).
+pub const TAG_FINETUNE: u32 = 4;
+
+/// Checks `--finetune-local-steps` against the method: there must be a global model.
+pub fn check(steps: u32, deployed: Deployed) -> Result<()> {
+    if steps > 0 && deployed != Deployed::Global {
+        bail!(
+            "--finetune-local-steps needs a method with a global model (fedclip, fedprox); \
+             this one deploys none to start from"
+        );
+    }
+    Ok(())
+}
+
+/// The batch of `rows` a client with `n` training samples uses at fine-tuning step `step`.
+pub fn batch_rows(seed: u32, slot: usize, n: usize, batch: usize, step: u32) -> Vec<usize> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let per_pass = n.div_ceil(batch) as u32;
+    let order =
+        RandomState::from_key(&[seed, TAG_FINETUNE, slot as u32, step / per_pass]).permutation(n);
+    order
+        .chunks(batch)
+        .nth((step % per_pass) as usize)
+        .map(<[usize]>::to_vec)
+        .unwrap_or_default()
+}
+
+impl Rounds<'_> {
+    /// Test accuracy of each training client after `steps` local steps from the final
+    /// global parameters.
+    pub fn finetune(&mut self, steps: u32) -> Result<BTreeMap<String, f64>> {
+        let dim = self.features.dim;
+        let global = AdapterParams::from_flat(dim, self.state.global.clone())?;
+        for s in 0..self.trainees.len() {
+            self.backend.set_client_params(s, &global)?;
+        }
+        self.backend.reset();
+        self.backend.set_proximal(0.0, None)?;
+        let clients: Vec<&ClientData> = (self.trainees.iter())
+            .map(|&c| &self.features.clients[c])
+            .collect();
+        for step in 0..steps {
+            let buffers: Vec<(Vec<f32>, Vec<u32>)> = (clients.iter().enumerate())
+                .map(|(s, c)| {
+                    let rows = batch_rows(self.cfg.seed, s, c.train.len(), self.cfg.batch, step);
+                    gather(&c.train, &rows, dim)
+                })
+                .collect();
+            let batches: Vec<Option<ClientBatch>> = (buffers.iter())
+                .map(|(f, l)| (!l.is_empty()).then(|| ClientBatch::new(f, l)))
+                .collect();
+            self.backend
+                .step(&batches)
+                .with_context(|| format!("--finetune-local-steps: step {step}"))?;
+        }
+        let mut out = BTreeMap::new();
+        for (s, c) in clients.iter().enumerate() {
+            if !c.test.is_empty() {
+                let own = self.backend.client_params(s)?;
+                out.insert(
+                    c.name.clone(),
+                    accuracy(&own, &c.test, &self.features.texts)?,
+                );
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn gather(split: &SplitData, rows: &[usize], dim: usize) -> (Vec<f32>, Vec<u32>) {
+    let features = rows
+        .iter()
+        .flat_map(|&i| split.features[i * dim..(i + 1) * dim].iter().copied())
+        .collect();
+    (features, rows.iter().map(|&i| split.labels[i]).collect())
+}
+
+fn accuracy(
+    params: &AdapterParams<f32>,
+    split: &SplitData,
+    texts: &TextFeatures<f32>,
+) -> Result<f64> {
+    let pred = predict(Some(params), &split.features, texts)?;
+    let right = pred
+        .iter()
+        .zip(&split.labels)
+        .filter(|(p, y)| p == y)
+        .count();
+    Ok(right as f64 / split.len() as f64)
+}

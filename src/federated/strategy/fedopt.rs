@@ -1,0 +1,155 @@
+//! Server optimisers over any aggregating strategy (Reddi et al. 2021, "Adaptive Federated
+//! Optimization"), by composition: the inner strategy's aggregate x̄ gives the
+//! pseudo-gradient Δ = x̄ − x, and the server steps x with it. The rules follow Flower's
+//! `FedAvgM`, `FedAdam` and `FedYogi` (m and v start at zero):
+//!
+//! - FedAvgM: m ← μ m − Δ; x ← x − η m.
+//! - FedAdam: m ← β1 m + (1 − β1) Δ; v ← β2 v + (1 − β2) Δ²;
+//!   x ← x + η_t m / (√v + τ) with η_t = η √(1 − β2^(t+1)) / (1 − β1^(t+1)), t the 1-based
+//!   round (Flower's bias correction, exponent t + 1 as Flower has it).
+//! - FedYogi: m as Adam; v ← v − (1 − β2) Δ² sign(v − Δ²); x ← x + η m / (√v + τ) (no bias
+//!   correction).
+//!
+//! Each element is computed in f64 from the f32 state and stored back as f32, so a
+//! checkpoint of m and v resumes bit for bit.
+
+use super::{ClientUpdates, Deploy, Deployed, RoundPlan, Strategy};
+use crate::federated::config::{ServerOptConfig, ServerOptName};
+use anyhow::{Result, bail, ensure};
+
+pub struct FedOpt {
+    inner: Box<dyn Strategy>,
+    cfg: ServerOptConfig,
+    /// First moment (FedAdam / FedYogi) or momentum buffer (FedAvgM).
+    m: Vec<f32>,
+    /// Second moment (FedAdam / FedYogi).
+    v: Vec<f32>,
+}
+
+impl FedOpt {
+    /// `cfg.opt` over `inner`'s aggregate; `inner` must aggregate (return new parameters).
+    pub fn new(inner: Box<dyn Strategy>, cfg: ServerOptConfig) -> Self {
+        FedOpt {
+            inner,
+            cfg,
+            m: Vec::new(),
+            v: Vec::new(),
+        }
+    }
+
+    /// One server step from `global` with the aggregate `mean`; `round` is 0-based.
+    pub fn step(&mut self, round: u32, global: &[f32], mean: &[f32]) -> Vec<f32> {
+        let n = global.len();
+        if self.m.len() != n {
+            self.m = vec![0.0; n];
+            self.v = vec![0.0; n];
+        }
+        let c = self.cfg;
+        let t = round as f64 + 1.0;
+        let eta = match c.opt {
+            ServerOptName::Fedadam => {
+                c.lr * (1.0 - c.beta2.powf(t + 1.0)).sqrt() / (1.0 - c.beta1.powf(t + 1.0))
+            }
+            _ => c.lr,
+        };
+        let mut next = Vec::with_capacity(n);
+        for i in 0..n {
+            let (x, delta) = (global[i] as f64, mean[i] as f64 - global[i] as f64);
+            let (m, v) = (self.m[i] as f64, self.v[i] as f64);
+            let (m, v, x) = match c.opt {
+                ServerOptName::Fedavg => (m, v, mean[i] as f64),
+                ServerOptName::Fedavgm => {
+                    let m = c.momentum * m - delta;
+                    (m, v, x - eta * m)
+                }
+                ServerOptName::Fedadam | ServerOptName::Fedyogi => {
+                    let m = c.beta1 * m + (1.0 - c.beta1) * delta;
+                    let d2 = delta * delta;
+                    let v = if c.opt == ServerOptName::Fedadam {
+                        c.beta2 * v + (1.0 - c.beta2) * d2
+                    } else {
+                        v - (1.0 - c.beta2) * d2 * sign(v - d2)
+                    };
+                    (m, v, x + eta * m / (v.sqrt() + c.tau))
+                }
+            };
+            self.m[i] = m as f32;
+            self.v[i] = v as f32;
+            next.push(x as f32);
+        }
+        next
+    }
+}
+
+/// NumPy's `sign`: 0 at 0.
+fn sign(x: f64) -> f64 {
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
+}
+
+impl Strategy for FedOpt {
+    fn rounds(&self, requested: u32) -> u32 {
+        self.inner.rounds(requested)
+    }
+
+    fn configure_train(
+        &self,
+        round: u32,
+        sampled: Vec<usize>,
+        global: &[f32],
+    ) -> Option<RoundPlan> {
+        self.inner.configure_train(round, sampled, global)
+    }
+
+    fn aggregate_train(
+        &mut self,
+        round: u32,
+        global: &[f32],
+        updates: &ClientUpdates,
+    ) -> Result<Option<Vec<f32>>> {
+        let Some(mean) = self.inner.aggregate_train(round, global, updates)? else {
+            bail!("--server-opt needs a method whose server aggregates (fedclip, fedprox)");
+        };
+        Ok(Some(self.step(round, global, &mean)))
+    }
+
+    fn bytes_communicated(&self, plan: &RoundPlan, param_count: usize) -> u64 {
+        self.inner.bytes_communicated(plan, param_count)
+    }
+
+    fn configure_evaluate(&self, slot: Option<usize>) -> Deploy {
+        self.inner.configure_evaluate(slot)
+    }
+
+    fn deployed(&self) -> Deployed {
+        self.inner.deployed()
+    }
+
+    fn state(&self) -> Vec<(String, Vec<f32>)> {
+        if self.m.is_empty() {
+            return Vec::new();
+        }
+        vec![("m".into(), self.m.clone()), ("v".into(), self.v.clone())]
+    }
+
+    fn load_state(&mut self, saved: &[(String, Vec<f32>)]) -> Result<()> {
+        let get = |k: &str| saved.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        match (get("m"), get("v")) {
+            (Some(m), Some(v)) => {
+                ensure!(
+                    m.len() == v.len() && saved.len() == 2,
+                    "the checkpoint's server optimiser state is inconsistent"
+                );
+                (self.m, self.v) = (m, v);
+            }
+            (None, None) if saved.is_empty() => {}
+            _ => bail!("the checkpoint's server optimiser state is incomplete (needs m and v)"),
+        }
+        Ok(())
+    }
+}
