@@ -21,20 +21,34 @@ from typing import Any, Dict, Optional, Sequence, Union
 from ._fedclip import (
     BUNDLED_DATA,
     BUNDLED_MODEL,
+    Client,
+    Clients,
     FeatureStore,
     Model,
+    RoundPlan,
+    Splits,
     Stats,
+    Strategy,
+    default_server_lr,
     domains,
+    initial_parameters,
     run_json,
 )
 
 __all__ = [
     "BUNDLED_DATA",
     "BUNDLED_MODEL",
+    "Client",
+    "Clients",
     "FeatureStore",
     "Model",
+    "RoundPlan",
+    "Splits",
     "Stats",
+    "Strategy",
+    "default_server_lr",
     "domains",
+    "initial_parameters",
     "run",
     "run_config",
 ]
@@ -57,6 +71,13 @@ def run_config(
     loss: str = "contrastive",
     mu: float = 0.01,
     aggregate: str = "uniform",
+    server_opt: str = "fedavg",
+    server_lr: Optional[float] = None,
+    server_momentum: float = 0.9,
+    server_beta1: float = 0.9,
+    server_beta2: float = 0.99,
+    finetune_local_steps: int = 0,
+    server_tau: float = 1e-3,
     seed: int = 0,
     clients_per_domain: int = 1,
     dirichlet_alpha: float = 0.5,
@@ -70,7 +91,8 @@ def run_config(
 
     Every option is the CLI flag of the same name (`--local-epochs` is `local_epochs`), with
     the same default; `test_domains=None` holds out the first domain in sorted order and
-    `out=None` is `runs/<method>-<dataset>-<held-out domains>-seed<seed>`, as the CLI does.
+    `out=None` is `runs/<method>-<dataset>-<held-out domains>-seed<seed>`, and
+    `server_lr=None` is the server optimiser's default η, as the CLI does.
     """
     data = os.fspath(data)
     if test_domains is None:
@@ -95,6 +117,15 @@ def run_config(
         "loss": loss,
         "mu": float(mu),
         "aggregate": aggregate,
+        "server_opt": {
+            "opt": server_opt,
+            "lr": float(default_server_lr(server_opt) if server_lr is None else server_lr),
+            "momentum": float(server_momentum),
+            "beta1": float(server_beta1),
+            "beta2": float(server_beta2),
+            "tau": float(server_tau),
+        },
+        "finetune_local_steps": finetune_local_steps,
         "seed": seed,
         "clients_per_domain": clients_per_domain,
         "dirichlet_alpha": float(dirichlet_alpha),

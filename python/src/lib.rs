@@ -5,6 +5,7 @@
 //! released.
 
 mod errors;
+mod federation;
 
 use errors::{Kind, to_py};
 use fedclip::device::Device;
@@ -260,6 +261,14 @@ fn domains(py: Python<'_>, data: PathBuf) -> PyResult<Vec<String>> {
     Ok(dataset.domains.iter().map(|d| d.name.clone()).collect())
 }
 
+/// `--server-lr`'s default for `--server-opt <server_opt>`.
+#[pyfunction]
+fn default_server_lr(server_opt: &str) -> PyResult<f64> {
+    let opt: federated::ServerOptName = serde_json::from_value(serde_json::json!(server_opt))
+        .map_err(|e| PyValueError::new_err(format!("server_opt: {e}")))?;
+    Ok(federated::ServerOptConfig::default_lr(opt))
+}
+
 #[pymodule]
 fn _fedclip(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
@@ -267,6 +276,8 @@ fn _fedclip(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Stats>()?;
     m.add_function(wrap_pyfunction!(run_json, m)?)?;
     m.add_function(wrap_pyfunction!(domains, m)?)?;
+    m.add_function(wrap_pyfunction!(default_server_lr, m)?)?;
+    federation::register(m)?;
     m.add("BUNDLED_MODEL", federated::BUNDLED_MODEL)?;
     m.add("BUNDLED_DATA", federated::BUNDLED_DATA)?;
     Ok(())

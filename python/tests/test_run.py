@@ -59,7 +59,7 @@ def cli_defaults(cli) -> dict:
     text = run_cli(cli, "run", "--help").stdout
     defaults = {}
     for block in re.split(r"\n(?=\s+--)", text):
-        flag = re.match(r"\s+--([a-z-]+)", block)
+        flag = re.match(r"\s+--([a-z0-9-]+)", block)
         value = re.search(r"\[default: ([^\]]*)\]", block)
         if flag and value:
             defaults[flag.group(1).replace("-", "_")] = value.group(1).strip('"')
@@ -84,5 +84,6 @@ def test_run_options_are_the_cli_flags_with_its_defaults(cli):
             assert str(got) == want, name
     assert params["data"].default == fedclip.BUNDLED_DATA
     assert params["model"].default == fedclip.BUNDLED_MODEL
-    flags = set(cli) | {"test_domains", "out", "keep_optimizer_state", "resume", "device"}
+    assert params["server_lr"].default is None  # the server optimiser's own default
+    flags = set(cli) | {"test_domains", "out", "keep_optimizer_state", "server_lr", "device"}
     assert set(params) <= flags, set(params) - flags
