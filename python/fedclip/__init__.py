@@ -33,6 +33,7 @@ from ._fedclip import (
     domains,
     initial_parameters,
     run_json,
+    sample_clients,
 )
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "initial_parameters",
     "run",
     "run_config",
+    "sample_clients",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]

@@ -165,3 +165,6 @@ class Clients:
         """`[K, P]`."""
     def set_parameters(self, params: npt.NDArray[np.float32]) -> None: ...
     def predict(self, k: int, features: npt.NDArray[np.float32]) -> npt.NDArray[np.uint32]: ...
+
+def sample_clients(n: int, fraction: float, seed: int, round: int) -> List[int]:
+    """Trainer slots `fedclip run` samples for `round` (0-based) out of n training clients."""

@@ -269,6 +269,12 @@ fn default_server_lr(server_opt: &str) -> PyResult<f64> {
     Ok(federated::ServerOptConfig::default_lr(opt))
 }
 
+/// The trainer slots `fedclip run` samples for `round` (0-based) out of `n` training clients.
+#[pyfunction]
+fn sample_clients(n: usize, fraction: f64, seed: u32, round: u32) -> Vec<usize> {
+    fedclip::data::split::sample_clients(n, fraction, seed, round)
+}
+
 #[pymodule]
 fn _fedclip(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
@@ -277,6 +283,7 @@ fn _fedclip(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run_json, m)?)?;
     m.add_function(wrap_pyfunction!(domains, m)?)?;
     m.add_function(wrap_pyfunction!(default_server_lr, m)?)?;
+    m.add_function(wrap_pyfunction!(sample_clients, m)?)?;
     federation::register(m)?;
     m.add("BUNDLED_MODEL", federated::BUNDLED_MODEL)?;
     m.add("BUNDLED_DATA", federated::BUNDLED_DATA)?;
