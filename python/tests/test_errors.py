@@ -80,3 +80,16 @@ def test_missing_data_has_the_cli_message(cli, tmp_path):
 def test_bad_arguments_are_valueerror(call):
     with pytest.raises(ValueError):
         call()
+
+
+def test_unusable_device_is_runtimeerror_with_the_cli_message(cli, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a dog\n")
+    result = run_cli(cli, "embed", "--model", str(MODEL), "--device", "cuda",
+                     "--texts", str(prompts), "--out", str(tmp_path / "o.safetensors"))
+    if result.returncode == 0:
+        pytest.skip("a CUDA device is usable here")
+    want = cli_error(result)
+    with pytest.raises(RuntimeError) as e:
+        fedclip.Model(MODEL, device="cuda")
+    assert str(e.value) == want and want.startswith("--device cuda: ")
