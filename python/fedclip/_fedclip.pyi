@@ -137,7 +137,8 @@ class Strategy:
         """"nothing", "global" or "each_client"."""
     def bytes_communicated(self, plan: RoundPlan, param_count: int) -> int: ...
     def state(self) -> Dict[str, npt.NDArray[np.float32]]: ...
-    def load_state(self, saved: Sequence[Tuple[str, npt.NDArray[np.float32]]]) -> None: ...
+    def load_state(self, saved: Dict[str, npt.NDArray[np.float32]]) -> None:
+        """Restores what `state()` returned."""
 
 class Clients:
     """K training clients' adapters on one engine, trained together as `fedclip run` does

@@ -297,10 +297,13 @@ impl Strategy {
     }
 
     /// Restores what `state()` returned.
-    fn load_state(&mut self, saved: Vec<(String, PyReadonlyArray1<f32>)>) -> PyResult<()> {
+    fn load_state(&mut self, saved: &Bound<'_, PyDict>) -> PyResult<()> {
         let saved = saved
-            .into_iter()
-            .map(|(n, a)| Ok((n, a.as_slice()?.to_vec())))
+            .iter()
+            .map(|(n, a)| {
+                let a: PyReadonlyArray1<f32> = a.extract()?;
+                Ok((n.extract::<String>()?, a.as_slice()?.to_vec()))
+            })
             .collect::<PyResult<Vec<_>>>()?;
         self.inner.load_state(&saved).map_err(value_err)
     }

@@ -62,3 +62,21 @@ def test_strategy_build_errors_have_the_cli_message(cli, tmp_path):
         fedclip.Strategy(__import__("json").dumps(
             fedclip.run_config(method="local", server_opt="fedadam")))
     assert str(e.value) == want
+
+
+def test_server_optimiser_state_round_trips():
+    import json
+    text = json.dumps(fedclip.run_config(rounds=3, server_opt="fedadam"))
+    rng = np.random.default_rng(0)
+    glob = rng.standard_normal(40).astype(np.float32)
+    rows = [rng.standard_normal((2, 40)).astype(np.float32) for _ in range(2)]
+    a = fedclip.Strategy(text)
+    g1 = a.aggregate_train(0, glob, rows[0], [0, 1], [3, 4])
+    saved = a.state()
+    assert set(saved) and all(v.shape == (40,) for v in saved.values())
+    b = fedclip.Strategy(text)
+    b.load_state(saved)
+    assert (b.aggregate_train(1, g1, rows[1], [0, 1], [3, 4]).tobytes()
+            == a.aggregate_train(1, g1, rows[1], [0, 1], [3, 4]).tobytes())
+    with pytest.raises(ValueError, match="server state"):
+        fedclip.Strategy(json.dumps(fedclip.run_config(rounds=1))).load_state(saved)
