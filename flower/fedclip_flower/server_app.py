@@ -48,6 +48,11 @@ def _save(out: str, glob: np.ndarray, dim: int) -> None:
 def main(grid: Grid, context: Context) -> None:
     config = options(context.run_config)
     strategy = fedclip.Strategy(dumps(config))
+    if strategy.deployed() != "global":
+        # A ClientApp keeps nothing between messages, so each round must start from the
+        # global adapter the server sends (fedclip, fedprox; any server optimiser).
+        raise ValueError(f"method {config['method']!r} is not supported on Flower yet: "
+                         "use fedclip or fedprox")
     nodes = list(grid.get_node_ids())
     while len(nodes) < int(context.run_config.get("num-nodes", 1)):
         nodes = list(grid.get_node_ids())
