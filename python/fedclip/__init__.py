@@ -1,0 +1,147 @@
+"""fedclip from Python: CLIP encoders on fedclip's engine (CPU or CUDA), the feature cache
+`fedclip run` uses, and whole federated runs.
+
+    import fedclip
+    model = fedclip.Model("weights/tiny-clip")          # device="auto" | "cpu" | "cuda"
+    feats = model.encode_images(["a.jpg", "b.png"])     # np.ndarray [N, model.dim] float32
+    texts = model.encode_texts(["a photo of a dog"])    # [M, model.dim]
+    summary = fedclip.run(rounds=3, out="runs/demo")    # summary.json as a dict
+
+Features are projected and not L2-normalised, exactly as `fedclip embed` writes them. Errors
+are ValueError (bad options, shapes, file contents), OSError (a file that cannot be read or
+written) or RuntimeError (an engine or device that fails), with the CLI's messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Optional, Sequence, Union
+
+from ._fedclip import (
+    BUNDLED_DATA,
+    BUNDLED_MODEL,
+    Client,
+    Clients,
+    FeatureStore,
+    Model,
+    RoundPlan,
+    Splits,
+    Stats,
+    Strategy,
+    default_server_lr,
+    domains,
+    initial_parameters,
+    run_json,
+    sample_clients,
+)
+
+__all__ = [
+    "BUNDLED_DATA",
+    "BUNDLED_MODEL",
+    "Client",
+    "Clients",
+    "FeatureStore",
+    "Model",
+    "RoundPlan",
+    "Splits",
+    "Stats",
+    "Strategy",
+    "default_server_lr",
+    "domains",
+    "initial_parameters",
+    "run",
+    "run_config",
+    "sample_clients",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def run_config(
+    data: PathLike = BUNDLED_DATA,
+    model: PathLike = BUNDLED_MODEL,
+    test_domains: Optional[Sequence[str]] = None,
+    method: str = "fedclip",
+    rounds: int = 200,
+    local_epochs: int = 1,
+    batch: int = 32,
+    lr: float = 5e-5,
+    weight_decay: float = 0.2,
+    optimizer: str = "adam",
+    keep_optimizer_state: bool = False,
+    loss: str = "contrastive",
+    mu: float = 0.01,
+    aggregate: str = "uniform",
+    server_opt: str = "fedavg",
+    server_lr: Optional[float] = None,
+    server_momentum: float = 0.9,
+    server_beta1: float = 0.9,
+    server_beta2: float = 0.99,
+    finetune_local_steps: int = 0,
+    server_tau: float = 1e-3,
+    seed: int = 0,
+    clients_per_domain: int = 1,
+    dirichlet_alpha: float = 0.5,
+    sample_fraction: float = 1.0,
+    prompt_template: str = "a picture of a {}",
+    extract_batch: int = 64,
+    cache_dir: PathLike = "runs/feature-cache",
+    out: Optional[PathLike] = None,
+) -> Dict[str, Any]:
+    """The resolved settings `fedclip run` would write to config.json for these options.
+
+    Every option is the CLI flag of the same name (`--local-epochs` is `local_epochs`), with
+    the same default; `test_domains=None` holds out the first domain in sorted order and
+    `out=None` is `runs/<method>-<dataset>-<held-out domains>-seed<seed>`, and
+    `server_lr=None` is the server optimiser's default η, as the CLI does.
+    """
+    data = os.fspath(data)
+    if test_domains is None:
+        test_domains = domains(data)[:1]
+    elif isinstance(test_domains, str):
+        raise ValueError("test_domains must be a list of domain names, not a string")
+    if out is None:
+        name = os.path.basename(os.path.normpath(data)) or "data"
+        out = os.path.join("runs", f"{method}-{name}-{'+'.join(test_domains)}-seed{seed}")
+    return {
+        "data": data,
+        "model": os.fspath(model),
+        "test_domains": list(test_domains),
+        "method": method,
+        "rounds": rounds,
+        "local_epochs": local_epochs,
+        "batch": batch,
+        "lr": float(lr),
+        "weight_decay": float(weight_decay),
+        "optimizer": optimizer,
+        "keep_optimizer_state": keep_optimizer_state,
+        "loss": loss,
+        "mu": float(mu),
+        "aggregate": aggregate,
+        "server_opt": {
+            "opt": server_opt,
+            "lr": float(default_server_lr(server_opt) if server_lr is None else server_lr),
+            "momentum": float(server_momentum),
+            "beta1": float(server_beta1),
+            "beta2": float(server_beta2),
+            "tau": float(server_tau),
+        },
+        "finetune_local_steps": finetune_local_steps,
+        "seed": seed,
+        "clients_per_domain": clients_per_domain,
+        "dirichlet_alpha": float(dirichlet_alpha),
+        "sample_fraction": float(sample_fraction),
+        "prompt_template": prompt_template,
+        "extract_batch": extract_batch,
+        "cache_dir": os.fspath(cache_dir),
+        "out": os.fspath(out),
+    }
+
+
+def run(*, resume: bool = False, device: str = "auto", **options: Any) -> Dict[str, Any]:
+    """Runs (or with `resume=True` continues) `fedclip run` with these options (see
+    `run_config`) and returns its summary.json as a dict. The run directory is written
+    exactly as the CLI writes it."""
+    config = run_config(**options)
+    return json.loads(run_json(json.dumps(config), resume, device))

@@ -1,0 +1,171 @@
+"""Type stubs of the compiled module fedclip._fedclip."""
+
+import os
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import numpy.typing as npt
+
+PathLike = Union[str, os.PathLike[str]]
+
+BUNDLED_MODEL: str
+"""The bundled tiny CLIP model (random weights), `fedclip run`'s default `--model`."""
+BUNDLED_DATA: str
+"""The bundled PACS-mini, `fedclip run`'s default `--data`."""
+
+class Model:
+    """A Hugging Face CLIP model directory loaded on one engine."""
+
+    def __init__(self, path: PathLike, device: str = "auto") -> None:
+        """`device` is "auto" (the GPU when usable, else the CPU), "cpu" or "cuda"."""
+    @property
+    def dim(self) -> int:
+        """Projected feature size (`projection_dim`)."""
+    @property
+    def logit_scale(self) -> Optional[float]:
+        """`logit_scale` as stored (the log of CLIP's temperature), None if absent."""
+    @property
+    def path(self) -> str: ...
+    def encode_images(
+        self, paths: Sequence[PathLike], batch: int = 64
+    ) -> npt.NDArray[np.float32]:
+        """`[len(paths), dim]` projected image features, not L2-normalised, equal bit for
+        bit to `fedclip embed --batch <batch>`'s `image_embeds`."""
+    def encode_texts(
+        self, prompts: Sequence[str], batch: int = 64, truncate: bool = False
+    ) -> npt.NDArray[np.float32]:
+        """`[len(prompts), dim]` projected text features; prompts longer than the context
+        are an error unless `truncate`."""
+
+class Stats:
+    """What one cache lookup did."""
+
+    hits: int
+    computed: int
+    hashed: int
+
+class FeatureStore:
+    """The feature cache of `fedclip run --cache-dir`: the same files, the same keys."""
+
+    def __init__(self, cache_dir: PathLike, model: Model) -> None: ...
+    @property
+    def dir(self) -> str: ...
+    def image_features(
+        self, paths: Sequence[PathLike], batch: int = 64
+    ) -> Tuple[npt.NDArray[np.float32], Stats]:
+        """Features of `paths` in order, computed with the model only where missing."""
+    def text_features(
+        self, prompts: Sequence[str], batch: int = 64
+    ) -> Tuple[npt.NDArray[np.float32], Stats]: ...
+    def warnings(self) -> List[str]: ...
+
+def run_json(config_json: str, resume: bool = False, device: str = "auto") -> str:
+    """`fedclip run` from a RunConfig as JSON (see `fedclip.run_config`); returns
+    summary.json's text."""
+
+def domains(data: PathLike) -> List[str]:
+    """The domain folders of a dataset root, in sorted order."""
+
+def default_server_lr(server_opt: str) -> float:
+    """`--server-lr`'s default for `--server-opt server_opt` (Flower's η)."""
+
+def initial_parameters(dim: int, seed: int) -> npt.NDArray[np.float32]:
+    """The seeded adapter initialisation `fedclip run` starts the global and every client
+    from, `[P]` with P = 2 d² + 2 d, laid out `[W1 | b1 | W2 | b2]` (PyTorch `[out, in]`)."""
+
+class Client:
+    """One client of a split; each split is `(paths, labels)` in split order."""
+
+    name: str
+    domain: str
+    held_out: bool
+    train: Tuple[List[str], List[int]]
+    val: Tuple[List[str], List[int]]
+    test: Tuple[List[str], List[int]]
+
+class Splits:
+    """The clients `fedclip run` makes of its dataset for these options (numpy-identical)."""
+
+    def __init__(self, config_json: str) -> None:
+        """`config_json`: `json.dumps(fedclip.run_config(...))`."""
+    @property
+    def clients(self) -> List[Client]: ...
+    @property
+    def classes(self) -> List[str]: ...
+    @property
+    def prompts(self) -> List[str]:
+        """Class prompts (`prompt_template` applied), in class order."""
+    def training_clients(self) -> List[int]:
+        """Client indices of the training clients; trainer slot s is element s."""
+    def sample_round(self, fraction: float, round: int) -> List[int]:
+        """Trainer slots sampled for `round` (0-based), as `--sample-fraction` samples."""
+
+class RoundPlan:
+    """What the sampled clients do this round (Rust `RoundPlan`)."""
+
+    @property
+    def slots(self) -> List[int]: ...
+    @property
+    def start(self) -> Optional[npt.NDArray[np.float32]]: ...
+    @property
+    def anchor(self) -> Optional[npt.NDArray[np.float32]]: ...
+    @property
+    def mu(self) -> float: ...
+
+class Strategy:
+    """The server side `fedclip run` builds for `method` and `server_opt` (Rust
+    `federated::strategy::Strategy`, Flower's method names)."""
+
+    def __init__(self, config_json: str) -> None: ...
+    def rounds(self, requested: int) -> int: ...
+    def configure_train(
+        self, round: int, sampled: Sequence[int], global_params: npt.NDArray[np.float32]
+    ) -> Optional[RoundPlan]: ...
+    def aggregate_train(
+        self,
+        round: int,
+        global_params: npt.NDArray[np.float32],
+        params: npt.NDArray[np.float32],
+        slots: Sequence[int],
+        train_sizes: Sequence[int],
+    ) -> Optional[npt.NDArray[np.float32]]:
+        """New global parameters from `[K, P]` client rows (rows `slots` updated this round),
+        or None to keep the old ones."""
+    def configure_evaluate(self, slot: Optional[int] = None) -> Tuple[str, Optional[int]]:
+        """("zeroshot" | "global" | "mean_of_local", None) or ("own", slot)."""
+    def deployed(self) -> str:
+        """"nothing", "global" or "each_client"."""
+    def bytes_communicated(self, plan: RoundPlan, param_count: int) -> int: ...
+    def state(self) -> Dict[str, npt.NDArray[np.float32]]: ...
+    def load_state(self, saved: Dict[str, npt.NDArray[np.float32]]) -> None:
+        """Restores what `state()` returned."""
+
+class Clients:
+    """K training clients' adapters on one engine, trained together as `fedclip run` does
+    (Rust `AdapterBackend`). Slot k holds `train[k] = (features [N_k, D], labels [N_k])`."""
+
+    def __init__(
+        self,
+        config_json: str,
+        texts: npt.NDArray[np.float32],
+        logit_scale: float,
+        train: Sequence[Tuple[npt.NDArray[np.float32], npt.NDArray[np.uint32]]],
+        device: str = "auto",
+    ) -> None: ...
+    @property
+    def num_clients(self) -> int: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def param_count(self) -> int: ...
+    @property
+    def train_sizes(self) -> List[int]: ...
+    def local_update(self, round: int, plan: RoundPlan) -> List[List[float]]:
+        """The local epochs of `round` for `plan.slots`; each slot's step losses."""
+    def get_parameters(self) -> npt.NDArray[np.float32]:
+        """`[K, P]`."""
+    def set_parameters(self, params: npt.NDArray[np.float32]) -> None: ...
+    def predict(self, k: int, features: npt.NDArray[np.float32]) -> npt.NDArray[np.uint32]: ...
+
+def sample_clients(n: int, fraction: float, seed: int, round: int) -> List[int]:
+    """Trainer slots `fedclip run` samples for `round` (0-based) out of n training clients."""

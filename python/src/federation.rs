@@ -1,0 +1,507 @@
+//! The federated seams from Python, named as in Rust (and so as in Flower): the clients'
+//! splits ([`Splits`]), the server side ([`Strategy`]: `configure_train`, `aggregate_train`,
+//! `configure_evaluate`, `state`) and the client side ([`Clients`]: the K-client trainer
+//! behind `AdapterBackend`, with `local_update` the local epochs `fedclip run` takes). A loop
+//! over these in Python reproduces `fedclip run`'s adapters bit for bit.
+
+use crate::errors::{Kind, to_py};
+use crate::{matrix, parse_device};
+use fedclip::adapter::{
+    AdapterBackend, AdapterParams, CpuAdapters, Loss, OptimizerConfig, OptimizerKind, TextFeatures,
+    TrainConfig, param_count,
+};
+use fedclip::cuda::CudaAdapters;
+use fedclip::data::split::{SplitConfig, make_splits};
+use fedclip::data::{Dataset, PromptTemplate};
+use fedclip::encode::Engine;
+use fedclip::federated::features::{ClientData, SplitData};
+use fedclip::federated::strategy::{self, ClientUpdates, Deploy, Deployed, RoundPlan};
+use fedclip::federated::train::local_epochs;
+use fedclip::federated::{LossName, OptimizerName, RunConfig};
+use numpy::{PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+fn parse_config(config_json: &str) -> PyResult<RunConfig> {
+    serde_json::from_str(config_json)
+        .map_err(|e| PyValueError::new_err(format!("run options: {e}")))
+}
+
+fn value_err(e: anyhow::Error) -> PyErr {
+    to_py(e, Kind::Input)
+}
+
+/// One client of a split: its files (paths) and labels per split, in split order.
+#[pyclass(module = "fedclip._fedclip", frozen, get_all)]
+struct Client {
+    name: String,
+    domain: String,
+    held_out: bool,
+    train: (Vec<String>, Vec<u32>),
+    val: (Vec<String>, Vec<u32>),
+    test: (Vec<String>, Vec<u32>),
+}
+
+/// The clients `fedclip run` makes of a dataset for these options (numpy-identical splits).
+#[pyclass(module = "fedclip._fedclip", frozen)]
+pub struct Splits {
+    splits: fedclip::data::split::Splits,
+    classes: Vec<String>,
+    prompts: Vec<String>,
+    clients: Vec<Py<Client>>,
+}
+
+#[pymethods]
+impl Splits {
+    #[new]
+    fn new(py: Python<'_>, config_json: &str) -> PyResult<Splits> {
+        let cfg = parse_config(config_json)?;
+        let (dataset, splits) = py
+            .detach(|| -> anyhow::Result<_> {
+                let dataset = Dataset::scan(&cfg.data)?;
+                let split_cfg = SplitConfig {
+                    seed: cfg.seed,
+                    test_domains: cfg.test_domains.clone(),
+                    clients_per_domain: cfg.clients_per_domain,
+                    dirichlet_alpha: cfg.dirichlet_alpha,
+                    ..SplitConfig::default()
+                };
+                let splits = make_splits(&dataset, &split_cfg)?;
+                Ok((dataset, splits))
+            })
+            .map_err(value_err)?;
+        let clients = splits
+            .clients
+            .iter()
+            .map(|c| {
+                let domain = &dataset.domains[c.domain];
+                let files = |idx: &[usize]| {
+                    let paths = idx
+                        .iter()
+                        .map(|&i| domain.samples[i].path.display().to_string());
+                    let labels = idx.iter().map(|&i| domain.samples[i].label as u32);
+                    (paths.collect(), labels.collect())
+                };
+                let client = Client {
+                    name: c.name.clone(),
+                    domain: domain.name.clone(),
+                    held_out: c.held_out,
+                    train: files(&c.train),
+                    val: files(&c.val),
+                    test: files(&c.test),
+                };
+                Py::new(py, client)
+            })
+            .collect::<PyResult<_>>()?;
+        Ok(Splits {
+            prompts: dataset.prompts(&PromptTemplate::new(&cfg.prompt_template)),
+            classes: dataset.classes.clone(),
+            splits,
+            clients,
+        })
+    }
+
+    /// Every client, in `fedclip run`'s order (domain order, then client order).
+    #[getter]
+    fn clients(&self, py: Python<'_>) -> Vec<Py<Client>> {
+        self.clients.iter().map(|c| c.clone_ref(py)).collect()
+    }
+
+    #[getter]
+    fn classes(&self) -> Vec<String> {
+        self.classes.clone()
+    }
+
+    /// The class prompts (`prompt_template` applied), in class order.
+    #[getter]
+    fn prompts(&self) -> Vec<String> {
+        self.prompts.clone()
+    }
+
+    /// Client indices of the training clients; trainer slot `s` is `training_clients()[s]`.
+    fn training_clients(&self) -> Vec<usize> {
+        self.splits.training_clients()
+    }
+
+    /// Trainer slots of the clients sampled for `round` (0-based) at `fraction`.
+    fn sample_round(&self, fraction: f64, round: u32) -> Vec<usize> {
+        let trainees = self.splits.training_clients();
+        let sampled = self.splits.sample_round(fraction, round);
+        (sampled.iter())
+            .filter_map(|c| trainees.iter().position(|t| t == c))
+            .collect()
+    }
+}
+
+/// What the sampled clients do this round (`Strategy.configure_train`'s result).
+#[pyclass(module = "fedclip._fedclip", name = "RoundPlan", frozen)]
+#[derive(Clone)]
+pub struct PyRoundPlan {
+    plan: RoundPlan,
+}
+
+#[pymethods]
+impl PyRoundPlan {
+    /// Trainer slots of the sampled clients.
+    #[getter]
+    fn slots(&self) -> Vec<usize> {
+        self.plan.slots.clone()
+    }
+    /// Parameters every sampled client starts from, or None (each keeps its own).
+    #[getter]
+    fn start<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyArray1<f32>>> {
+        self.plan
+            .start
+            .as_ref()
+            .map(|s| PyArray1::from_slice(py, s))
+    }
+    /// FedProx's anchor of μ/2 ‖θ − anchor‖², or None.
+    #[getter]
+    fn anchor<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyArray1<f32>>> {
+        self.plan
+            .anchor
+            .as_ref()
+            .map(|s| PyArray1::from_slice(py, s))
+    }
+    #[getter]
+    fn mu(&self) -> f32 {
+        self.plan.mu
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "RoundPlan(slots={:?}, start={}, anchor={}, mu={})",
+            self.plan.slots,
+            if self.plan.start.is_some() {
+                "array"
+            } else {
+                "None"
+            },
+            if self.plan.anchor.is_some() {
+                "array"
+            } else {
+                "None"
+            },
+            self.plan.mu
+        )
+    }
+}
+
+/// The server side of `method` (and `server_opt`): the strategy `fedclip run` builds.
+#[pyclass(module = "fedclip._fedclip", unsendable)]
+pub struct Strategy {
+    inner: Box<dyn strategy::Strategy>,
+}
+
+#[pymethods]
+impl Strategy {
+    #[new]
+    fn new(config_json: &str) -> PyResult<Strategy> {
+        let cfg = parse_config(config_json)?;
+        let inner = strategy::build(&cfg).map_err(value_err)?;
+        Ok(Strategy { inner })
+    }
+
+    /// Rounds actually run for `requested` (zero-shot runs one).
+    fn rounds(&self, requested: u32) -> u32 {
+        self.inner.rounds(requested)
+    }
+
+    /// The plan for the sampled trainer slots, or None when nothing is trained.
+    fn configure_train(
+        &self,
+        round: u32,
+        sampled: Vec<usize>,
+        global_params: PyReadonlyArray1<f32>,
+    ) -> PyResult<Option<PyRoundPlan>> {
+        let global = global_params.as_slice()?;
+        Ok(self
+            .inner
+            .configure_train(round, sampled, global)
+            .map(|plan| PyRoundPlan { plan }))
+    }
+
+    /// The new global parameters from every client's `[K, P]` parameters (rows `slots` sent
+    /// back this round), or None to keep `global`.
+    fn aggregate_train<'py>(
+        &mut self,
+        py: Python<'py>,
+        round: u32,
+        global_params: PyReadonlyArray1<f32>,
+        params: PyReadonlyArray2<f32>,
+        slots: Vec<usize>,
+        train_sizes: Vec<usize>,
+    ) -> PyResult<Option<Bound<'py, PyArray1<f32>>>> {
+        let global = global_params.as_slice()?;
+        let p = global.len();
+        let k = params.shape()[0];
+        if params.shape()[1] != p || train_sizes.len() != k {
+            return Err(PyValueError::new_err(format!(
+                "params must be [K, {p}] with one train size per row, got {:?} and {} sizes",
+                params.shape(),
+                train_sizes.len()
+            )));
+        }
+        if let Some(s) = slots.iter().find(|&&s| s >= k) {
+            return Err(PyValueError::new_err(format!(
+                "slot {s} is not a row of params ({k} rows)"
+            )));
+        }
+        let params = params.as_slice()?;
+        let updates = ClientUpdates {
+            slots: &slots,
+            params,
+            param_count: p,
+            train_sizes: &train_sizes,
+        };
+        let next = self
+            .inner
+            .aggregate_train(round, global, &updates)
+            .map_err(value_err)?;
+        Ok(next.map(|g| PyArray1::from_vec(py, g)))
+    }
+
+    /// What a client deploys: `("zeroshot" | "global" | "mean_of_local", None)` or
+    /// `("own", slot)`; `slot` is its trainer slot, None for a held-out client.
+    #[pyo3(signature = (slot = None))]
+    fn configure_evaluate(&self, slot: Option<usize>) -> (&'static str, Option<usize>) {
+        match self.inner.configure_evaluate(slot) {
+            Deploy::Zeroshot => ("zeroshot", None),
+            Deploy::Global => ("global", None),
+            Deploy::Own(s) => ("own", Some(s)),
+            Deploy::MeanOfLocal => ("mean_of_local", None),
+        }
+    }
+
+    /// `"nothing"`, `"global"` or `"each_client"`: what the run's adapter files hold.
+    fn deployed(&self) -> &'static str {
+        match self.inner.deployed() {
+            Deployed::Nothing => "nothing",
+            Deployed::Global => "global",
+            Deployed::EachClient => "each_client",
+        }
+    }
+
+    /// Bytes both ways this round for `plan` (f32 parameters).
+    fn bytes_communicated(&self, plan: &PyRoundPlan, param_count: usize) -> u64 {
+        self.inner.bytes_communicated(&plan.plan, param_count)
+    }
+
+    /// Server tensors (e.g. a server optimiser's moments) by name.
+    fn state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (name, values) in self.inner.state() {
+            d.set_item(name, PyArray1::from_vec(py, values))?;
+        }
+        Ok(d)
+    }
+
+    /// Restores what `state()` returned.
+    fn load_state(&mut self, saved: &Bound<'_, PyDict>) -> PyResult<()> {
+        let saved = saved
+            .iter()
+            .map(|(n, a)| {
+                let a: PyReadonlyArray1<f32> = a.extract()?;
+                Ok((n.extract::<String>()?, a.as_slice()?.to_vec()))
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        self.inner.load_state(&saved).map_err(value_err)
+    }
+}
+
+/// The training clients: K adapters on one engine, stepped together, as `fedclip run` trains
+/// them. Slot `k` holds client `k`'s training features `[N_k, D]` and labels.
+#[pyclass(module = "fedclip._fedclip", unsendable)]
+pub struct Clients {
+    backend: Box<dyn AdapterBackend + Send>,
+    cfg: RunConfig,
+    data: Vec<ClientData>,
+}
+
+/// `fedclip run`'s trainer settings for these options.
+fn train_config(cfg: &RunConfig, logit_scale: f32) -> TrainConfig {
+    TrainConfig {
+        loss: match cfg.loss {
+            LossName::Contrastive => Loss::Contrastive,
+            LossName::Class => Loss::Class,
+        },
+        logit_scale,
+        optimizer: OptimizerConfig {
+            kind: match cfg.optimizer {
+                OptimizerName::Adam => OptimizerKind::Adam,
+                OptimizerName::Adamw => OptimizerKind::AdamW,
+            },
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..OptimizerConfig::default()
+        },
+        min_batch: 2,
+    }
+}
+
+#[pymethods]
+impl Clients {
+    /// `texts` are the class text features `[C, D]` (raw; normalised here), `logit_scale`
+    /// the model's; every adapter starts from the seeded initialisation of `fedclip run`.
+    #[new]
+    #[pyo3(signature = (config_json, texts, logit_scale, train, device = "auto"))]
+    fn new(
+        py: Python<'_>,
+        config_json: &str,
+        texts: PyReadonlyArray2<f32>,
+        logit_scale: f32,
+        train: Vec<(PyReadonlyArray2<f32>, PyReadonlyArray1<u32>)>,
+        device: &str,
+    ) -> PyResult<Clients> {
+        let cfg = parse_config(config_json)?;
+        let device = parse_device(device)?;
+        let (classes, dim) = (texts.shape()[0], texts.shape()[1]);
+        let texts = TextFeatures::new(texts.as_slice()?, classes, dim).map_err(value_err)?;
+        let data = train
+            .iter()
+            .enumerate()
+            .map(|(k, (f, l))| {
+                if f.shape()[1] != dim || f.shape()[0] != l.len() {
+                    return Err(PyValueError::new_err(format!(
+                        "client {k}: features must be [N, {dim}] with N labels, got {:?} and {}",
+                        f.shape(),
+                        l.len()
+                    )));
+                }
+                let split = SplitData {
+                    features: f.as_slice()?.to_vec(),
+                    labels: l.as_slice()?.to_vec(),
+                };
+                Ok(ClientData {
+                    name: format!("slot {k}"),
+                    held_out: false,
+                    train: split,
+                    val: SplitData::default(),
+                    test: SplitData::default(),
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let init = AdapterParams::<f32>::init(dim, cfg.seed as u64);
+        let config = train_config(&cfg, logit_scale);
+        let k = data.len();
+        let backend = py
+            .detach(|| -> anyhow::Result<Box<dyn AdapterBackend + Send>> {
+                Ok(match Engine::select(device)? {
+                    Engine::Cuda(g) => Box::new(CudaAdapters::new(&g, k, &init, texts, config)?),
+                    Engine::Cpu => Box::new(CpuAdapters::new(k, &init, texts, config)?),
+                })
+            })
+            .map_err(|e| to_py(e, Kind::Engine))?;
+        Ok(Clients { backend, cfg, data })
+    }
+
+    #[getter]
+    fn num_clients(&self) -> usize {
+        self.backend.num_clients()
+    }
+    #[getter]
+    fn dim(&self) -> usize {
+        self.backend.dim()
+    }
+    /// Parameters per adapter, `[W1 | b1 | W2 | b2]` (`2 d² + 2 d`).
+    #[getter]
+    fn param_count(&self) -> usize {
+        param_count(self.backend.dim())
+    }
+    /// Training samples per slot (the `train_sizes` of `Strategy.aggregate_train`).
+    #[getter]
+    fn train_sizes(&self) -> Vec<usize> {
+        self.data.iter().map(|c| c.train.len()).collect()
+    }
+
+    /// The local update of round `round` for `plan`'s slots, as `fedclip run` does it: the
+    /// start parameters, a fresh optimiser (unless `keep_optimizer_state`), the proximal
+    /// term, then `local_epochs` passes in the run's batch order. Returns each slot's step
+    /// losses (empty where it did not step).
+    fn local_update(
+        &mut self,
+        py: Python<'_>,
+        round: u32,
+        plan: &PyRoundPlan,
+    ) -> PyResult<Vec<Vec<f32>>> {
+        let (backend, cfg, data) = (&mut self.backend, &self.cfg, &self.data);
+        let plan = &plan.plan;
+        py.detach(|| -> anyhow::Result<_> {
+            let dim = backend.dim();
+            anyhow::ensure!(
+                plan.slots.iter().all(|&s| s < data.len()),
+                "plan slots {:?} are not all below the {} clients",
+                plan.slots,
+                data.len()
+            );
+            if let Some(start) = &plan.start {
+                let start = AdapterParams::from_flat(dim, start.clone())?;
+                for &s in &plan.slots {
+                    backend.set_client_params(s, &start)?;
+                }
+            }
+            if !cfg.keep_optimizer_state {
+                backend.reset();
+            }
+            let anchor = (plan.anchor.as_ref())
+                .map(|a| AdapterParams::from_flat(dim, a.clone()))
+                .transpose()?;
+            backend.set_proximal(plan.mu, anchor.as_ref())?;
+            let trainees: Vec<usize> = (0..data.len()).collect();
+            local_epochs(&mut **backend, cfg, round, &plan.slots, data, &trainees)
+        })
+        .map_err(|e| to_py(e, Kind::Engine))
+    }
+
+    /// Every slot's parameters, `[K, P]`.
+    fn get_parameters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let all = self.backend.read_all_params().map_err(value_err)?;
+        matrix(py, all, self.param_count())
+    }
+
+    /// Overwrites every slot's parameters from `[K, P]`.
+    fn set_parameters(&mut self, params: PyReadonlyArray2<f32>) -> PyResult<()> {
+        let (k, p) = (self.num_clients(), self.param_count());
+        if params.shape() != [k, p] {
+            return Err(PyValueError::new_err(format!(
+                "parameters must be [{k}, {p}], got {:?}",
+                params.shape()
+            )));
+        }
+        let flat = params.as_slice()?;
+        self.backend.write_all_params(flat).map_err(value_err)
+    }
+
+    /// Predicted class per row of `features` `[B, D]` with slot `k`'s adapter.
+    fn predict<'py>(
+        &self,
+        py: Python<'py>,
+        k: usize,
+        features: PyReadonlyArray2<f32>,
+    ) -> PyResult<Bound<'py, PyArray1<u32>>> {
+        let pred = (self.backend)
+            .predict(k, features.as_slice()?)
+            .map_err(value_err)?;
+        Ok(PyArray1::from_vec(py, pred))
+    }
+}
+
+/// The adapter initialisation `fedclip run` starts every client (and the global) from.
+#[pyfunction]
+pub fn initial_parameters<'py>(
+    py: Python<'py>,
+    dim: usize,
+    seed: u32,
+) -> Bound<'py, PyArray1<f32>> {
+    PyArray1::from_slice(py, AdapterParams::<f32>::init(dim, seed as u64).as_slice())
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Client>()?;
+    m.add_class::<Splits>()?;
+    m.add_class::<PyRoundPlan>()?;
+    m.add_class::<Strategy>()?;
+    m.add_class::<Clients>()?;
+    m.add_function(wrap_pyfunction!(initial_parameters, m)?)?;
+    Ok(())
+}

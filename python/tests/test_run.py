@@ -1,0 +1,89 @@
+"""fedclip.run against `fedclip run`: the same options give the same run directory."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+
+import pytest
+from safetensors.numpy import load_file
+
+import fedclip
+from conftest import DATA, MODEL, run_cli
+
+# Measured, not computed: they differ between any two runs.
+TIMINGS = {"seconds_extracting", "seconds_training", "images_extracted", "images_from_cache"}
+
+
+def test_run_equals_cli_run(cli, tmp_path):
+    options = dict(rounds=3, method="fedprox", seed=3, clients_per_domain=2,
+                   sample_fraction=0.5, batch=16, lr=1e-3)
+    summary = fedclip.run(data=DATA, model=MODEL, cache_dir=tmp_path / "cache",
+                          out=tmp_path / "py", device="cpu", **options)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+    result = run_cli(cli, "run", "--data", str(DATA), "--model", str(MODEL), "--device", "cpu",
+                     "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "cli"),
+                     *flags)
+    assert result.returncode == 0, result.stderr
+    py, cli_dir = tmp_path / "py", tmp_path / "cli"
+    for name in ["metrics.csv", "splits.json", "adapter-last.safetensors",
+                 "adapter-best.safetensors", "accuracy.svg"]:
+        assert (py / name).read_bytes() == (cli_dir / name).read_bytes(), name
+    # state.safetensors' metadata holds the training time; its tensors must agree.
+    state, cli_state = load_file(str(py / "state.safetensors")), load_file(str(cli_dir / "state.safetensors"))
+    assert state.keys() == cli_state.keys()
+    assert all(state[k].tobytes() == cli_state[k].tobytes() for k in state)
+    written = json.loads((py / "summary.json").read_text())
+    assert summary == written
+    want = json.loads((cli_dir / "summary.json").read_text())
+    strip = lambda s: {k: v for k, v in s.items() if k not in TIMINGS}
+    assert strip(summary) == strip(want)
+    assert summary["rounds_run"] == 3 and summary["method"] == "fedprox"
+    config = json.loads((py / "config.json").read_text())
+    cli_config = json.loads((cli_dir / "config.json").read_text())
+    assert {**config, "out": None} == {**cli_config, "out": None}
+
+
+def test_resume_continues_a_run(tmp_path):
+    common = dict(data=DATA, model=MODEL, cache_dir=tmp_path / "cache", device="cpu")
+    fedclip.run(rounds=1, out=tmp_path / "a", **common)
+    resumed = fedclip.run(rounds=2, out=tmp_path / "a", resume=True, **common)
+    whole = fedclip.run(rounds=2, out=tmp_path / "b", **common)
+    assert resumed["rounds_run"] == 2
+    assert (tmp_path / "a" / "metrics.csv").read_bytes() == (tmp_path / "b" / "metrics.csv").read_bytes()
+
+
+def cli_defaults(cli) -> dict:
+    """`[default: X]` of every `fedclip run` flag, from its --help."""
+    text = run_cli(cli, "run", "--help").stdout
+    defaults = {}
+    for block in re.split(r"\n(?=\s+--)", text):
+        flag = re.match(r"\s+--([a-z0-9-]+)", block)
+        value = re.search(r"\[default: ([^\]]*)\]", block)
+        if flag and value:
+            defaults[flag.group(1).replace("-", "_")] = value.group(1).strip('"')
+    return defaults
+
+
+def test_run_options_are_the_cli_flags_with_its_defaults(cli):
+    params = inspect.signature(fedclip.run_config).parameters
+    cli = cli_defaults(cli)
+    assert "rounds" in cli and "prompt_template" in cli
+    # data and model default to the bundled paths of the checkout each was built from.
+    for name, want in cli.items():
+        if name in ("data", "model", "device"):
+            continue
+        assert name in params, f"fedclip.run has no option {name}"
+        got = params[name].default
+        if isinstance(got, float):
+            assert got == float(want), name
+        elif isinstance(got, bool):
+            assert str(got).lower() == want, name
+        else:
+            assert str(got) == want, name
+    assert params["data"].default == fedclip.BUNDLED_DATA
+    assert params["model"].default == fedclip.BUNDLED_MODEL
+    assert params["server_lr"].default is None  # the server optimiser's own default
+    flags = set(cli) | {"test_domains", "out", "keep_optimizer_state", "server_lr", "device"}
+    assert set(params) <= flags, set(params) - flags
