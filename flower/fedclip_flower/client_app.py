@@ -39,7 +39,7 @@ def train(msg: Message, context: Context) -> Message:
     text = dumps(config)
     slot = _slot(context)
     splits = fedclip.Splits(text)
-    model = fedclip.Model(config["model"], device="auto")
+    model = fedclip.Model(config["model"], device="auto", tokenizer=config["tokenizer"])
     store = fedclip.FeatureStore(config["cache_dir"], model)
     train_data, texts = client_features(store, splits, config["extract_batch"])
     # Every slot exists (the batch order is keyed by the slot), only this node's has data.

@@ -86,6 +86,7 @@ def run_config(
     sample_fraction: float = 1.0,
     prompt_template: str = "a picture of a {}",
     extract_batch: int = 64,
+    tokenizer: str = "openai",
     cache_dir: PathLike = "runs/feature-cache",
     out: Optional[PathLike] = None,
 ) -> Dict[str, Any]:
@@ -134,6 +135,7 @@ def run_config(
         "sample_fraction": float(sample_fraction),
         "prompt_template": prompt_template,
         "extract_batch": extract_batch,
+        "tokenizer": tokenizer,
         "cache_dir": os.fspath(cache_dir),
         "out": os.fspath(out),
     }

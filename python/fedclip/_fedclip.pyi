@@ -14,10 +14,12 @@ BUNDLED_DATA: str
 """The bundled PACS-mini, `fedclip run`'s default `--data`."""
 
 class Model:
-    """A Hugging Face CLIP model directory loaded on one engine."""
+    """A CLIP model (Hugging Face or open_clip layout) loaded on one engine."""
 
-    def __init__(self, path: PathLike, device: str = "auto") -> None:
-        """`device` is "auto" (the GPU when usable, else the CPU), "cpu" or "cuda"."""
+    def __init__(self, path: PathLike, device: str = "auto", tokenizer: str = "openai") -> None:
+        """`device` is "auto" (the GPU when usable, else the CPU), "cpu" or "cuda";
+        `tokenizer` is "openai" (OpenAI's `clip.tokenize` cleaning, the default) or "hf"
+        (`CLIPTokenizerFast`), as `--tokenizer`."""
     @property
     def dim(self) -> int:
         """Projected feature size (`projection_dim`)."""

@@ -12,6 +12,7 @@ use fedclip::device::Device;
 use fedclip::encode::{Encoder, Engine, ImageEntry};
 use fedclip::features::FeatureCache;
 use fedclip::federated::{self, RunConfig};
+use fedclip::tokenizer::TokenizerKind;
 use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -25,6 +26,16 @@ fn parse_device(device: &str) -> PyResult<Device> {
         "cuda" => Ok(Device::Cuda),
         other => Err(PyValueError::new_err(format!(
             "device must be \"auto\", \"cpu\" or \"cuda\", got {other:?}"
+        ))),
+    }
+}
+
+fn parse_tokenizer(tokenizer: &str) -> PyResult<TokenizerKind> {
+    match tokenizer {
+        "openai" => Ok(TokenizerKind::Openai),
+        "hf" => Ok(TokenizerKind::Hf),
+        other => Err(PyValueError::new_err(format!(
+            "tokenizer must be \"openai\" or \"hf\", got {other:?}"
         ))),
     }
 }
@@ -46,21 +57,23 @@ fn matrix<'py>(py: Python<'py>, flat: Vec<f32>, dim: usize) -> PyResult<Bound<'p
 #[pyclass(module = "fedclip._fedclip", frozen)]
 struct Model {
     encoder: Encoder,
+    tokenizer: TokenizerKind,
 }
 
 #[pymethods]
 impl Model {
     #[new]
-    #[pyo3(signature = (path, device = "auto"))]
-    fn new(py: Python<'_>, path: PathBuf, device: &str) -> PyResult<Model> {
+    #[pyo3(signature = (path, device = "auto", tokenizer = "openai"))]
+    fn new(py: Python<'_>, path: PathBuf, device: &str, tokenizer: &str) -> PyResult<Model> {
         let device = parse_device(device)?;
+        let tokenizer = parse_tokenizer(tokenizer)?;
         let engine = py
             .detach(|| Engine::select(device))
             .map_err(|e| to_py(e, Kind::Engine))?;
         let encoder = py
             .detach(|| Encoder::open(&path, &engine))
             .map_err(|e| to_py(e, Kind::Input))?;
-        Ok(Model { encoder })
+        Ok(Model { encoder, tokenizer })
     }
 
     /// Projected feature size (`projection_dim`).
@@ -111,7 +124,7 @@ impl Model {
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         check_batch(batch)?;
         let embeds = py
-            .detach(|| self.encoder.encode_texts(&prompts, batch, truncate))
+            .detach(|| self.encoder.encode_texts(&prompts, batch, truncate, self.tokenizer))
             .map_err(|e| to_py(e, Kind::Input))?;
         matrix(py, embeds, self.text_dim())
     }
@@ -151,7 +164,7 @@ impl FeatureStore {
         let cache = py
             .detach(|| {
                 let pre = m.encoder.preprocess_config()?;
-                FeatureCache::open(&cache_dir, &m.encoder, &pre)
+                FeatureCache::open(&cache_dir, &m.encoder, &pre, m.tokenizer)
             })
             .map_err(|e| to_py(e, Kind::Input))?;
         Ok(FeatureStore { cache, model })
@@ -192,7 +205,7 @@ impl FeatureStore {
         let (feats, stats) = py
             .detach(|| {
                 self.cache.text_features(&prompts, |chunk| {
-                    m.encoder.encode_texts(chunk, batch, false)
+                    m.encoder.encode_texts(chunk, batch, false, m.tokenizer)
                 })
             })
             .map_err(|e| to_py(e, Kind::Input))?;
