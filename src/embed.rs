@@ -25,6 +25,8 @@ pub struct EmbedRequest {
     pub device: Device,
     pub skip_bad: bool,
     pub truncate: bool,
+    /// Pillow's `MAX_IMAGE_PIXELS` rule (see [`crate::preprocess::decode_bytes_limited`]).
+    pub max_image_pixels: u64,
 }
 
 pub struct EmbedSummary {
@@ -195,19 +197,26 @@ impl Text<'_> {
     }
 }
 
-/// Encodes images in batches. Decoding runs in parallel; a file that fails is an error
-/// naming it, or with `skip_bad` a warning, and it is left out.
+/// Encodes images in batches. Decoding runs in parallel; files that fail are one error
+/// naming every one of them, or with `skip_bad` a warning each, and they are left out.
+/// Images over twice `max_image_pixels` (from their header) are refused before decoding.
 pub fn encode_images(
     model: &ClipModel,
     entries: &[ImageEntry],
     batch: usize,
     skip_bad: bool,
+    max_image_pixels: u64,
 ) -> Result<(Vec<f32>, Vec<String>, Vec<String>)> {
     let vision = model
         .vision
         .as_ref()
         .with_context(|| format!("{} has no vision tower", model.dir.display()))?;
-    encode_images_on(Vision::Cpu(vision), &model.dir, entries, batch, skip_bad)
+    let opts = ImageOptions {
+        batch,
+        skip_bad,
+        max_image_pixels,
+    };
+    encode_images_on(Vision::Cpu(vision), &model.dir, entries, &opts)
 }
 
 /// [`encode_images`] on the CUDA engine.
@@ -216,20 +225,31 @@ pub fn encode_images_cuda(
     entries: &[ImageEntry],
     batch: usize,
     skip_bad: bool,
+    max_image_pixels: u64,
 ) -> Result<(Vec<f32>, Vec<String>, Vec<String>)> {
     let vision = model
         .vision
         .as_ref()
         .with_context(|| format!("{} has no vision tower", model.dir.display()))?;
-    encode_images_on(Vision::Cuda(vision), &model.dir, entries, batch, skip_bad)
+    let opts = ImageOptions {
+        batch,
+        skip_bad,
+        max_image_pixels,
+    };
+    encode_images_on(Vision::Cuda(vision), &model.dir, entries, &opts)
+}
+
+struct ImageOptions {
+    batch: usize,
+    skip_bad: bool,
+    max_image_pixels: u64,
 }
 
 fn encode_images_on(
     vision: Vision,
     dir: &Path,
     entries: &[ImageEntry],
-    batch: usize,
-    skip_bad: bool,
+    opts: &ImageOptions,
 ) -> Result<(Vec<f32>, Vec<String>, Vec<String>)> {
     if !vision.has_projection() {
         bail!(
@@ -237,20 +257,25 @@ fn encode_images_on(
             dir.display()
         );
     }
-    let cfg = PreprocessConfig::from_model_dir(dir, vision.image_size())?;
+    let mut cfg = PreprocessConfig::from_model_dir(dir, vision.image_size())?;
+    cfg.max_image_pixels = opts.max_image_pixels;
     let bar = progress(entries.len(), "images");
     let (mut embeds, mut kept, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
-    for chunk in entries.chunks(batch.max(1)) {
+    // Without `skip_bad`, the first failure stops encoding, but decoding goes on so that one
+    // error lists every bad file.
+    let mut failures: Vec<String> = Vec::new();
+    for (b, chunk) in entries.chunks(opts.batch.max(1)).enumerate() {
         let decoded: Vec<Result<Vec<f32>>> = chunk
             .par_iter()
             .map(|e| preprocess_file(&e.path, &cfg))
             .collect();
         let mut pixels = Vec::with_capacity(chunk.len() * vision.pixels_per_image());
+        let mut names = Vec::with_capacity(chunk.len());
         for (entry, result) in chunk.iter().zip(decoded) {
             match result {
                 Ok(p) if p.len() == vision.pixels_per_image() => {
                     pixels.extend_from_slice(&p);
-                    kept.push(entry.name.clone());
+                    names.push(entry.name.clone());
                 }
                 Ok(p) => bail!(
                     "{}: preprocessing gave {} values, the model takes {} (is preprocessor_config.json's crop size the model's image_size?)",
@@ -258,21 +283,53 @@ fn encode_images_on(
                     p.len(),
                     vision.pixels_per_image()
                 ),
-                Err(e) if skip_bad => {
+                Err(e) if opts.skip_bad => {
                     bar.suspend(|| eprintln!("warning: skipping {}: {e:#}", entry.path.display()));
                     skipped.push(entry.name.clone());
                 }
-                Err(e) => return Err(e),
+                Err(e) => failures.push(format!("{e:#}")),
             }
         }
-        let n = pixels.len() / vision.pixels_per_image();
-        if n > 0 {
-            embeds.extend(vision.embeds(&pixels, n)?);
+        let n = names.len();
+        if n > 0 && failures.is_empty() {
+            let out = vision.embeds(&pixels, n)?;
+            check_finite(&out, n, &names, b, "image")?;
+            embeds.extend(out);
+            kept.extend(names);
         }
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    Ok((embeds, kept, skipped))
+    match failures.len() {
+        0 => Ok((embeds, kept, skipped)),
+        1 => bail!("{} (pass --skip-bad to leave it out)", failures[0]),
+        k => bail!(
+            "{k} images cannot be used (pass --skip-bad to leave them out):\n  {}",
+            failures.join("\n  ")
+        ),
+    }
+}
+
+/// No NaN or infinity leaves the engine: a non-finite embedding is an error naming the
+/// batch and the input it belongs to.
+fn check_finite(
+    embeds: &[f32],
+    n: usize,
+    names: &[String],
+    batch: usize,
+    what: &str,
+) -> Result<()> {
+    let dim = embeds.len() / n.max(1);
+    if let Some(i) = embeds.iter().position(|v| !v.is_finite()) {
+        let row = i / dim.max(1);
+        bail!(
+            "the model gave a non-finite {what} embedding ({}) for {what} `{}` in batch {batch} \
+             (check the model's weights and config.json)",
+            embeds[i],
+            names.get(row).map_or("?", String::as_str)
+        );
+    }
+    Ok(())
 }
 
 /// Encodes prompts, batched, each batch padded only to its longest prompt: with the
@@ -324,14 +381,20 @@ fn encode_texts_on(
         .map(|p| tokenizer.encode(p, truncate))
         .collect::<Result<Vec<_>>>()?;
     let mut embeds = Vec::new();
-    for chunk in ids.chunks(batch.max(1)) {
+    for (b, (chunk, texts)) in ids
+        .chunks(batch.max(1))
+        .zip(prompts.chunks(batch.max(1)))
+        .enumerate()
+    {
         let seq = chunk.iter().map(Vec::len).max().unwrap_or(1);
         let mut flat = Vec::with_capacity(chunk.len() * seq);
         for row in chunk {
             flat.extend_from_slice(row);
             flat.resize(flat.len() + seq - row.len(), config.pad_token_id);
         }
-        embeds.extend(text.embeds(&flat, chunk.len(), seq)?);
+        let out = text.embeds(&flat, chunk.len(), seq)?;
+        check_finite(&out, chunk.len(), texts, b, "prompt")?;
+        embeds.extend(out);
     }
     Ok(embeds)
 }
@@ -410,8 +473,12 @@ pub fn run(req: &EmbedRequest) -> Result<EmbedSummary> {
     if !entries.is_empty() {
         let start = Instant::now();
         let (embeds, kept, skipped) = match &engine {
-            Engine::Cpu(m) => encode_images(m, &entries, req.batch, req.skip_bad)?,
-            Engine::Cuda(m) => encode_images_cuda(m, &entries, req.batch, req.skip_bad)?,
+            Engine::Cpu(m) => {
+                encode_images(m, &entries, req.batch, req.skip_bad, req.max_image_pixels)?
+            }
+            Engine::Cuda(m) => {
+                encode_images_cuda(m, &entries, req.batch, req.skip_bad, req.max_image_pixels)?
+            }
         };
         summary.images_per_second = kept.len() as f64 / start.elapsed().as_secs_f64();
         let dim = config.vision.as_ref().map_or(0, |v| v.projection_dim);

@@ -5,6 +5,7 @@ use fedclip::embed::{self, EmbedRequest};
 use fedclip::federated::{
     self, Aggregate, BUNDLED_DATA, BUNDLED_MODEL, LossName, Method, OptimizerName, RunConfig,
 };
+use fedclip::preprocess::DEFAULT_MAX_IMAGE_PIXELS;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -96,6 +97,10 @@ struct RunArgs {
     resume: bool,
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
+    /// Pixel limit against decompression bombs, read from each image's header before
+    /// decoding: a warning above it, an error above twice it (Pillow's MAX_IMAGE_PIXELS).
+    #[arg(long, default_value_t = DEFAULT_MAX_IMAGE_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
+    max_image_pixels: u64,
 }
 
 #[derive(Args)]
@@ -126,6 +131,10 @@ struct EmbedArgs {
     /// Cut prompts longer than the context (77 tokens) instead of failing.
     #[arg(long)]
     truncate: bool,
+    /// Pixel limit against decompression bombs, read from each image's header before
+    /// decoding: a warning above it, an error above twice it (Pillow's MAX_IMAGE_PIXELS).
+    #[arg(long, default_value_t = DEFAULT_MAX_IMAGE_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
+    max_image_pixels: u64,
 }
 
 fn embed_command(a: EmbedArgs) -> Result<()> {
@@ -143,6 +152,7 @@ fn embed_command(a: EmbedArgs) -> Result<()> {
         device: a.device,
         skip_bad: a.skip_bad,
         truncate: a.truncate,
+        max_image_pixels: a.max_image_pixels,
     };
     let s = embed::run(&req)?;
     eprintln!(
@@ -211,6 +221,7 @@ fn run_command(a: RunArgs) -> Result<()> {
         extract_batch: a.extract_batch,
         cache_dir: a.cache_dir,
         out,
+        max_image_pixels: a.max_image_pixels,
     };
     let outcome = federated::run(&cfg, a.resume, a.device)?;
     let s = &outcome.summary;

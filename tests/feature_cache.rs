@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use fedclip::embed::{ImageEntry, encode_images, encode_texts};
 use fedclip::features::{CacheKeys, CacheOptions, FeatureCache, MEMO_FILE};
 use fedclip::model::ClipModel;
-use fedclip::preprocess::PreprocessConfig;
+use fedclip::preprocess::{DEFAULT_MAX_IMAGE_PIXELS, PreprocessConfig};
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -464,13 +464,15 @@ fn caches_real_clip_features() {
             })
             .collect()
     };
-    let direct = encode_images(&model, &entries(&files), 4, false).unwrap().0;
+    let direct = encode_images(&model, &entries(&files), 4, false, DEFAULT_MAX_IMAGE_PIXELS)
+        .unwrap()
+        .0;
 
     let cache_dir = tmp.path().join("cache");
     let calls = Cell::new(0);
     let encode = |paths: &[PathBuf]| -> Result<Vec<f32>> {
         calls.set(calls.get() + 1);
-        Ok(encode_images(&model, &entries(paths), 4, false)?.0)
+        Ok(encode_images(&model, &entries(paths), 4, false, DEFAULT_MAX_IMAGE_PIXELS)?.0)
     };
     let cache = FeatureCache::open_with(&cache_dir, &model, &pre, quiet()).unwrap();
     let (first, s) = cache.image_features(&files, encode).unwrap();

@@ -51,6 +51,7 @@ fn config(root: &Path, out: &Path, cache: &Path) -> RunConfig {
         extract_batch: 8,
         cache_dir: cache.to_path_buf(),
         out: out.to_path_buf(),
+        max_image_pixels: fedclip::preprocess::DEFAULT_MAX_IMAGE_PIXELS,
     }
 }
 

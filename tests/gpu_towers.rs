@@ -15,6 +15,7 @@ mod common;
 use common::{relative_error, repo};
 use fedclip::cuda::{CudaClip, Gpu, TowerOutput, test_gpu};
 use fedclip::model::ClipModel;
+use fedclip::preprocess::DEFAULT_MAX_IMAGE_PIXELS;
 use fedclip::weights::write_random_clip;
 use std::path::Path;
 use std::sync::Arc;
@@ -219,8 +220,10 @@ fn embed_jobs_on_cuda_match_the_cpu_engine() {
     let cpu = ClipModel::load(&dir).unwrap();
     let dev = CudaClip::load(&gpu, &dir).unwrap();
     let entries = collect_images(&[repo().join("tests/fixtures/images/pacs")]).unwrap();
-    let (want, kept, _) = encode_images(&cpu, &entries, 4, false).unwrap();
-    let (got, kept_gpu, _) = encode_images_cuda(&dev, &entries, 4, false).unwrap();
+    let (want, kept, _) =
+        encode_images(&cpu, &entries, 4, false, DEFAULT_MAX_IMAGE_PIXELS).unwrap();
+    let (got, kept_gpu, _) =
+        encode_images_cuda(&dev, &entries, 4, false, DEFAULT_MAX_IMAGE_PIXELS).unwrap();
     assert_eq!(kept, kept_gpu);
     let e = relative_error(&got, &want);
     println!(

@@ -47,7 +47,7 @@
 //!         .iter()
 //!         .map(|p| ImageEntry { path: p.clone(), name: p.display().to_string() })
 //!         .collect();
-//!     Ok(encode_images(&model, &entries, 64, false)?.0)
+//!     Ok(encode_images(&model, &entries, 64, false, fedclip::preprocess::DEFAULT_MAX_IMAGE_PIXELS)?.0)
 //! })?;
 //! # Ok(()) }
 //! ```

@@ -75,15 +75,29 @@ pub struct RunConfig {
     pub extract_batch: usize,
     pub cache_dir: PathBuf,
     pub out: PathBuf,
+    /// Images over twice this many pixels are refused from their header (Pillow's rule).
+    #[serde(default = "default_max_image_pixels")]
+    pub max_image_pixels: u64,
+}
+
+fn default_max_image_pixels() -> u64 {
+    crate::preprocess::DEFAULT_MAX_IMAGE_PIXELS
 }
 
 impl RunConfig {
     /// The settings that must equal the interrupted run's for `--resume` to continue it:
-    /// everything but the round count (a run may be extended) and where files live.
+    /// everything but the round count (a run may be extended), where files live and
+    /// settings that never change a result.
     pub fn resume_mismatches(&self, saved: &RunConfig) -> Vec<String> {
         let mut a = serde_json::to_value(self).expect("config serialises");
         let mut b = serde_json::to_value(saved).expect("config serialises");
-        for key in ["rounds", "cache_dir", "out", "extract_batch"] {
+        for key in [
+            "rounds",
+            "cache_dir",
+            "out",
+            "extract_batch",
+            "max_image_pixels",
+        ] {
             a.as_object_mut().map(|o| o.remove(key));
             b.as_object_mut().map(|o| o.remove(key));
         }

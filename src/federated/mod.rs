@@ -344,8 +344,20 @@ pub fn run_on(cfg: &RunConfig, resume: bool, gpu: Option<Arc<Gpu>>) -> Result<Ru
                 })
                 .collect();
             Ok(match &gpu_model {
-                Some(g) => encode_images_cuda(g, &entries, cfg.extract_batch, false)?.0,
-                None => encode_images(&model, &entries, cfg.extract_batch, false)?.0,
+                Some(g) => {
+                    encode_images_cuda(g, &entries, cfg.extract_batch, false, cfg.max_image_pixels)?
+                        .0
+                }
+                None => {
+                    encode_images(
+                        &model,
+                        &entries,
+                        cfg.extract_batch,
+                        false,
+                        cfg.max_image_pixels,
+                    )?
+                    .0
+                }
             })
         })?;
         extracted += stats.computed;
