@@ -111,7 +111,11 @@ fn cli_refuses_bombs_naming_file_and_size_and_skip_bad_skips_them() {
     let tmp = tempfile::tempdir().unwrap();
     let images = tmp.path().join("imgs");
     std::fs::create_dir(&images).unwrap();
-    std::fs::write(images.join("a_good.jpg"), pacs_image("photo_dog_056_0001.jpg")).unwrap();
+    std::fs::write(
+        images.join("a_good.jpg"),
+        pacs_image("photo_dog_056_0001.jpg"),
+    )
+    .unwrap();
     std::fs::write(images.join("b_bomb.png"), png_claiming(100_000, 100_000)).unwrap();
     std::fs::write(images.join("c_bomb.jpg"), jpeg_claiming(65_535, 65_535)).unwrap();
     let out = tmp.path().join("o.safetensors");
@@ -120,7 +124,13 @@ fn cli_refuses_bombs_naming_file_and_size_and_skip_bad_skips_them() {
     let err = stderr(&o);
     assert!(!o.status.success());
     // One error lists both bad files, each with its claimed size.
-    for want in ["b_bomb.png", "100000x100000", "c_bomb.jpg", "65535x65535", "2 images"] {
+    for want in [
+        "b_bomb.png",
+        "100000x100000",
+        "c_bomb.jpg",
+        "65535x65535",
+        "2 images",
+    ] {
         assert!(err.contains(want), "missing {want}: {err}");
     }
     assert!(!out.exists());
@@ -164,4 +174,159 @@ fn max_image_pixels_warns_above_and_refuses_above_twice() {
         "{}",
         stderr(&o)
     );
+}
+
+/// A writable copy of a bundled or fixture model directory.
+fn model_copy(src: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    std::fs::create_dir(&dir).unwrap();
+    for entry in std::fs::read_dir(repo().join(src)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    (tmp, dir)
+}
+
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let file = dir.join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    edit(&mut json);
+    std::fs::write(&file, json.to_string()).unwrap();
+}
+
+fn load_error(dir: &Path) -> String {
+    match fedclip::model::ClipModel::load(dir) {
+        Ok(_) => panic!("{} loaded, but its config is wrong", dir.display()),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[test]
+fn layer_norm_eps_must_be_positive_and_finite() {
+    for (bad, shown) in [(0.0, "0e0"), (-1e-5, "-1e-5"), (1e300, "1e300")] {
+        let (_tmp, dir) = model_copy("tests/fixtures/models/tiny-f32");
+        edit_config(&dir, |c| c["vision_config"]["layer_norm_eps"] = bad.into());
+        let msg = load_error(&dir);
+        assert!(
+            msg.contains("`vision_config.layer_norm_eps`")
+                && msg.contains(shown)
+                && msg.contains("positive and finite"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn layer_count_must_match_the_checkpoint() {
+    let (_tmp, dir) = model_copy("tests/fixtures/models/tiny-f32");
+    edit_config(&dir, |c| c["text_config"]["num_hidden_layers"] = 1.into());
+    let msg = load_error(&dir);
+    assert!(
+        msg.contains("config.json")
+            && msg.contains("text config's `num_hidden_layers` is 1")
+            && msg.contains("model.safetensors holds 2 text layers"),
+        "{msg}"
+    );
+    edit_config(&dir, |c| c["text_config"]["num_hidden_layers"] = 0.into());
+    let msg = load_error(&dir);
+    assert!(
+        msg.contains("`text_config.num_hidden_layers` must be positive"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn config_type_errors_name_the_field_path() {
+    let (_tmp, dir) = model_copy("tests/fixtures/models/tiny-f32");
+    edit_config(&dir, |c| c["vision_config"]["hidden_size"] = "wide".into());
+    let msg = load_error(&dir);
+    assert!(
+        msg.contains("config.json")
+            && msg.contains("field `vision_config.hidden_size`")
+            && msg.contains("invalid type"),
+        "{msg}"
+    );
+    edit_config(&dir, |c| {
+        c["vision_config"]["hidden_size"] = 64.into();
+        c["text_config"]["eos_token_id"] = (-3).into();
+    });
+    let msg = load_error(&dir);
+    assert!(msg.contains("field `text_config.eos_token_id`"), "{msg}");
+    edit_config(&dir, |c| {
+        c["text_config"]["eos_token_id"] = 49407.into();
+        c["text_config"]["num_attention_heads"] = 5.into();
+    });
+    let msg = load_error(&dir);
+    assert!(
+        msg.contains("`text_config.hidden_size` = 24 is not a multiple of `text_config.num_attention_heads` = 5"),
+        "{msg}"
+    );
+}
+
+/// Replaces one tensor of `dir`'s model.safetensors by f32 NaNs of the same shape.
+fn poison_tensor(dir: &Path, name: &str) {
+    use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+    let file = dir.join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    let t = tensors.iter_mut().find(|t| t.0 == name).unwrap();
+    let count: usize = t.2.iter().product();
+    t.1 = Dtype::F32;
+    t.3 = f32::NAN.to_le_bytes().repeat(count);
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &file).unwrap();
+}
+
+#[test]
+fn non_finite_embeddings_are_an_error_naming_batch_and_input() {
+    let (tmp, model) = model_copy("weights/tiny-clip");
+    poison_tensor(&model, "visual_projection.weight");
+    poison_tensor(&model, "text_projection.weight");
+    let images = tmp.path().join("imgs");
+    std::fs::create_dir(&images).unwrap();
+    std::fs::write(images.join("dog.jpg"), pacs_image("photo_dog_056_0001.jpg")).unwrap();
+    let out = tmp.path().join("o.safetensors");
+    let mut args = embed_args(&images, &out);
+    args.extend(["--model".into(), model.clone()]);
+    let o = run_embed(&args, &[]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("non-finite image embedding (NaN)")
+            && err.contains("`dog.jpg`")
+            && err.contains("batch 0"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing written");
+    let prompts = tmp.path().join("p.txt");
+    std::fs::write(&prompts, "a dog\na cat\n").unwrap();
+    let o = fedclip(&[
+        os("embed"),
+        os("--device"),
+        os("cpu"),
+        os("--model"),
+        model.as_os_str(),
+        os("--texts"),
+        prompts.as_os_str(),
+        os("--out"),
+        out.as_os_str(),
+    ]);
+    let err = stderr(&o);
+    assert!(
+        !o.status.success()
+            && err.contains("non-finite prompt embedding")
+            && err.contains("`a dog`"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing written");
 }

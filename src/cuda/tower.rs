@@ -755,6 +755,7 @@ impl CudaClip {
     pub fn load(gpu: &Arc<Gpu>, dir: &Path) -> Result<CudaClip> {
         let config = ClipConfig::load(dir)?;
         let store = TensorStore::open_dir(dir)?;
+        config.check_against(&store, dir)?;
         let vision = config
             .vision
             .as_ref()

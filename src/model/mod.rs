@@ -27,6 +27,7 @@ impl ClipModel {
     pub fn load(dir: &Path) -> Result<Self> {
         let config = ClipConfig::load(dir)?;
         let store = TensorStore::open_dir(dir)?;
+        config.check_against(&store, dir)?;
         let vision = config
             .vision
             .as_ref()

@@ -171,7 +171,7 @@ pub fn header_dimensions(bytes: &[u8]) -> Option<(u64, u64)> {
         pos += 1;
         match marker {
             0x01 | 0xD0..=0xD7 => continue,
-            0xD8 | 0xD9 | 0xDA => return None,
+            0xD8..=0xDA => return None,
             0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
                 let height = be16(pos + 3)? as u64;
                 let width = be16(pos + 5)? as u64;
