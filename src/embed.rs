@@ -3,9 +3,10 @@
 use crate::cuda::{CudaClip, CudaText, CudaVision, Gpu};
 use crate::device::{Backend, Device, select_device};
 use crate::model::{ClipModel, TextTower, VisionTower};
+use crate::paths::utf8;
 use crate::preprocess::{PreprocessConfig, preprocess_file};
 use crate::tokenizer::ClipTokenizer;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use safetensors::{Dtype, tensor::TensorView};
@@ -13,8 +14,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// File extensions taken from image directories; other files there are ignored.
-const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"];
+/// File extensions taken from image directories: the formats fedclip decodes. Other files
+/// there are ignored, images in other formats with a warning.
+const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png"];
+/// Image formats fedclip does not decode, warned about when a directory holds them.
+const UNREAD_IMAGE_EXTENSIONS: &[&str] = &["bmp", "gif", "webp", "tif", "tiff", "ppm", "pgm"];
 
 pub struct EmbedRequest {
     pub model: PathBuf,
@@ -50,8 +54,19 @@ pub fn collect_images(args: &[PathBuf]) -> Result<Vec<ImageEntry>> {
     let mut entries = Vec::new();
     for arg in args {
         if arg.is_dir() {
-            let mut found = Vec::new();
-            walk(arg, &mut found).with_context(|| format!("cannot list {}", arg.display()))?;
+            let (mut found, mut unread) = (Vec::new(), Vec::new());
+            walk(arg, &mut found, &mut unread)
+                .with_context(|| format!("cannot list {}", arg.display()))?;
+            unread.sort();
+            if let Some(first) = unread.first() {
+                eprintln!(
+                    "warning: ignoring {} file(s) under {} in formats fedclip does not decode \
+                     (only JPEG and PNG are read), e.g. {}",
+                    unread.len(),
+                    arg.display(),
+                    first.display()
+                );
+            }
             if found.is_empty() {
                 bail!(
                     "no images ({}) found under {}",
@@ -62,27 +77,23 @@ pub fn collect_images(args: &[PathBuf]) -> Result<Vec<ImageEntry>> {
             let mut rel: Vec<(String, PathBuf)> = found
                 .into_iter()
                 .map(|p| {
-                    let r = p
-                        .strip_prefix(arg)
-                        .unwrap_or(&p)
-                        .to_string_lossy()
-                        .into_owned();
-                    (r, p)
+                    let r = utf8("--images", p.strip_prefix(arg).unwrap_or(&p))?.to_string();
+                    Ok((r, p))
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             rel.sort();
             for (r, path) in rel {
                 let name = if args.len() == 1 {
                     r
                 } else {
-                    path.to_string_lossy().into_owned()
+                    utf8("--images", &path)?.to_string()
                 };
                 entries.push(ImageEntry { path, name });
             }
         } else if arg.is_file() {
             entries.push(ImageEntry {
                 path: arg.clone(),
-                name: arg.to_string_lossy().into_owned(),
+                name: utf8("--images", arg)?.to_string(),
             });
         } else {
             bail!("{}: no such image file or directory", arg.display());
@@ -91,22 +102,24 @@ pub fn collect_images(args: &[PathBuf]) -> Result<Vec<ImageEntry>> {
     Ok(entries)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, unread: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path.is_dir() {
-            walk(&path, out)?;
-        } else if has_image_extension(&path) {
+            walk(&path, out, unread)?;
+        } else if has_extension(&path, IMAGE_EXTENSIONS) {
             out.push(path);
+        } else if has_extension(&path, UNREAD_IMAGE_EXTENSIONS) {
+            unread.push(path);
         }
     }
     Ok(())
 }
 
-fn has_image_extension(path: &Path) -> bool {
+fn has_extension(path: &Path, extensions: &[&str]) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        .is_some_and(|e| extensions.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// Reads a prompt file: one prompt per line, blank lines skipped.
@@ -419,9 +432,29 @@ pub fn write_safetensors(
             .with_context(|| format!("cannot create directory {}", parent.display()))?;
     }
     let tmp = out.with_extension(format!("tmp{}", std::process::id()));
-    safetensors::serialize_to_file(views, Some(metadata), &tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .with_context(|| format!("cannot serialise {}", out.display()))?;
+    let bytes = with_sorted_metadata(bytes)?;
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, out).with_context(|| format!("cannot move {} into place", out.display()))
+}
+
+/// safetensors writes `__metadata__` in `HashMap` order, which changes from run to run;
+/// rewrites the header with its keys sorted so that the same input gives the same bytes.
+/// The header keeps its length, so the data offsets stay valid.
+fn with_sorted_metadata(mut bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let mut header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n])?;
+    if let Some(serde_json::Value::Object(meta)) = header.get("__metadata__") {
+        let sorted: std::collections::BTreeMap<_, _> = meta.clone().into_iter().collect();
+        header.insert("__metadata__".into(), serde_json::to_value(sorted)?);
+    }
+    let mut text = serde_json::to_vec(&header)?;
+    ensure!(text.len() <= n, "safetensors header grew when sorted");
+    text.resize(n, b' ');
+    bytes[8..8 + n].copy_from_slice(&text);
+    Ok(bytes)
 }
 
 /// The loaded model on the engine `--device` selected.
@@ -438,6 +471,8 @@ pub fn run(req: &EmbedRequest) -> Result<EmbedSummary> {
         bail!("--batch must be at least 1");
     }
     // Validate every input before the slow part, so a typo fails in a second.
+    utf8("--model", &req.model)?;
+    utf8("--out", &req.out)?;
     let entries = collect_images(&req.images)?;
     let prompts = req.texts.as_deref().map(read_prompts).transpose()?;
     let engine = match select_device(req.device)? {
@@ -462,7 +497,7 @@ pub fn run(req: &EmbedRequest) -> Result<EmbedSummary> {
         Engine::Cuda(m) => &m.config,
     };
     let mut metadata = HashMap::new();
-    metadata.insert("model".into(), req.model.display().to_string());
+    metadata.insert("model".into(), utf8("--model", &req.model)?.to_string());
     let mut owned: Vec<(&str, Vec<usize>, Vec<f32>)> = Vec::new();
     let mut summary = EmbedSummary {
         images: 0,

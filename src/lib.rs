@@ -5,6 +5,7 @@
 //! → embed (the `fedclip embed` job).
 
 pub mod adapter;
+pub mod bundled;
 pub mod cuda;
 pub mod data;
 pub mod device;
@@ -12,6 +13,7 @@ pub mod embed;
 pub mod features;
 pub mod federated;
 pub mod model;
+pub mod paths;
 pub mod preprocess;
 pub mod tokenizer;
 pub mod weights;

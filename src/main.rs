@@ -1,10 +1,9 @@
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use fedclip::bundled::{BUNDLED_MODEL, bundled_data, bundled_model};
 use fedclip::device::Device;
 use fedclip::embed::{self, EmbedRequest};
-use fedclip::federated::{
-    self, Aggregate, BUNDLED_DATA, BUNDLED_MODEL, LossName, Method, OptimizerName, RunConfig,
-};
+use fedclip::federated::{self, Aggregate, LossName, Method, OptimizerName, RunConfig};
 use fedclip::preprocess::DEFAULT_MAX_IMAGE_PIXELS;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,13 +28,14 @@ enum Command {
 #[derive(Args)]
 struct RunArgs {
     /// Dataset root laid out as <root>/<domain>/<class>/<image> (PACS, VLCS, Office-Home,
-    /// DomainNet or any such folder). Defaults to the bundled PACS-mini.
-    #[arg(long, default_value = BUNDLED_DATA)]
-    data: PathBuf,
-    /// Hugging Face CLIP model directory. Defaults to the bundled tiny model (random weights:
-    /// its accuracies mean nothing); e.g. --model path/to/clip-vit-base-patch32.
-    #[arg(long, default_value = BUNDLED_MODEL)]
-    model: PathBuf,
+    /// DomainNet or any such folder). Default: the bundled data/pacs-mini, found beside the
+    /// executable (or under $FEDCLIP_BUNDLE).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Hugging Face CLIP model directory. Default: the bundled weights/tiny-clip (random
+    /// weights: its accuracies mean nothing); e.g. --model path/to/clip-vit-base-patch32.
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// Held-out domain(s), tested with the global adapter and never trained on
     /// (leave-one-domain-out). Default: the first domain in sorted order, as the
     /// reference's `--test_envs 0`.
@@ -52,8 +52,11 @@ struct RunArgs {
     /// Local batch size; batches of one sample are skipped, as the reference does.
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// Adam/AdamW learning rate (the reference's 5e-5).
     #[arg(long, default_value_t = 5e-5)]
     lr: f64,
+    /// Weight decay: L2 added to the gradient with Adam (the reference), decoupled with
+    /// AdamW. Zero or positive.
     #[arg(long, default_value_t = 0.2)]
     weight_decay: f64,
     #[arg(long, value_enum, default_value_t = OptimizerName::Adam)]
@@ -106,9 +109,9 @@ struct RunArgs {
 #[derive(Args)]
 struct EmbedArgs {
     /// Hugging Face CLIP model directory (config.json, model.safetensors, tokenizer.json).
-    /// Defaults to the bundled tiny model, whose weights are random.
-    #[arg(long, default_value = BUNDLED_MODEL)]
-    model: PathBuf,
+    /// Default: the bundled weights/tiny-clip, whose weights are random.
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// Image files, or directories walked recursively in sorted order.
     #[arg(long, num_args = 1..)]
     images: Vec<PathBuf>,
@@ -138,13 +141,18 @@ struct EmbedArgs {
 }
 
 fn embed_command(a: EmbedArgs) -> Result<()> {
-    if a.model.as_os_str() == BUNDLED_MODEL {
-        eprintln!(
-            "note: using the bundled tiny model at {BUNDLED_MODEL}; its weights are random, so its features mean nothing"
-        );
-    }
+    let model = match a.model {
+        Some(m) => m,
+        None => {
+            let m = bundled_model()?;
+            eprintln!(
+                "note: using the bundled tiny model {BUNDLED_MODEL}; its weights are random, so its features mean nothing"
+            );
+            m
+        }
+    };
     let req = EmbedRequest {
-        model: a.model,
+        model,
         images: a.images,
         texts: a.texts,
         out: a.out,
@@ -170,24 +178,27 @@ fn embed_command(a: EmbedArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_command(a: RunArgs) -> Result<()> {
-    if federated::is_bundled_model(&a.model) {
+fn run_command(mut a: RunArgs) -> Result<()> {
+    let data = match a.data.take() {
+        Some(d) => d,
+        None => bundled_data()?,
+    };
+    let model = match a.model.take() {
+        Some(m) => m,
+        None => bundled_model()?,
+    };
+    if federated::is_bundled_model(&model) {
         eprintln!(
             "note: the bundled tiny model has RANDOM weights, so accuracies mean nothing; \
              pass --model path/to/clip-vit-base-patch32 for real numbers"
         );
     }
     let test_domains = if a.test_domains.is_empty() {
-        vec![
-            fedclip::data::Dataset::scan(&a.data)?.domains[0]
-                .name
-                .clone(),
-        ]
+        vec![fedclip::data::Dataset::scan(&data)?.domains[0].name.clone()]
     } else {
         a.test_domains
     };
-    let data_name = a
-        .data
+    let data_name = data
         .file_name()
         .map_or("data".into(), |n| n.to_string_lossy().into_owned());
     let out = a.out.unwrap_or_else(|| {
@@ -199,8 +210,8 @@ fn run_command(a: RunArgs) -> Result<()> {
         ))
     });
     let cfg = RunConfig {
-        data: a.data,
-        model: a.model,
+        data,
+        model,
         test_domains,
         method: a.method,
         rounds: a.rounds,

@@ -330,3 +330,237 @@ fn non_finite_embeddings_are_an_error_naming_batch_and_input() {
     );
     assert!(!out.exists(), "nothing written");
 }
+
+/// A two-domain dataset of real PACS images: `<root>/<d>/<c>/<i>.jpg`.
+fn small_dataset(root: &Path) {
+    let pics = [
+        "art_painting_dog_pic_001.jpg",
+        "cartoon_house_pic_001.jpg",
+        "photo_dog_056_0001.jpg",
+    ];
+    for d in ["d1", "d2"] {
+        for c in ["dog", "house"] {
+            let dir = root.join(d).join(c);
+            std::fs::create_dir_all(&dir).unwrap();
+            for (i, p) in pics.iter().enumerate() {
+                std::fs::write(dir.join(format!("{i}.jpg")), pacs_image(p)).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn run_refuses_formats_it_does_not_decode_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    small_dataset(&data);
+    std::fs::write(data.join("d2/dog/scan.bmp"), b"BM not decoded").unwrap();
+    let o = fedclip(&[
+        os("run"),
+        os("--device"),
+        os("cpu"),
+        os("--data"),
+        data.as_os_str(),
+        os("--out"),
+        tmp.path().join("run").as_os_str(),
+        os("--cache-dir"),
+        tmp.path().join("cache").as_os_str(),
+    ]);
+    let err = stderr(&o);
+    assert!(
+        !o.status.success()
+            && err.contains("--data")
+            && err.contains("1 image file(s) in formats fedclip does not decode")
+            && err.contains("d2/dog/scan.bmp"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("run").exists(), "nothing started");
+}
+
+#[test]
+fn embed_ignores_formats_it_does_not_decode_with_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("imgs");
+    std::fs::create_dir(&images).unwrap();
+    std::fs::write(images.join("a.jpg"), pacs_image("photo_dog_056_0001.jpg")).unwrap();
+    std::fs::write(images.join("b.webp"), b"RIFF....WEBP").unwrap();
+    let out = tmp.path().join("o.safetensors");
+    let o = run_embed(&embed_args(&images, &out), &[]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("ignoring 1 file(s)") && err.contains("b.webp"),
+        "{err}"
+    );
+    let bytes = std::fs::read(&out).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert_eq!(meta.metadata().as_ref().unwrap()["images"], r#"["a.jpg"]"#);
+}
+
+#[cfg(unix)]
+#[test]
+fn non_utf8_paths_are_refused_naming_the_flag_and_showing_the_path() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("imgs");
+    std::fs::create_dir(&images).unwrap();
+    let bad = std::ffi::OsStr::from_bytes(b"caf\xe9.jpg");
+    if std::fs::write(images.join(bad), pacs_image("photo_dog_056_0001.jpg")).is_err() {
+        return; // a file system that refuses such names cannot hold them either
+    }
+    let out = tmp.path().join("o.safetensors");
+    let o = run_embed(&embed_args(&images, &out), &[]);
+    let err = stderr(&o);
+    assert!(
+        !o.status.success()
+            && err.contains("--images")
+            && err.contains(r"caf\xE9.jpg")
+            && err.contains("not valid UTF-8"),
+        "{err}"
+    );
+    assert!(!out.exists(), "no names of files that do not exist");
+    let mut args = embed_args(&images.join("x.jpg"), &out);
+    args[4] = repo().join("tests/fixtures/images/pacs/photo_dog_056_0001.jpg");
+    args[6] = tmp
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"o\xff.safetensors"));
+    let o = run_embed(&args, &[]);
+    let err = stderr(&o);
+    assert!(
+        !o.status.success() && err.contains("--out") && err.contains(r"o\xFF.safetensors"),
+        "{err}"
+    );
+    // In a dataset: the file name is shown escaped and --data named.
+    let data = tmp.path().join("data");
+    small_dataset(&data);
+    std::fs::write(data.join("d1/dog").join(bad), b"x").unwrap();
+    let o = fedclip(&[
+        os("run"),
+        os("--device"),
+        os("cpu"),
+        os("--data"),
+        data.as_os_str(),
+        os("--out"),
+        tmp.path().join("run").as_os_str(),
+    ]);
+    let err = stderr(&o);
+    assert!(
+        !o.status.success() && err.contains("--data") && err.contains(r"caf\xE9.jpg"),
+        "{err}"
+    );
+}
+
+#[test]
+fn embed_output_is_byte_identical_across_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("imgs");
+    std::fs::create_dir(&images).unwrap();
+    std::fs::write(images.join("a.jpg"), pacs_image("photo_dog_056_0001.jpg")).unwrap();
+    std::fs::write(images.join("b.jpg"), b"bad").unwrap();
+    let prompts = tmp.path().join("p.txt");
+    std::fs::write(&prompts, "a dog\n").unwrap();
+    let mut outputs = Vec::new();
+    // Four metadata keys: 24 orders, so HashMap order would differ within a few runs.
+    for i in 0..4 {
+        let out = tmp.path().join(format!("o{i}.safetensors"));
+        let mut args = embed_args(&images, &out);
+        args.extend(["--texts".into(), prompts.clone()]);
+        let o = run_embed(&args, &["--skip-bad"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        outputs.push(std::fs::read(&out).unwrap());
+    }
+    assert!(outputs.windows(2).all(|w| w[0] == w[1]), "outputs differ");
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&outputs[0]).unwrap();
+    let keys: Vec<String> = {
+        let mut k: Vec<String> = meta.metadata().as_ref().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys, ["images", "model", "skipped", "texts"]);
+}
+
+/// The README's main command from a binary moved away from the checkout: a clear error
+/// naming the bundled folder and the flag, not a missing path from the build machine.
+#[test]
+fn moved_binary_finds_the_bundle_or_says_where_it_looked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("fedclip");
+    std::fs::copy(env!("CARGO_BIN_EXE_fedclip"), &exe).unwrap();
+    let run = |bundle: Option<&Path>| {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["run", "--device", "cpu", "--rounds", "1"])
+            .current_dir(tmp.path())
+            .env_remove("FEDCLIP_BUNDLE");
+        cmd.arg("--out").arg(tmp.path().join("run"));
+        cmd.arg("--cache-dir").arg(tmp.path().join("cache"));
+        if let Some(b) = bundle {
+            cmd.env("FEDCLIP_BUNDLE", b);
+        }
+        cmd.output().unwrap()
+    };
+    let o = run(None);
+    let err = stderr(&o);
+    assert!(
+        !o.status.success()
+            && err.contains("bundled data/pacs-mini was not found")
+            && err.contains("--data")
+            && err.contains("FEDCLIP_BUNDLE"),
+        "{err}"
+    );
+    let o = run(Some(&repo()));
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn warnings_are_printed_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // PACS's domains with two of its seven classes: a "subset?" warning from the scan.
+    for d in ["art_painting", "cartoon", "photo", "sketch"] {
+        for c in ["dog", "house"] {
+            let dir = data.join(d).join(c);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..3 {
+                std::fs::write(
+                    dir.join(format!("{i}.jpg")),
+                    pacs_image("photo_dog_056_0001.jpg"),
+                )
+                .unwrap();
+            }
+        }
+    }
+    let o = fedclip(&[
+        os("run"),
+        os("--device"),
+        os("cpu"),
+        os("--rounds"),
+        os("1"),
+        os("--data"),
+        data.as_os_str(),
+        os("--out"),
+        tmp.path().join("run").as_os_str(),
+        os("--cache-dir"),
+        tmp.path().join("cache").as_os_str(),
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(err.matches("a subset?").count(), 1, "{err}");
+}
+
+#[test]
+fn lr_and_weight_decay_have_help() {
+    let o = fedclip(&[os("run"), os("--help")]);
+    let help = String::from_utf8_lossy(&o.stdout);
+    for flag in ["--lr", "--weight-decay", "--max-image-pixels"] {
+        let line = help
+            .lines()
+            .position(|l| l.trim_start().starts_with(flag))
+            .unwrap_or_else(|| panic!("{flag} missing: {help}"));
+        let next = help.lines().nth(line + 1).unwrap_or("");
+        let text = format!("{} {next}", help.lines().nth(line).unwrap());
+        assert!(
+            text.trim_end() != flag && text.split_whitespace().count() > 3,
+            "{flag} has no help: {text}"
+        );
+    }
+}

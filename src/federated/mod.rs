@@ -30,16 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// The bundled random-weight model, the default of `--model`.
-pub const BUNDLED_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/tiny-clip");
-/// The bundled PACS-mini, the default of `--data`.
-pub const BUNDLED_DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/pacs-mini");
-
-/// Whether `dir` is the bundled model, whose weights are random.
-pub fn is_bundled_model(dir: &Path) -> bool {
-    let canon = |p: &Path| std::fs::canonicalize(p).ok();
-    canon(dir).is_some() && canon(dir) == canon(Path::new(BUNDLED_MODEL))
-}
+pub use crate::bundled::is_bundled_model;
 
 /// Random-stream tag of the per-round batch order (the data module uses 1 and 2).
 const TAG_BATCHES: u32 = 3;
@@ -274,6 +265,7 @@ pub fn run_on(cfg: &RunConfig, resume: bool, gpu: Option<Arc<Gpu>>) -> Result<Ru
     );
     // Validate the data and the run directory before anything slow.
     let dataset = Dataset::scan(&cfg.data)?;
+    dataset.check_formats()?;
     for w in &dataset.warnings {
         eprintln!("warning: {w}");
     }
@@ -370,9 +362,7 @@ pub fn run_on(cfg: &RunConfig, resume: bool, gpu: Option<Arc<Gpu>>) -> Result<Ru
         Some(g) => encode_texts_cuda(g, chunk, cfg.extract_batch, false),
         None => encode_texts(&model, chunk, cfg.extract_batch, false),
     })?;
-    for w in cache.warnings() {
-        eprintln!("warning: {w}");
-    }
+    // The cache printed its warnings as they arose.
     let seconds_extracting = extract_start.elapsed().as_secs_f64();
     let dim = domain_features
         .first()
