@@ -23,7 +23,13 @@ impl ClipTokenizer {
                 file.display()
             );
         }
-        let mut inner = tokenizers::Tokenizer::from_file(&file)
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| anyhow!("{}: cannot read: {e}", file.display()))?;
+        // Invalid JSON is reported here: the tokenizers crate panics on some of it.
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)
+            .map_err(|e| anyhow!("{}: not valid JSON: {e}", file.display()))?;
+        let mut inner = text
+            .parse::<tokenizers::Tokenizer>()
             .map_err(|e| anyhow!("{}: not a valid tokenizer: {e}", file.display()))?;
         // Lengths are checked here, with a clear error, rather than cut silently.
         inner

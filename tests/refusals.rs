@@ -564,3 +564,22 @@ fn lr_and_weight_decay_have_help() {
         );
     }
 }
+
+/// Found by tests/fuzz_loaders.rs: the tokenizers crate panics on some invalid JSON.
+#[test]
+fn invalid_tokenizer_json_is_an_error_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("tokenizer.json"),
+        r#"{"decoder": {"type": "ByteLevel" "add_prefix_space": true}}"#,
+    )
+    .unwrap();
+    let msg = match fedclip::tokenizer::ClipTokenizer::load(tmp.path(), 77) {
+        Ok(_) => panic!("loaded"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        msg.contains("tokenizer.json") && msg.contains("not valid JSON"),
+        "{msg}"
+    );
+}
