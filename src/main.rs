@@ -77,6 +77,10 @@ struct RunArgs {
     /// Clients per training domain, with Dirichlet label skew when above 1.
     #[arg(long, default_value_t = 1)]
     clients_per_domain: usize,
+    /// Leave out clients that --clients-per-domain leaves without training files (with a
+    /// warning) instead of refusing the partition.
+    #[arg(long)]
+    drop_empty_clients: bool,
     /// Dirichlet concentration α of the label skew (smaller is more skewed).
     #[arg(long, default_value_t = 0.5)]
     dirichlet_alpha: f64,
@@ -201,14 +205,18 @@ fn run_command(mut a: RunArgs) -> Result<()> {
     let data_name = data
         .file_name()
         .map_or("data".into(), |n| n.to_string_lossy().into_owned());
-    let out = a.out.unwrap_or_else(|| {
-        PathBuf::from("runs").join(format!(
-            "{}-{data_name}-{}-seed{}",
-            format!("{:?}", a.method).to_lowercase(),
-            test_domains.join("+"),
-            a.seed
-        ))
-    });
+    let out = match a.out {
+        Some(out) => out,
+        None => default_out(
+            &PathBuf::from("runs").join(format!(
+                "{}-{data_name}-{}-seed{}",
+                format!("{:?}", a.method).to_lowercase(),
+                test_domains.join("+"),
+                a.seed
+            )),
+            a.resume,
+        )?,
+    };
     let cfg = RunConfig {
         data,
         model,
@@ -233,6 +241,7 @@ fn run_command(mut a: RunArgs) -> Result<()> {
         cache_dir: a.cache_dir,
         out,
         max_image_pixels: a.max_image_pixels,
+        drop_empty_clients: a.drop_empty_clients,
     };
     let outcome = federated::run(&cfg, a.resume, a.device)?;
     let s = &outcome.summary;
@@ -254,6 +263,25 @@ fn run_command(mut a: RunArgs) -> Result<()> {
     }
     eprintln!("run directory: {}", outcome.out.display());
     Ok(())
+}
+
+/// Without `--out`: a new run takes the next free `runs/<name>[-N]`; `--resume` continues
+/// the last of them. Says which when it is not the plain name.
+fn default_out(base: &std::path::Path, resume: bool) -> Result<PathBuf> {
+    let out = if resume {
+        federated::rundir::latest(base)?.unwrap_or_else(|| base.to_path_buf())
+    } else {
+        federated::rundir::next_free(base)?
+    };
+    if out != base {
+        eprintln!(
+            "note: {} already holds a run; {} {}",
+            base.display(),
+            if resume { "resuming" } else { "writing to" },
+            out.display()
+        );
+    }
+    Ok(out)
 }
 
 fn main() -> ExitCode {

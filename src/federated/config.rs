@@ -1,6 +1,8 @@
 //! The resolved settings of one `fedclip run`, written to `<run dir>/config.json` and
 //! compared on `--resume`.
 
+use crate::paths::utf8;
+use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -78,13 +80,105 @@ pub struct RunConfig {
     /// Images over twice this many pixels are refused from their header (Pillow's rule).
     #[serde(default = "default_max_image_pixels")]
     pub max_image_pixels: u64,
+    /// Leave out clients that a partition leaves without training files (with a warning)
+    /// instead of refusing the partition.
+    #[serde(default)]
+    pub drop_empty_clients: bool,
 }
 
 fn default_max_image_pixels() -> u64 {
     crate::preprocess::DEFAULT_MAX_IMAGE_PIXELS
 }
 
+/// A float as a person reads it: `1e300`, not three hundred digits.
+pub fn readable(x: f64) -> String {
+    if x != 0.0 && x.is_finite() && !(1e-4..1e6).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
+}
+
 impl RunConfig {
+    /// Checks every setting before any work starts; an error names the flag and shows the
+    /// value.
+    pub fn validate(&self) -> Result<()> {
+        let mut bad: Vec<String> = Vec::new();
+        let mut need = |ok: bool, msg: String| {
+            if !ok {
+                bad.push(msg);
+            }
+        };
+        need(
+            self.rounds >= 1,
+            "--rounds must be at least 1, got 0".into(),
+        );
+        need(self.batch >= 1, "--batch must be at least 1, got 0".into());
+        need(
+            self.extract_batch >= 1,
+            "--extract-batch must be at least 1, got 0".into(),
+        );
+        need(
+            self.local_epochs >= 1 || self.method == Method::Zeroshot,
+            "--local-epochs must be at least 1, got 0".into(),
+        );
+        need(
+            self.clients_per_domain >= 1,
+            "--clients-per-domain must be at least 1, got 0".into(),
+        );
+        let floats = [
+            ("--lr", self.lr, self.lr > 0.0, "positive"),
+            (
+                "--weight-decay",
+                self.weight_decay,
+                self.weight_decay >= 0.0,
+                "zero or positive",
+            ),
+            ("--mu", self.mu, self.mu >= 0.0, "zero or positive"),
+            (
+                "--dirichlet-alpha",
+                self.dirichlet_alpha,
+                self.dirichlet_alpha > 0.0,
+                "positive",
+            ),
+            (
+                "--sample-fraction",
+                self.sample_fraction,
+                self.sample_fraction > 0.0 && self.sample_fraction <= 1.0,
+                "in (0, 1]",
+            ),
+        ];
+        for (flag, value, ok, want) in floats {
+            need(
+                value.is_finite() && ok,
+                format!("{flag} must be finite and {want}, got {}", readable(value)),
+            );
+        }
+        need(
+            self.prompt_template.matches("{}").count() == 1,
+            format!(
+                "--prompt-template must contain `{{}}` exactly once, where the class name goes \
+                 (else classes share a prompt), got {:?}",
+                self.prompt_template
+            ),
+        );
+        for (flag, path) in [
+            ("--data", &self.data),
+            ("--model", &self.model),
+            ("--cache-dir", &self.cache_dir),
+            ("--out", &self.out),
+        ] {
+            if let Err(e) = utf8(flag, path) {
+                bad.push(e.to_string());
+            }
+        }
+        match bad.len() {
+            0 => Ok(()),
+            1 => bail!("{}", bad[0]),
+            _ => bail!("{} settings are wrong:\n  {}", bad.len(), bad.join("\n  ")),
+        }
+    }
+
     /// The settings that must equal the interrupted run's for `--resume` to continue it:
     /// everything but the round count (a run may be extended), where files live and
     /// settings that never change a result.

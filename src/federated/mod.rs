@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod report;
+pub mod rundir;
 
 pub use config::{Aggregate, LossName, Method, OptimizerName, RunConfig};
 
@@ -247,22 +248,7 @@ pub fn run(cfg: &RunConfig, resume: bool, device: Device) -> Result<RunOutcome> 
 
 /// [`run`] on a given GPU (or the CPU with `None`); tests pass the host emulator here.
 pub fn run_on(cfg: &RunConfig, resume: bool, gpu: Option<Arc<Gpu>>) -> Result<RunOutcome> {
-    ensure!(cfg.batch >= 1, "--batch must be at least 1");
-    ensure!(cfg.extract_batch >= 1, "--extract-batch must be at least 1");
-    ensure!(
-        cfg.local_epochs >= 1 || cfg.method == Method::Zeroshot,
-        "--local-epochs must be at least 1"
-    );
-    ensure!(
-        cfg.sample_fraction > 0.0 && cfg.sample_fraction <= 1.0,
-        "--sample-fraction must be in (0, 1], got {}",
-        cfg.sample_fraction
-    );
-    ensure!(
-        cfg.lr > 0.0 && cfg.lr.is_finite(),
-        "--lr must be positive, got {}",
-        cfg.lr
-    );
+    cfg.validate()?;
     // Validate the data and the run directory before anything slow.
     let dataset = Dataset::scan(&cfg.data)?;
     dataset.check_formats()?;
@@ -276,8 +262,12 @@ pub fn run_on(cfg: &RunConfig, resume: bool, gpu: Option<Arc<Gpu>>) -> Result<Ru
         dirichlet_alpha: cfg.dirichlet_alpha,
         ..SplitConfig::default()
     };
-    let splits = make_splits(&dataset, &split_cfg)?;
+    let mut splits = make_splits(&dataset, &split_cfg)?;
+    for w in splits.check_training_data(&dataset, cfg.drop_empty_clients)? {
+        eprintln!("warning: {w}");
+    }
     let out = cfg.out.clone();
+    let _lock = rundir::claim(cfg, resume)?;
     let config_path = out.join("config.json");
     let state = if resume {
         let saved: RunConfig = serde_json::from_str(
