@@ -77,6 +77,10 @@ struct RunArgs {
     /// Clients per training domain, with Dirichlet label skew when above 1.
     #[arg(long, default_value_t = 1)]
     clients_per_domain: usize,
+    /// Leave out images that cannot be decoded (a warning each, listed in summary.json's
+    /// `skipped_images`) instead of stopping with an error that lists them all.
+    #[arg(long)]
+    skip_bad: bool,
     /// Leave out clients that --clients-per-domain leaves without training files (with a
     /// warning) instead of refusing the partition.
     #[arg(long)]
@@ -242,6 +246,7 @@ fn run_command(mut a: RunArgs) -> Result<()> {
         out,
         max_image_pixels: a.max_image_pixels,
         drop_empty_clients: a.drop_empty_clients,
+        skip_bad: a.skip_bad,
     };
     let outcome = federated::run(&cfg, a.resume, a.device)?;
     let s = &outcome.summary;

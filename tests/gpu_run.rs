@@ -53,6 +53,7 @@ fn config(root: &Path, out: &Path, cache: &Path) -> RunConfig {
         out: out.to_path_buf(),
         max_image_pixels: fedclip::preprocess::DEFAULT_MAX_IMAGE_PIXELS,
         drop_empty_clients: false,
+        skip_bad: false,
     }
 }
 

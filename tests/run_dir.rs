@@ -282,3 +282,67 @@ fn a_partition_with_empty_clients_is_refused_or_dropped_with_a_warning() {
         }
     }
 }
+
+/// Two domains × two classes × four real PACS images.
+fn small_dataset(root: &Path) {
+    let pics: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/fixtures/images/pacs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    for d in ["d1", "d2"] {
+        for c in ["dog", "house"] {
+            let dir = root.join(d).join(c);
+            std::fs::create_dir_all(&dir).unwrap();
+            for (i, p) in pics.iter().take(4).enumerate() {
+                std::fs::copy(p, dir.join(format!("{i}.jpg"))).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn skip_bad_leaves_out_every_bad_image_and_without_it_one_error_lists_them_all() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    small_dataset(&data);
+    let jpg = std::fs::read(data.join("d1/dog/0.jpg")).unwrap();
+    std::fs::write(data.join("d1/dog/bad_text.jpg"), b"not an image").unwrap();
+    std::fs::write(data.join("d2/house/bad_cut.jpg"), &jpg[..jpg.len() / 3]).unwrap();
+    let mut bomb =
+        std::fs::read(repo().join("tests/fixtures/images/pacs/sketch_dog_5281.png")).unwrap();
+    bomb[16..24].copy_from_slice(&[0, 1, 0x86, 0xA0, 0, 1, 0x86, 0xA0]); // 100000 × 100000
+    std::fs::write(data.join("d2/dog/bad_bomb.png"), &bomb).unwrap();
+    let out = tmp.path().join("run");
+    let args = ["--data", s(&data), "--test-domain", "d1"];
+    let o = run(tmp.path(), &out, &args);
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    for want in [
+        "3 image(s) of --data",
+        "bad_text.jpg",
+        "bad_cut.jpg",
+        "bad_bomb.png",
+        "100000x100000",
+        "--skip-bad",
+    ] {
+        assert!(err.contains(want), "missing {want}: {err}");
+    }
+    assert!(!out.join("metrics.csv").exists(), "no round ran");
+
+    let out = tmp.path().join("run-skipping");
+    let o = run(tmp.path(), &out, &[&args[..], &["--skip-bad"]].concat());
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(err.matches("warning: skipping").count(), 3, "{err}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        summary["skipped_images"],
+        serde_json::json!([
+            "d1/dog/bad_text.jpg",
+            "d2/dog/bad_bomb.png",
+            "d2/house/bad_cut.jpg"
+        ])
+    );
+}

@@ -84,6 +84,10 @@ pub struct RunConfig {
     /// instead of refusing the partition.
     #[serde(default)]
     pub drop_empty_clients: bool,
+    /// Leave out images that cannot be decoded (warned, listed in `summary.json`) instead of
+    /// stopping with an error listing them all.
+    #[serde(default)]
+    pub skip_bad: bool,
 }
 
 fn default_max_image_pixels() -> u64 {

@@ -2,6 +2,7 @@
 //! cached across runs); the rounds then only train adapters, all training clients stepped
 //! together as one K-client batch.
 
+pub mod bad_images;
 pub mod config;
 pub mod report;
 pub mod rundir;
@@ -313,11 +314,13 @@ pub fn run_on(cfg: &RunConfig, resume: bool, gpu: Option<Arc<Gpu>>) -> Result<Ru
         .with_context(|| format!("{} has no vision tower", cfg.model.display()))?;
     let pre = PreprocessConfig::from_model_dir(&cfg.model, vision.config.image_size)?;
     let cache = FeatureCache::open(&cfg.cache_dir, &model, &pre)?;
+    let bad = bad_images::find(&dataset, &cache, cfg.max_image_pixels, cfg.skip_bad)?;
+    bad.remove_from(&mut splits);
     let extract_start = Instant::now();
     let (mut extracted, mut cached) = (0, 0);
     let mut domain_features = Vec::new();
-    for domain in &dataset.domains {
-        let (feats, stats) = cache.image_features(&domain.paths(), |chunk| {
+    for d in 0..dataset.domains.len() {
+        let (feats, stats) = cache.image_features(&bad.usable_paths(&dataset, d), |chunk| {
             let entries: Vec<ImageEntry> = chunk
                 .iter()
                 .map(|p| ImageEntry {
@@ -344,7 +347,7 @@ pub fn run_on(cfg: &RunConfig, resume: bool, gpu: Option<Arc<Gpu>>) -> Result<Ru
         })?;
         extracted += stats.computed;
         cached += stats.hits;
-        domain_features.push(feats);
+        domain_features.push(bad.with_gaps(&dataset, d, feats));
     }
     let template = PromptTemplate::new(&cfg.prompt_template);
     let prompts = dataset.prompts(&template);
@@ -717,6 +720,7 @@ pub fn run_on(cfg: &RunConfig, resume: bool, gpu: Option<Arc<Gpu>>) -> Result<Ru
         clients: clients.len(),
         model: cfg.model.display().to_string(),
         model_weights_random: is_bundled_model(&cfg.model),
+        skipped_images: bad.rel_paths.clone(),
     };
     write_atomic(
         &out.join("summary.json"),

@@ -190,4 +190,6 @@ pub struct Summary {
     pub clients: usize,
     pub model: String,
     pub model_weights_random: bool,
+    /// Images left out with `--skip-bad` (relative to the data root), in dataset order.
+    pub skipped_images: Vec<String>,
 }
