@@ -43,7 +43,12 @@ fn encode(gpu: &Arc<Gpu>, label: &str, file: &str, batches: &[usize]) {
     write_random_clip(tmp.path(), &config(file), 1).unwrap();
     let cfg = ClipConfig::load(tmp.path()).unwrap();
     let store = TensorStore::open_dir(tmp.path()).unwrap();
-    let vision = CudaVision::load(gpu, &store, cfg.vision.as_ref().unwrap()).unwrap();
+    let vision = CudaVision::load(
+        gpu,
+        &fedclip::weights::TowerWeights::new(&store, fedclip::weights::Layout::HuggingFace),
+        cfg.vision.as_ref().unwrap(),
+    )
+    .unwrap();
     let per = vision.pixels_per_image();
     let max = *batches.iter().max().unwrap();
     let pixels: Vec<f32> = (0..max * per)

@@ -1,8 +1,10 @@
 //! fedclip: a CLIP forward pass and FedCLIP adapter training engine.
 //!
 //! Pipeline stages, one module each:
-//! weights (config + safetensors) → model (CPU encoders) → preprocess / tokenizer (inputs)
-//! → embed (the `fedclip embed` job).
+//! weights (config + safetensors) → model (CPU encoders; `cuda` for the GPU) → preprocess /
+//! tokenizer (inputs) → encode (one encoder over either engine) → features (the cache) →
+//! adapter (the K-client trainer) → the jobs: `embed` (`fedclip embed`) and `federated`
+//! (`fedclip run`). `io` (atomic files) is a leaf used by all; no job imports another.
 
 pub mod adapter;
 pub mod bundled;
@@ -10,8 +12,10 @@ pub mod cuda;
 pub mod data;
 pub mod device;
 pub mod embed;
+pub mod encode;
 pub mod features;
 pub mod federated;
+pub mod io;
 pub mod model;
 pub mod paths;
 pub mod preprocess;

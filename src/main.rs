@@ -32,7 +32,8 @@ struct RunArgs {
     /// executable (or under $FEDCLIP_BUNDLE).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Hugging Face CLIP model directory. Default: the bundled weights/tiny-clip (random
+    /// CLIP model: a Hugging Face or open_clip directory, or a .safetensors file with its
+    /// config beside it (layout detected). Default: the bundled weights/tiny-clip (random
     /// weights: its accuracies mean nothing); e.g. --model path/to/clip-vit-base-patch32.
     #[arg(long)]
     model: Option<PathBuf>,
@@ -116,7 +117,9 @@ struct RunArgs {
 
 #[derive(Args)]
 struct EmbedArgs {
-    /// Hugging Face CLIP model directory (config.json, model.safetensors, tokenizer.json).
+    /// CLIP model: a Hugging Face directory (config.json, model.safetensors, tokenizer.json),
+    /// an open_clip one (open_clip_config.json, open_clip_model.safetensors), or a
+    /// .safetensors file with its config beside it.
     /// Default: the bundled weights/tiny-clip, whose weights are random.
     #[arg(long)]
     model: Option<PathBuf>,
@@ -202,7 +205,9 @@ fn run_command(mut a: RunArgs) -> Result<()> {
         );
     }
     let test_domains = if a.test_domains.is_empty() {
-        vec![fedclip::data::Dataset::scan(&data)?.domains[0].name.clone()]
+        // The first domain folder; the run scans the dataset itself (once: at DomainNet's
+        // size a scan takes over a second).
+        vec![fedclip::data::Dataset::domain_folders(&data)?.swap_remove(0)]
     } else {
         a.test_domains
     };

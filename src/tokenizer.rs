@@ -1,7 +1,14 @@
-//! CLIP's byte-level BPE, read from the model directory's `tokenizer.json`.
+//! CLIP's byte-level BPE, read from the model directory's `tokenizer.json`, or for open_clip
+//! models without one, fedclip's bundled copy of OpenAI's BPE (the tokenizer open_clip itself
+//! uses for them; see [`TokenizerSource::BundledOpenAi`]).
 
+use crate::weights::{ModelFiles, TokenizerSource};
 use anyhow::{Result, anyhow, bail};
 use std::path::Path;
+
+/// OpenAI CLIP's BPE as `tokenizer.json` (the bundled model's; token for token the vocabulary
+/// and merges of open_clip's `bpe_simple_vocab_16e6.txt.gz`, `tests/pipeline.rs` checks ids).
+pub const BUNDLED_OPENAI_BPE: &[u8] = include_bytes!("../weights/tiny-clip/tokenizer.json");
 
 /// OpenAI CLIP's context length.
 pub const CONTEXT_LENGTH: usize = 77;
@@ -14,32 +21,49 @@ pub struct ClipTokenizer {
 }
 
 impl ClipTokenizer {
-    /// Loads `<dir>/tokenizer.json`; `context` is the model's position count (77 for CLIP).
+    /// Loads `<dir>/tokenizer.json`, or the bundled OpenAI BPE for an open_clip model that
+    /// has none; `context` is the model's position count (77 for CLIP).
     pub fn load(dir: &Path, context: usize) -> Result<Self> {
         let file = dir.join("tokenizer.json");
-        if !file.exists() {
-            bail!(
-                "{}: missing (text prompts need the model's tokenizer.json)",
-                file.display()
-            );
-        }
-        let text = std::fs::read_to_string(&file)
-            .map_err(|e| anyhow!("{}: cannot read: {e}", file.display()))?;
-        // Invalid JSON is reported here: the tokenizers crate panics on some of it.
-        serde_json::from_str::<serde::de::IgnoredAny>(&text)
-            .map_err(|e| anyhow!("{}: not valid JSON: {e}", file.display()))?;
-        let mut inner = text
-            .parse::<tokenizers::Tokenizer>()
-            .map_err(|e| anyhow!("{}: not a valid tokenizer: {e}", file.display()))?;
+        let source = if file.exists() {
+            TokenizerSource::File(file.clone())
+        } else {
+            match ModelFiles::locate(dir) {
+                Ok(model) => model.tokenizer()?,
+                Err(_) => TokenizerSource::Missing(format!(
+                    "{}: missing (text prompts need the model's tokenizer.json)",
+                    file.display()
+                )),
+            }
+        };
+        let (inner, name) = match source {
+            TokenizerSource::File(f) => (read_tokenizer(&f)?, f.display().to_string()),
+            TokenizerSource::BundledOpenAi => {
+                eprintln!(
+                    "note: {} has no tokenizer.json; using the bundled OpenAI CLIP BPE, open_clip's tokenizer for this model",
+                    dir.display()
+                );
+                (
+                    tokenizers::Tokenizer::from_bytes(BUNDLED_OPENAI_BPE)
+                        .map_err(|e| anyhow!("the bundled OpenAI BPE: {e}"))?,
+                    "the bundled OpenAI BPE".to_string(),
+                )
+            }
+            TokenizerSource::Missing(why) => bail!("{why}"),
+        };
+        Self::configure(inner, &name, context)
+    }
+
+    fn configure(mut inner: tokenizers::Tokenizer, file: &str, context: usize) -> Result<Self> {
         // Lengths are checked here, with a clear error, rather than cut silently.
         inner
             .with_truncation(None)
-            .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            .map_err(|e| anyhow!("{file}: {e}"))?;
         inner.with_padding(None);
         let id = |tok: &str| {
             inner
                 .token_to_id(tok)
-                .ok_or_else(|| anyhow!("{}: no `{tok}` token", file.display()))
+                .ok_or_else(|| anyhow!("{file}: no `{tok}` token"))
         };
         let (start, end) = (id("<|startoftext|>")?, id("<|endoftext|>")?);
         Ok(ClipTokenizer {
@@ -79,4 +103,15 @@ impl ClipTokenizer {
         }
         Ok(ids)
     }
+}
+
+/// Reads a `tokenizer.json`, invalid JSON reported first: the tokenizers crate panics on
+/// some of it (found by tests/fuzz_loaders.rs).
+fn read_tokenizer(file: &Path) -> Result<tokenizers::Tokenizer> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow!("{}: cannot read: {e}", file.display()))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&text)
+        .map_err(|e| anyhow!("{}: not valid JSON: {e}", file.display()))?;
+    text.parse::<tokenizers::Tokenizer>()
+        .map_err(|e| anyhow!("{}: not a valid tokenizer: {e}", file.display()))
 }

@@ -3,10 +3,10 @@
 //! preprocessing, the file-hash memo, and the real CLIP encoder behind it.
 
 use anyhow::{Result, bail};
-use fedclip::embed::{ImageEntry, encode_images, encode_texts};
+use fedclip::encode::{Encoder, ImageEntry};
 use fedclip::features::{CacheKeys, CacheOptions, FeatureCache, MEMO_FILE};
 use fedclip::model::ClipModel;
-use fedclip::preprocess::{DEFAULT_MAX_IMAGE_PIXELS, PreprocessConfig};
+use fedclip::preprocess::PreprocessConfig;
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -440,8 +440,10 @@ impl Fake24 {
 #[test]
 fn caches_real_clip_features() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = ClipModel::load(&repo().join("tests/fixtures/models/tiny-f32")).unwrap();
-    let pre = PreprocessConfig::from_model_dir(&model.dir, 30).unwrap();
+    let model: Encoder = ClipModel::load(&repo().join("tests/fixtures/models/tiny-f32"))
+        .unwrap()
+        .into();
+    let pre = PreprocessConfig::from_model_dir(model.dir(), 30).unwrap();
     let pacs = repo().join("data/pacs-mini");
     let files: Vec<PathBuf> = ["photo/dog", "sketch/horse"]
         .iter()
@@ -456,23 +458,18 @@ fn caches_real_clip_features() {
         })
         .collect();
     let entries = |paths: &[PathBuf]| -> Vec<ImageEntry> {
-        paths
-            .iter()
-            .map(|p| ImageEntry {
-                path: p.clone(),
-                name: p.display().to_string(),
-            })
-            .collect()
+        paths.iter().map(|p| ImageEntry::from_path(p)).collect()
     };
-    let direct = encode_images(&model, &entries(&files), 4, false, DEFAULT_MAX_IMAGE_PIXELS)
+    let direct = model
+        .encode_images(&entries(&files), 4, false)
         .unwrap()
-        .0;
+        .embeds;
 
     let cache_dir = tmp.path().join("cache");
     let calls = Cell::new(0);
     let encode = |paths: &[PathBuf]| -> Result<Vec<f32>> {
         calls.set(calls.get() + 1);
-        Ok(encode_images(&model, &entries(paths), 4, false, DEFAULT_MAX_IMAGE_PIXELS)?.0)
+        Ok(model.encode_images(&entries(paths), 4, false)?.embeds)
     };
     let cache = FeatureCache::open_with(&cache_dir, &model, &pre, quiet()).unwrap();
     let (first, s) = cache.image_features(&files, encode).unwrap();
@@ -486,20 +483,22 @@ fn caches_real_clip_features() {
     assert_eq!(calls.get(), 1);
 
     // Text features through the real encoder (the bundled model has a tokenizer).
-    let clip = ClipModel::load(&repo().join("weights/tiny-clip")).unwrap();
-    let pre = PreprocessConfig::from_model_dir(&clip.dir, 224).unwrap();
+    let clip: Encoder = ClipModel::load(&repo().join("weights/tiny-clip"))
+        .unwrap()
+        .into();
+    let pre = clip.preprocess_config().unwrap();
     let cache = FeatureCache::open_with(&cache_dir, &clip, &pre, quiet()).unwrap();
     let prompts = vec![
         "a picture of a dog".to_string(),
         "a picture of a cat".to_string(),
     ];
-    let direct = encode_texts(&clip, &prompts, 8, false).unwrap();
+    let direct = clip.encode_texts(&prompts, 8, false).unwrap();
     let (t, s) = cache
-        .text_features(&prompts, |p| encode_texts(&clip, p, 8, false))
+        .text_features(&prompts, |p| clip.encode_texts(p, 8, false))
         .unwrap();
     assert_eq!(
         (s.computed, t.len()),
-        (2, 2 * clip.config.text.as_ref().unwrap().projection_dim)
+        (2, 2 * clip.config().text.as_ref().unwrap().projection_dim)
     );
     assert_eq!(t, direct);
     let (t, s) = cache

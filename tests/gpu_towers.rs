@@ -15,7 +15,6 @@ mod common;
 use common::{relative_error, repo};
 use fedclip::cuda::{CudaClip, Gpu, TowerOutput, test_gpu};
 use fedclip::model::ClipModel;
-use fedclip::preprocess::DEFAULT_MAX_IMAGE_PIXELS;
 use fedclip::weights::write_random_clip;
 use std::path::Path;
 use std::sync::Arc;
@@ -160,7 +159,13 @@ fn check_model(gpu: &Arc<Gpu>, dir: &Path, what: &str, batch: usize, text: bool)
 #[test]
 fn tiny_fixture_towers_match_the_cpu_engine() {
     let Some(gpu) = test_gpu() else { return };
-    for name in ["tiny-f32", "tiny-gelu-sharded", "tiny-vision-only"] {
+    for name in [
+        "tiny-f32",
+        "tiny-gelu-sharded",
+        "tiny-vision-only",
+        "oc-tiny-quickgelu",
+        "oc-tiny-gelu",
+    ] {
         let dir = repo().join("tests/fixtures/models").join(name);
         check_model(&gpu, &dir, name, 3, true);
     }
@@ -208,24 +213,23 @@ fn larger_vision_towers_match_the_cpu_engine() {
     }
 }
 
-/// `fedclip embed`'s CUDA path (the dispatch in src/embed.rs) against its CPU path, from JPEG
+/// The encoder seam's CUDA path (src/encode.rs, used by `fedclip embed` and `run`) against its CPU path, from JPEG
 /// and PNG files through the tokenizer, on the bundled tiny-clip.
 #[test]
 fn embed_jobs_on_cuda_match_the_cpu_engine() {
-    use fedclip::embed::{
-        collect_images, encode_images, encode_images_cuda, encode_texts, encode_texts_cuda,
-    };
+    use fedclip::embed::collect_images;
+    use fedclip::encode::Encoder;
     let Some(gpu) = test_gpu() else { return };
     let dir = repo().join("weights/tiny-clip");
-    let cpu = ClipModel::load(&dir).unwrap();
-    let dev = CudaClip::load(&gpu, &dir).unwrap();
+    let cpu: Encoder = ClipModel::load(&dir).unwrap().into();
+    let dev = Encoder::cuda(CudaClip::load(&gpu, &dir).unwrap()).unwrap();
+    assert_eq!(cpu.logit_scale(), dev.logit_scale());
     let entries = collect_images(&[repo().join("tests/fixtures/images/pacs")]).unwrap();
-    let (want, kept, _) =
-        encode_images(&cpu, &entries, 4, false, DEFAULT_MAX_IMAGE_PIXELS).unwrap();
-    let (got, kept_gpu, _) =
-        encode_images_cuda(&dev, &entries, 4, false, DEFAULT_MAX_IMAGE_PIXELS).unwrap();
-    assert_eq!(kept, kept_gpu);
-    let e = relative_error(&got, &want);
+    let want = cpu.encode_images(&entries, 4, false).unwrap();
+    let got = dev.encode_images(&entries, 4, false).unwrap();
+    assert_eq!(want.kept, got.kept);
+    let kept = want.kept;
+    let e = relative_error(&got.embeds, &want.embeds);
     println!(
         "  embed images ({} files): relative error {e:.2e}",
         kept.len()
@@ -235,8 +239,8 @@ fn embed_jobs_on_cuda_match_the_cpu_engine() {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let want = encode_texts(&cpu, &prompts, 2, false).unwrap();
-    let got = encode_texts_cuda(&dev, &prompts, 2, false).unwrap();
+    let want = cpu.encode_texts(&prompts, 2, false).unwrap();
+    let got = dev.encode_texts(&prompts, 2, false).unwrap();
     let e = relative_error(&got, &want);
     println!("  embed texts: relative error {e:.2e}");
     assert!(e <= TOWER_TOL, "texts: {e:.2e}");

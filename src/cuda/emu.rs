@@ -4,7 +4,8 @@
 //! checked against the CPU engine on a machine without a GPU. Selected with
 //! `FEDCLIP_EMULATE=1` (see [`super::test_gpu`]); never used by `fedclip embed`.
 
-use super::nvrtc::{KERNEL_HEADERS, KERNEL_SOURCES, cache_dir, write_atomically};
+use super::nvrtc::{KERNEL_HEADERS, KERNEL_SOURCES, cache_dir};
+use crate::io::write_atomic;
 use anyhow::{Context, Result, bail};
 use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
 use std::path::PathBuf;
@@ -93,7 +94,7 @@ impl EmuLib {
         let lib_path = root.join("libfedclip-emu.so");
         if !lib_path.exists() {
             for (name, text) in &files {
-                write_atomically(&root.join("src").join(name), text.as_bytes())
+                write_atomic(&root.join("src").join(name), text.as_bytes())
                     .with_context(|| format!("writing emulator source {name}"))?;
             }
             let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());

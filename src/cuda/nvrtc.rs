@@ -389,7 +389,7 @@ impl Nvrtc {
         let compiled = self.compile(src, arch, &[])?;
         if let Some(f) = &file {
             // A cache that cannot be written only costs a recompile next time.
-            let _ = write_atomically(f, &compiled.cubin);
+            let _ = crate::io::write_atomic(f, &compiled.cubin);
         }
         Ok(compiled)
     }
@@ -422,18 +422,4 @@ pub fn cache_dir() -> Option<PathBuf> {
         .filter(|p| p.is_absolute())
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     Some(base.join("fedclip").join("kernels"))
-}
-
-/// Writes via a temporary file and a rename, so concurrent processes never see half a file.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!(
-        "tmp{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }

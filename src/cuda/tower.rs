@@ -13,7 +13,9 @@
 use super::driver::{DevBuf, Gpu, View};
 use super::kernels::{self, Attention, AttentionKernel, Gemm, GemmTile, LayerNorm};
 use super::twins::to_f16;
-use crate::weights::{Activation, ClipConfig, Scope, TensorStore, TextConfig, VisionConfig};
+use crate::weights::{
+    Activation, BlockWeights, ClipConfig, ModelFiles, Norm, TextConfig, TowerWeights, VisionConfig,
+};
 use anyhow::{Context, Result, anyhow, bail};
 use half::f16;
 use std::path::{Path, PathBuf};
@@ -56,54 +58,27 @@ struct Blocks {
     layers: Vec<Layer>,
 }
 
-impl Blocks {
-    #[allow(clippy::too_many_arguments)]
-    fn load(
-        gpu: &Arc<Gpu>,
-        s: &Scope,
-        count: usize,
-        hidden: usize,
-        intermediate: usize,
-        heads: usize,
-        act: Activation,
-        eps: f32,
-    ) -> Result<Blocks> {
-        let (d, f) = (hidden, intermediate);
-        let mut layers = Vec::with_capacity(count);
-        for i in 0..count {
-            let p = format!("encoder.layers.{i}");
-            let get = |n: &str, shape: &[usize]| s.get(&format!("{p}.{n}"), shape);
-            let mut qkv_w = get("self_attn.q_proj.weight", &[d, d])?;
-            qkv_w.extend(get("self_attn.k_proj.weight", &[d, d])?);
-            qkv_w.extend(get("self_attn.v_proj.weight", &[d, d])?);
-            let mut qkv_b = get("self_attn.q_proj.bias", &[d])?;
-            qkv_b.extend(get("self_attn.k_proj.bias", &[d])?);
-            qkv_b.extend(get("self_attn.v_proj.bias", &[d])?);
-            layers.push(Layer {
-                ln1_g: gpu.upload(&get("layer_norm1.weight", &[d])?)?,
-                ln1_b: gpu.upload(&get("layer_norm1.bias", &[d])?)?,
-                qkv_w: gpu.upload(&to_f16(&qkv_w))?,
-                qkv_b: gpu.upload(&qkv_b)?,
-                out_w: gpu.upload(&to_f16(&get("self_attn.out_proj.weight", &[d, d])?))?,
-                out_b: gpu.upload(&get("self_attn.out_proj.bias", &[d])?)?,
-                ln2_g: gpu.upload(&get("layer_norm2.weight", &[d])?)?,
-                ln2_b: gpu.upload(&get("layer_norm2.bias", &[d])?)?,
-                fc1_w: gpu.upload(&to_f16(&get("mlp.fc1.weight", &[f, d])?))?,
-                fc1_b: gpu.upload(&get("mlp.fc1.bias", &[f])?)?,
-                fc2_w: gpu.upload(&to_f16(&get("mlp.fc2.weight", &[d, f])?))?,
-                fc2_b: gpu.upload(&get("mlp.fc2.bias", &[d])?)?,
-            });
-        }
-        Ok(Blocks {
-            hidden,
-            intermediate,
-            heads,
-            act,
-            eps,
-            layers,
+impl Layer {
+    /// Uploads one block (Q, K and V arrive stacked, as the fused QKV GEMM takes them).
+    fn upload(gpu: &Arc<Gpu>, w: BlockWeights) -> Result<Layer> {
+        Ok(Layer {
+            ln1_g: gpu.upload(&w.ln1.weight)?,
+            ln1_b: gpu.upload(&w.ln1.bias)?,
+            qkv_w: gpu.upload(&to_f16(&w.qkv_weight))?,
+            qkv_b: gpu.upload(&w.qkv_bias)?,
+            out_w: gpu.upload(&to_f16(&w.out_weight))?,
+            out_b: gpu.upload(&w.out_bias)?,
+            ln2_g: gpu.upload(&w.ln2.weight)?,
+            ln2_b: gpu.upload(&w.ln2.bias)?,
+            fc1_w: gpu.upload(&to_f16(&w.fc1_weight))?,
+            fc1_b: gpu.upload(&w.fc1_bias)?,
+            fc2_w: gpu.upload(&to_f16(&w.fc2_weight))?,
+            fc2_b: gpu.upload(&w.fc2_bias)?,
         })
     }
+}
 
+impl Blocks {
     /// Runs every block over `h` `[batch·seq, hidden]` in place; with `trace`, downloads `h`
     /// after each block.
     fn run(
@@ -328,33 +303,18 @@ impl Head {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn load_head(
+fn upload_head(
     gpu: &Arc<Gpu>,
-    s: &Scope,
-    store: &TensorStore,
-    ln: &str,
-    proj: &str,
-    d: usize,
+    norm: Norm,
+    projection: Option<Vec<f32>>,
     projection_dim: usize,
     eps: f32,
 ) -> Result<Head> {
-    let top = Scope {
-        store,
-        prefixes: &[""],
-    };
-    let projection = if top.has(&format!("{proj}.weight")) {
-        Some(gpu.upload(&to_f16(
-            &top.get(&format!("{proj}.weight"), &[projection_dim, d])?,
-        ))?)
-    } else {
-        None
-    };
     Ok(Head {
-        ln_g: gpu.upload(&s.get(&format!("{ln}.weight"), &[d])?)?,
-        ln_b: gpu.upload(&s.get(&format!("{ln}.bias"), &[d])?)?,
+        ln_g: gpu.upload(&norm.weight)?,
+        ln_b: gpu.upload(&norm.bias)?,
         eps,
-        projection,
+        projection: projection.map(|p| gpu.upload(&to_f16(&p))).transpose()?,
         projection_dim,
     })
 }
@@ -385,50 +345,36 @@ struct VisionWork {
 }
 
 impl CudaVision {
-    pub fn load(gpu: &Arc<Gpu>, store: &TensorStore, config: &VisionConfig) -> Result<Self> {
-        let s = Scope {
-            store,
-            prefixes: &["vision_model.", ""],
-        };
+    /// Uploads the tower block by block: no f32 copy of the whole tower is held on the host.
+    pub fn load(gpu: &Arc<Gpu>, weights: &TowerWeights, config: &VisionConfig) -> Result<Self> {
         let (d, c, p) = (config.hidden_size, config.num_channels, config.patch_size);
         let k = c * p * p;
         let kp = k.div_ceil(8) * 8;
-        let patch = s.get("embeddings.patch_embedding.weight", &[d, c, p, p])?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| Layer::upload(gpu, weights.vision_block(config, i)?))
+            .collect::<Result<Vec<_>>>()?;
+        let w = weights.vision(config)?;
         let mut padded = vec![0.0f32; d * kp];
-        for (o, r) in padded.chunks_exact_mut(kp).zip(patch.chunks_exact(k)) {
+        for (o, r) in padded.chunks_exact_mut(kp).zip(w.patch.chunks_exact(k)) {
             o[..k].copy_from_slice(r);
         }
         let eps = config.layer_norm_eps;
         Ok(CudaVision {
             patch: gpu.upload(&to_f16(&padded))?,
             kp,
-            class_embedding: gpu.upload(&s.get("embeddings.class_embedding", &[d])?)?,
-            positions: gpu.upload(&s.get(
-                "embeddings.position_embedding.weight",
-                &[config.num_positions(), d],
-            )?)?,
-            pre_ln_g: gpu.upload(&s.get("pre_layrnorm.weight", &[d])?)?,
-            pre_ln_b: gpu.upload(&s.get("pre_layrnorm.bias", &[d])?)?,
-            blocks: Blocks::load(
-                gpu,
-                &s,
-                config.num_hidden_layers,
-                d,
-                config.intermediate_size,
-                config.num_attention_heads,
-                config.hidden_act,
+            class_embedding: gpu.upload(&w.class_embedding)?,
+            positions: gpu.upload(&w.positions)?,
+            pre_ln_g: gpu.upload(&w.pre_norm.weight)?,
+            pre_ln_b: gpu.upload(&w.pre_norm.bias)?,
+            blocks: Blocks {
+                hidden: d,
+                intermediate: config.intermediate_size,
+                heads: config.num_attention_heads,
+                act: config.hidden_act,
                 eps,
-            )?,
-            head: load_head(
-                gpu,
-                &s,
-                store,
-                "post_layernorm",
-                "visual_projection",
-                d,
-                config.projection_dim,
-                eps,
-            )?,
+                layers,
+            },
+            head: upload_head(gpu, w.post_norm, w.projection, config.projection_dim, eps)?,
             config: config.clone(),
             gpu: gpu.clone(),
             work: Mutex::new(None),
@@ -621,40 +567,26 @@ struct TextWork {
 }
 
 impl CudaText {
-    pub fn load(gpu: &Arc<Gpu>, store: &TensorStore, config: &TextConfig) -> Result<Self> {
-        let s = Scope {
-            store,
-            prefixes: &["text_model.", ""],
-        };
+    /// Uploads the tower block by block.
+    pub fn load(gpu: &Arc<Gpu>, weights: &TowerWeights, config: &TextConfig) -> Result<Self> {
         let d = config.hidden_size;
         let eps = config.layer_norm_eps;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| Layer::upload(gpu, weights.text_block(config, i)?))
+            .collect::<Result<Vec<_>>>()?;
+        let w = weights.text(config)?;
         Ok(CudaText {
-            tokens: gpu
-                .upload(&s.get("embeddings.token_embedding.weight", &[config.vocab_size, d])?)?,
-            positions: gpu.upload(&s.get(
-                "embeddings.position_embedding.weight",
-                &[config.max_position_embeddings, d],
-            )?)?,
-            blocks: Blocks::load(
-                gpu,
-                &s,
-                config.num_hidden_layers,
-                d,
-                config.intermediate_size,
-                config.num_attention_heads,
-                config.hidden_act,
+            tokens: gpu.upload(&w.tokens)?,
+            positions: gpu.upload(&w.positions)?,
+            blocks: Blocks {
+                hidden: d,
+                intermediate: config.intermediate_size,
+                heads: config.num_attention_heads,
+                act: config.hidden_act,
                 eps,
-            )?,
-            head: load_head(
-                gpu,
-                &s,
-                store,
-                "final_layer_norm",
-                "text_projection",
-                d,
-                config.projection_dim,
-                eps,
-            )?,
+                layers,
+            },
+            head: upload_head(gpu, w.final_norm, w.projection, config.projection_dim, eps)?,
             config: config.clone(),
             gpu: gpu.clone(),
             work: Mutex::new(None),
@@ -743,33 +675,42 @@ impl CudaText {
 /// A model directory's towers on the GPU.
 pub struct CudaClip {
     pub dir: PathBuf,
+    pub files: ModelFiles,
     pub config: ClipConfig,
+    /// `logit_scale` as stored (the log of the temperature), when the save has it.
+    pub logit_scale: Option<f32>,
     pub gpu: Arc<Gpu>,
     pub vision: Option<CudaVision>,
     pub text: Option<CudaText>,
 }
 
 impl CudaClip {
-    /// Loads `dir` (config.json + safetensors) straight to the GPU: no f32 copy of the model
-    /// is kept on the host.
-    pub fn load(gpu: &Arc<Gpu>, dir: &Path) -> Result<CudaClip> {
-        let config = ClipConfig::load(dir)?;
-        let store = TensorStore::open_dir(dir)?;
-        config.check_against(&store, dir)?;
+    /// Loads the model at `path` (a directory or a `.safetensors` file, either layout; see
+    /// [`ModelFiles::locate`]) straight to the GPU.
+    pub fn load(gpu: &Arc<Gpu>, path: &Path) -> Result<CudaClip> {
+        let files = ModelFiles::locate(path)?;
+        let config = files.config()?;
+        let store = files.open_store()?;
+        config.check_against(&store, &files.config_file)?;
+        let weights = TowerWeights::new(&store, files.layout);
         let vision = config
             .vision
             .as_ref()
-            .map(|c| CudaVision::load(gpu, &store, c))
+            .map(|c| CudaVision::load(gpu, &weights, c))
             .transpose()
-            .with_context(|| format!("loading the vision tower of {} to the GPU", dir.display()))?;
+            .with_context(|| {
+                format!("loading the vision tower of {} to the GPU", path.display())
+            })?;
         let text = config
             .text
             .as_ref()
-            .map(|c| CudaText::load(gpu, &store, c))
+            .map(|c| CudaText::load(gpu, &weights, c))
             .transpose()
-            .with_context(|| format!("loading the text tower of {} to the GPU", dir.display()))?;
+            .with_context(|| format!("loading the text tower of {} to the GPU", path.display()))?;
         Ok(CudaClip {
-            dir: dir.to_path_buf(),
+            dir: files.dir.clone(),
+            logit_scale: weights.logit_scale()?,
+            files,
             config,
             gpu: gpu.clone(),
             vision,

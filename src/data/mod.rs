@@ -12,8 +12,11 @@
 //!   per-round client sampling and the `splits.json` form.
 //! * [`rng`]: numpy's legacy MT19937 stream, bit-identical, which the splits need.
 
+mod preset;
 pub mod rng;
 pub mod split;
+
+pub use preset::Preset;
 
 pub use split::{
     Client, ClientFiles, SplitConfig, Splits, SplitsFile, dirichlet_partition, make_splits,
@@ -42,105 +45,6 @@ pub const DEFAULT_PROMPT_TEMPLATE: &str = "a picture of a {}";
 pub fn is_image_file(name: &str) -> bool {
     let lower = name.to_lowercase();
     IMG_EXTENSIONS.iter().any(|e| lower.ends_with(e))
-}
-
-/// The standard domain-generalisation benchmarks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Preset {
-    Pacs,
-    Vlcs,
-    OfficeHome,
-    DomainNet,
-}
-
-impl Preset {
-    pub const ALL: [Preset; 4] = [
-        Preset::Pacs,
-        Preset::Vlcs,
-        Preset::OfficeHome,
-        Preset::DomainNet,
-    ];
-
-    /// Lower-case identifier: `pacs`, `vlcs`, `office-home`, `domainnet`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Preset::Pacs => "pacs",
-            Preset::Vlcs => "vlcs",
-            Preset::OfficeHome => "office-home",
-            Preset::DomainNet => "domainnet",
-        }
-    }
-
-    /// The benchmark's usual spelling.
-    pub fn display_name(self) -> &'static str {
-        match self {
-            Preset::Pacs => "PACS",
-            Preset::Vlcs => "VLCS",
-            Preset::OfficeHome => "Office-Home",
-            Preset::DomainNet => "DomainNet",
-        }
-    }
-
-    /// Domain folder names, in client order (sorted, as the reference lists PACS's).
-    pub fn domains(self) -> &'static [&'static str] {
-        match self {
-            Preset::Pacs => &["art_painting", "cartoon", "photo", "sketch"],
-            Preset::Vlcs => &["Caltech101", "LabelMe", "SUN09", "VOC2007"],
-            Preset::OfficeHome => &["Art", "Clipart", "Product", "Real_World"],
-            Preset::DomainNet => &[
-                "clipart",
-                "infograph",
-                "painting",
-                "quickdraw",
-                "real",
-                "sketch",
-            ],
-        }
-    }
-
-    /// Number of classes of the full benchmark.
-    pub fn num_classes(self) -> usize {
-        match self {
-            Preset::Pacs => 7,
-            Preset::Vlcs => 5,
-            Preset::OfficeHome => 65,
-            Preset::DomainNet => 345,
-        }
-    }
-
-    /// Parses a preset name, case-insensitively, ignoring `-`, `_` and spaces.
-    pub fn from_name(name: &str) -> Result<Preset> {
-        let norm: String = name
-            .chars()
-            .filter(|c| !matches!(c, '-' | '_' | ' '))
-            .flat_map(char::to_lowercase)
-            .collect();
-        Preset::ALL
-            .into_iter()
-            .find(|p| p.name().replace('-', "") == norm)
-            .with_context(|| {
-                format!(
-                    "unknown dataset preset `{name}`; known: {}",
-                    Preset::ALL.map(Preset::name).join(", ")
-                )
-            })
-    }
-
-    /// The preset whose domains are exactly `domains` (Office-Home's `Real World` may be
-    /// spelled with a space, as in its original archive).
-    pub fn detect<S: AsRef<str>>(domains: &[S]) -> Option<Preset> {
-        let mut found: Vec<String> = domains
-            .iter()
-            .map(|d| d.as_ref().replace(' ', "_"))
-            .collect();
-        found.sort();
-        Preset::ALL.into_iter().find(|p| {
-            let mut want: Vec<String> = p.domains().iter().map(|d| d.to_string()).collect();
-            want.sort();
-            want == found
-        })
-    }
 }
 
 /// One image of a domain.
@@ -197,23 +101,8 @@ impl Dataset {
     /// Scans `root`. With `preset`, exactly its domains are used (each must exist; other
     /// folders are ignored with a warning); without, the preset is detected.
     pub fn scan_with(root: &Path, preset: Option<Preset>) -> Result<Dataset> {
-        if !root.exists() {
-            bail!("dataset root {} does not exist", root.display());
-        }
-        if !root.is_dir() {
-            bail!("dataset root {} is not a directory", root.display());
-        }
         let mut warnings = Vec::new();
-        let found = sorted_subdirs(root)?
-            .into_iter()
-            .filter(|n| !n.starts_with('.'))
-            .collect::<Vec<_>>();
-        if found.is_empty() {
-            bail!(
-                "dataset root {} has no domain folders (expected <root>/<domain>/<class>/<image>)",
-                root.display()
-            );
-        }
+        let found = Self::domain_folders(root)?;
         let (preset, names) = match preset {
             Some(p) => {
                 let mut names = Vec::new();
@@ -300,6 +189,25 @@ impl Dataset {
                 classes.len(),
                 p.num_classes()
             ));
+        } else if let Some(p) = preset {
+            let unknown: Vec<&str> = classes
+                .iter()
+                .filter(|c| !p.classes().contains(&c.as_str()))
+                .map(String::as_str)
+                .collect();
+            if !unknown.is_empty() {
+                warnings.push(format!(
+                    "{}: class folder(s) {} are not {}'s (label order follows the folders)",
+                    root.display(),
+                    unknown
+                        .iter()
+                        .take(5)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    p.display_name()
+                ));
+            }
         }
         Ok(Dataset {
             root: root.to_path_buf(),
@@ -332,6 +240,28 @@ impl Dataset {
             );
         }
         Ok(())
+    }
+
+    /// The sorted sub-folders of `root` not starting with `.`, without scanning them: the
+    /// domains [`scan`](Self::scan) would take. An error when there are none.
+    pub fn domain_folders(root: &Path) -> Result<Vec<String>> {
+        if !root.exists() {
+            bail!("dataset root {} does not exist", root.display());
+        }
+        if !root.is_dir() {
+            bail!("dataset root {} is not a directory", root.display());
+        }
+        let found = sorted_subdirs(root)?
+            .into_iter()
+            .filter(|n| !n.starts_with('.'))
+            .collect::<Vec<_>>();
+        if found.is_empty() {
+            bail!(
+                "dataset root {} has no domain folders (expected <root>/<domain>/<class>/<image>)",
+                root.display()
+            );
+        }
+        Ok(found)
     }
 
     pub fn domain_names(&self) -> Vec<&str> {

@@ -400,16 +400,8 @@ impl Splits {
 
     /// Writes `splits.json` atomically (a temporary file renamed into place).
     pub fn write_json(&self, dataset: &Dataset, path: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(&self.to_file(dataset))?;
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create directory {}", parent.display()))?;
-        }
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, text + "\n")
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("cannot move {} into place", path.display()))
+        let text = serde_json::to_string_pretty(&self.to_file(dataset))? + "\n";
+        crate::io::write_atomic(path, text.as_bytes())
     }
 
     /// Rebuilds splits from their file form against a scan of the same data: every listed

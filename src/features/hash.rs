@@ -9,6 +9,7 @@
 //! leave every stat field equal ("racy git"); such files are simply hashed again next time.
 //! A memo that is unreadable or fails its checksum is discarded with a warning.
 
+use crate::weights::{ModelFiles, TokenizerSource};
 use anyhow::{Context, Result, bail};
 use memmap2::Mmap;
 use std::collections::HashMap;
@@ -215,7 +216,7 @@ impl HashMemo {
         }
         let sum = blake3::hash(&buf);
         buf.extend_from_slice(sum.as_bytes());
-        write_atomic(&self.path, &buf)?;
+        crate::io::write_atomic(&self.path, &buf)?;
         self.dirty = false;
         Ok(())
     }
@@ -275,24 +276,6 @@ impl Reader<'_> {
     }
 }
 
-/// A temporary file beside `path`, renamed into place.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_path(path);
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} into place", path.display()))
-}
-
-/// `<path>.tmp-<pid>-<nanos>`: unique per writer, recognisable as debris.
-pub fn temp_path(path: &Path) -> PathBuf {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp-{}-{nanos}", std::process::id()));
-    path.with_file_name(name)
-}
-
 /// The files whose bytes determine a model's features.
 pub struct ModelFingerprint {
     /// `config.json` and the weights `TensorStore::open_dir` reads (`model.safetensors`, or
@@ -303,8 +286,8 @@ pub struct ModelFingerprint {
     pub tokenizer: String,
 }
 
-/// Hashes a model directory's files (through `memo`, so a multi-GB checkpoint is read once).
-pub fn model_fingerprint(dir: &Path, memo: &mut HashMemo) -> Result<ModelFingerprint> {
+/// `config.json` and the safetensors `TensorStore::open_dir` reads, as names in `dir`.
+fn hf_weight_files(dir: &Path) -> Result<Vec<String>> {
     let mut weight_files = vec!["config.json".to_string()];
     if dir.join("model.safetensors").exists() {
         weight_files.push("model.safetensors".into());
@@ -332,6 +315,32 @@ pub fn model_fingerprint(dir: &Path, memo: &mut HashMemo) -> Result<ModelFingerp
         weight_files.push("model.safetensors.index.json".into());
         weight_files.extend(shards);
     }
+    Ok(weight_files)
+}
+
+fn file_name(path: &Path) -> Result<String> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .with_context(|| format!("{}: file name is not valid UTF-8", path.display()))
+}
+
+/// Hashes a Hugging Face model directory's files (through `memo`, so a multi-GB checkpoint is
+/// read once).
+pub fn model_fingerprint(dir: &Path, memo: &mut HashMemo) -> Result<ModelFingerprint> {
+    model_fingerprint_of(&crate::weights::ModelFiles::locate(dir)?, memo)
+}
+
+/// Hashes the files of a located model, in either layout. Hugging Face directories hash
+/// `config.json` and what `TensorStore::open_dir` reads; other models their config file and
+/// their one weight file. Without a tokenizer file, an open_clip model's text key covers
+/// the bundled OpenAI BPE it then uses.
+pub fn model_fingerprint_of(model: &ModelFiles, memo: &mut HashMemo) -> Result<ModelFingerprint> {
+    let dir = model.dir.as_path();
+    let weight_files = match model.single_weight_file() {
+        None => hf_weight_files(dir)?,
+        Some(file) => vec![file_name(&model.config_file)?, file_name(file)?],
+    };
     let combine = |memo: &mut HashMemo, tag: &str, names: &[String]| -> Result<String> {
         let mut h = blake3::Hasher::new();
         h.update(tag.as_bytes());
@@ -355,6 +364,12 @@ pub fn model_fingerprint(dir: &Path, memo: &mut HashMemo) -> Result<ModelFingerp
     .filter(|n| dir.join(n).is_file())
     .map(|n| n.to_string())
     .collect();
-    let tokenizer = combine(memo, "fedclip-tokenizer/1\0", &tok_files)?;
+    let mut tokenizer = combine(memo, "fedclip-tokenizer/1\0", &tok_files)?;
+    if tok_files.is_empty() && model.tokenizer()? == TokenizerSource::BundledOpenAi {
+        let mut h = blake3::Hasher::new();
+        h.update(b"fedclip-tokenizer/bundled-openai-bpe/1\0");
+        h.update(crate::tokenizer::BUNDLED_OPENAI_BPE);
+        tokenizer = h.finalize().to_hex().to_string();
+    }
     Ok(ModelFingerprint { weights, tokenizer })
 }

@@ -28,26 +28,23 @@
 //! ever add files under fresh names or delete merged ones, so they do not corrupt each other.
 //!
 //! Caveats: the text key covers the tokenizer files but not how the closure treats over-long
-//! prompts (`truncate`), which the cache cannot see. [`encode_images`](crate::embed::encode_images)
+//! prompts (`truncate`), which the cache cannot see. [`Encoder::encode_images`](crate::encode::Encoder::encode_images)
 //! draws its own progress bar for each chunk it is given; with it inside the closure, set
 //! [`CacheOptions::progress`] to false or keep the cache's bar and accept both.
 //!
 //! # Use
 //!
 //! ```no_run
-//! # use fedclip::{features::FeatureCache, model::ClipModel, preprocess::PreprocessConfig};
-//! # use fedclip::embed::{encode_images, ImageEntry};
+//! # use fedclip::encode::{Encoder, Engine, ImageEntry};
+//! # use fedclip::features::FeatureCache;
 //! # fn main() -> anyhow::Result<()> {
-//! # let model = ClipModel::load("weights/tiny-clip".as_ref())?;
 //! # let files: Vec<std::path::PathBuf> = vec![];
-//! let cfg = PreprocessConfig::from_model_dir(&model.dir, 224)?;
-//! let cache = FeatureCache::open("cache".as_ref(), &model, &cfg)?;
+//! let encoder = Encoder::open("weights/tiny-clip".as_ref(), &Engine::Cpu)?;
+//! let cfg = encoder.preprocess_config()?;
+//! let cache = FeatureCache::open("cache".as_ref(), &encoder, &cfg)?;
 //! let (features, stats) = cache.image_features(&files, |paths| {
-//!     let entries: Vec<ImageEntry> = paths
-//!         .iter()
-//!         .map(|p| ImageEntry { path: p.clone(), name: p.display().to_string() })
-//!         .collect();
-//!     Ok(encode_images(&model, &entries, 64, false, fedclip::preprocess::DEFAULT_MAX_IMAGE_PIXELS)?.0)
+//!     let entries: Vec<ImageEntry> = paths.iter().map(|p| ImageEntry::from_path(p)).collect();
+//!     Ok(encoder.encode_images(&entries, 64, false)?.embeds)
 //! })?;
 //! # Ok(()) }
 //! ```
@@ -57,8 +54,9 @@ pub mod store;
 
 use crate::model::ClipModel;
 use crate::preprocess::PreprocessConfig;
+use crate::weights::{ClipConfig, ModelFiles};
 use anyhow::{Context, Result, bail, ensure};
-use hash::{Digest, FileStamp, HashMemo, model_fingerprint};
+use hash::{Digest, FileStamp, HashMemo, model_fingerprint_of};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::collections::HashSet;
@@ -109,6 +107,23 @@ pub struct CacheStats {
     pub hashed: usize,
 }
 
+/// A model's files and parsed config: all the cache needs of a model, whichever engine it
+/// is loaded on.
+#[derive(Clone, Copy)]
+pub struct ModelKey<'a> {
+    pub files: &'a ModelFiles,
+    pub config: &'a ClipConfig,
+}
+
+impl<'a> From<&'a ClipModel> for ModelKey<'a> {
+    fn from(model: &'a ClipModel) -> Self {
+        ModelKey {
+            files: &model.files,
+            config: &model.config,
+        }
+    }
+}
+
 /// The store keys, as descriptions (hashed into the store directory names) and feature
 /// sizes. [`FeatureCache::open`] derives them from a model; tests may make their own.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,13 +136,9 @@ pub struct CacheKeys {
 
 impl CacheKeys {
     /// Keys of `model` (files hashed through `memo`) with image preprocessing `pre`.
-    pub fn for_model(
-        model: &ClipModel,
-        pre: &PreprocessConfig,
-        memo: &mut HashMemo,
-    ) -> Result<Self> {
-        let fp = model_fingerprint(&model.dir, memo)
-            .with_context(|| format!("hashing the model files of {}", model.dir.display()))?;
+    pub fn for_model(model: ModelKey, pre: &PreprocessConfig, memo: &mut HashMemo) -> Result<Self> {
+        let fp = model_fingerprint_of(model.files, memo)
+            .with_context(|| format!("hashing the model files of {}", model.files.dir.display()))?;
         Ok(CacheKeys {
             image: format!(
                 "fedclip-image-features/1;weights={};preprocess={}",
@@ -169,17 +180,17 @@ fn warn_into(list: &mut Vec<String>) -> impl FnMut(String) + '_ {
 impl FeatureCache {
     /// Opens (creating) the cache in `cache_dir` for `model` and `preprocess`, with default
     /// options. Hashes the model's files unless the memo knows them.
-    pub fn open(
+    pub fn open<'a>(
         cache_dir: &Path,
-        model: &ClipModel,
+        model: impl Into<ModelKey<'a>>,
         preprocess: &PreprocessConfig,
     ) -> Result<Self> {
         Self::open_with(cache_dir, model, preprocess, CacheOptions::default())
     }
 
-    pub fn open_with(
+    pub fn open_with<'a>(
         cache_dir: &Path,
-        model: &ClipModel,
+        model: impl Into<ModelKey<'a>>,
         preprocess: &PreprocessConfig,
         options: CacheOptions,
     ) -> Result<Self> {
@@ -190,7 +201,7 @@ impl FeatureCache {
         if let Some(w) = warning {
             warn_into(&mut warnings)(w);
         }
-        let keys = CacheKeys::for_model(model, preprocess, &mut memo)?;
+        let keys = CacheKeys::for_model(model.into(), preprocess, &mut memo)?;
         Self::build(cache_dir, keys, options, memo, warnings)
     }
 
@@ -273,7 +284,7 @@ impl FeatureCache {
     /// Features of `files` (`[files.len(), image_dim]`, row-major, in `files` order). Files
     /// not in the cache are passed to `compute` in chunks (each distinct content once), which
     /// must return `chunk.len() * image_dim` values, e.g. from
-    /// [`encode_images`](crate::embed::encode_images).
+    /// [`Encoder::encode_images`](crate::encode::Encoder::encode_images).
     pub fn image_features(
         &self,
         files: &[PathBuf],
@@ -310,7 +321,7 @@ impl FeatureCache {
     }
 
     /// Features of `prompts` (`[prompts.len(), text_dim]`); missing ones are passed to
-    /// `compute` (e.g. [`encode_texts`](crate::embed::encode_texts)).
+    /// `compute` (e.g. [`Encoder::encode_texts`](crate::encode::Encoder::encode_texts)).
     pub fn text_features(
         &self,
         prompts: &[String],

@@ -14,7 +14,8 @@
 //! shards, written to a temporary name and renamed; once there are more than
 //! `compact_over` shards they are merged into one (streamed from the maps).
 
-use super::hash::{Digest, hex, temp_path};
+use super::hash::{Digest, hex};
+use crate::io::temp_path;
 use anyhow::{Context, Result, bail};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};

@@ -123,10 +123,6 @@ impl RunConfig {
             "--extract-batch must be at least 1, got 0".into(),
         );
         need(
-            self.local_epochs >= 1 || self.method == Method::Zeroshot,
-            "--local-epochs must be at least 1, got 0".into(),
-        );
-        need(
             self.clients_per_domain >= 1,
             "--clients-per-domain must be at least 1, got 0".into(),
         );

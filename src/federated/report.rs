@@ -60,7 +60,7 @@ pub fn open_metrics(path: &Path, keep_before: u32) -> Result<std::fs::File> {
         text.push_str(&line);
         text.push('\n');
     }
-    crate::federated::write_atomic(path, text.as_bytes())?;
+    crate::io::write_atomic(path, text.as_bytes())?;
     std::fs::OpenOptions::new()
         .append(true)
         .open(path)

@@ -1,8 +1,7 @@
 //! The pre-LN transformer block shared by both towers.
 
 use super::ops;
-use crate::weights::{Activation, Scope, TensorStore};
-use anyhow::Result;
+use crate::weights::{Activation, BlockWeights, Norm};
 
 /// An `nn.Linear`: weight `[out, in]`, optional bias `[out]`.
 pub struct Linear {
@@ -13,17 +12,15 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn load(s: &Scope, name: &str, in_f: usize, out_f: usize, bias: bool) -> Result<Self> {
-        Ok(Linear {
-            weight: s.get(&format!("{name}.weight"), &[out_f, in_f])?,
-            bias: if bias {
-                Some(s.get(&format!("{name}.bias"), &[out_f])?)
-            } else {
-                None
-            },
+    /// `weight` is `[out_f, in_f]`, as the name table returns it.
+    pub fn new(weight: Vec<f32>, bias: Option<Vec<f32>>, in_f: usize, out_f: usize) -> Self {
+        debug_assert_eq!(weight.len(), in_f * out_f);
+        Linear {
+            weight,
+            bias,
             in_features: in_f,
             out_features: out_f,
-        })
+        }
     }
 
     /// `x` is `[rows, in_features]`.
@@ -46,12 +43,12 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    pub fn load(s: &Scope, name: &str, dim: usize, eps: f32) -> Result<Self> {
-        Ok(LayerNorm {
-            weight: s.get(&format!("{name}.weight"), &[dim])?,
-            bias: s.get(&format!("{name}.bias"), &[dim])?,
+    pub fn new(norm: Norm, eps: f32) -> Self {
+        LayerNorm {
+            weight: norm.weight,
+            bias: norm.bias,
             eps,
-        })
+        }
     }
 
     pub fn forward(&self, x: &[f32]) -> Vec<f32> {
@@ -69,33 +66,6 @@ pub struct BlockShape {
     pub eps: f32,
 }
 
-impl BlockShape {
-    /// Loads `count` blocks stored as `encoder.layers.{i}` under `s`.
-    pub fn load_layers(self, s: &Scope, count: usize) -> Result<Vec<EncoderLayer>> {
-        (0..count)
-            .map(|i| EncoderLayer::load(s, &format!("encoder.layers.{i}"), self))
-            .collect()
-    }
-}
-
-/// A tower's projection (`visual_projection` / `text_projection`, stored without a prefix and
-/// without a bias), or `None` for saves that have none.
-pub fn load_projection(
-    store: &TensorStore,
-    name: &str,
-    hidden: usize,
-    dim: usize,
-) -> Result<Option<Linear>> {
-    let s = Scope {
-        store,
-        prefixes: &[""],
-    };
-    if !s.has(&format!("{name}.weight")) {
-        return Ok(None);
-    }
-    Linear::load(&s, name, hidden, dim, false).map(Some)
-}
-
 /// `h + attn(LN1 h)`, then `h + mlp(LN2 h)`, as transformers' `CLIPEncoderLayer`.
 pub struct EncoderLayer {
     shape: BlockShape,
@@ -110,20 +80,29 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    pub fn load(s: &Scope, prefix: &str, shape: BlockShape) -> Result<Self> {
+    /// Splits the stacked Q/K/V rows into the three projections the attention takes.
+    pub fn new(w: BlockWeights, shape: BlockShape) -> Self {
         let (d, f) = (shape.hidden, shape.intermediate);
-        let lin = |n: &str, i, o| Linear::load(s, &format!("{prefix}.{n}"), i, o, true);
-        Ok(EncoderLayer {
+        let split = |m: &[f32], part: usize, len: usize| m[part * len..(part + 1) * len].to_vec();
+        let qkv = |part| {
+            Linear::new(
+                split(&w.qkv_weight, part, d * d),
+                Some(split(&w.qkv_bias, part, d)),
+                d,
+                d,
+            )
+        };
+        EncoderLayer {
             shape,
-            ln1: LayerNorm::load(s, &format!("{prefix}.layer_norm1"), d, shape.eps)?,
-            q: lin("self_attn.q_proj", d, d)?,
-            k: lin("self_attn.k_proj", d, d)?,
-            v: lin("self_attn.v_proj", d, d)?,
-            out: lin("self_attn.out_proj", d, d)?,
-            ln2: LayerNorm::load(s, &format!("{prefix}.layer_norm2"), d, shape.eps)?,
-            fc1: lin("mlp.fc1", d, f)?,
-            fc2: lin("mlp.fc2", f, d)?,
-        })
+            ln1: LayerNorm::new(w.ln1, shape.eps),
+            q: qkv(0),
+            k: qkv(1),
+            v: qkv(2),
+            out: Linear::new(w.out_weight, Some(w.out_bias), d, d),
+            ln2: LayerNorm::new(w.ln2, shape.eps),
+            fc1: Linear::new(w.fc1_weight, Some(w.fc1_bias), d, f),
+            fc2: Linear::new(w.fc2_weight, Some(w.fc2_bias), f, d),
+        }
     }
 
     /// `h` is `[batch·seq, hidden]`, updated in place.

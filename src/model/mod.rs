@@ -9,13 +9,16 @@ mod vision;
 pub use text::{TextOutput, TextTower};
 pub use vision::{VisionOutput, VisionTower, im2col};
 
-use crate::weights::{ClipConfig, TensorStore};
+use crate::weights::{ClipConfig, ModelFiles, TowerWeights};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
-/// A loaded CLIP model directory: whichever towers it holds.
+/// A loaded CLIP model: whichever towers it holds.
 pub struct ClipModel {
+    /// The model's folder (config, tokenizer, preprocessing settings).
     pub dir: PathBuf,
+    /// Which files, in which layout.
+    pub files: ModelFiles,
     pub config: ClipConfig,
     pub vision: Option<VisionTower>,
     pub text: Option<TextTower>,
@@ -24,33 +27,33 @@ pub struct ClipModel {
 }
 
 impl ClipModel {
-    pub fn load(dir: &Path) -> Result<Self> {
-        let config = ClipConfig::load(dir)?;
-        let store = TensorStore::open_dir(dir)?;
-        config.check_against(&store, dir)?;
+    /// Loads the model at `path`, a directory or a `.safetensors` file, in either layout
+    /// (see [`ModelFiles::locate`]).
+    pub fn load(path: &Path) -> Result<Self> {
+        let files = ModelFiles::locate(path)?;
+        let config = files.config()?;
+        let store = files.open_store()?;
+        config.check_against(&store, &files.config_file)?;
+        let weights = TowerWeights::new(&store, files.layout);
         let vision = config
             .vision
             .as_ref()
-            .map(|c| VisionTower::load(&store, c))
+            .map(|c| VisionTower::load(&weights, c))
             .transpose()
-            .with_context(|| format!("loading the vision tower of {}", dir.display()))?;
+            .with_context(|| format!("loading the vision tower of {}", path.display()))?;
         let text = config
             .text
             .as_ref()
-            .map(|c| TextTower::load(&store, c))
+            .map(|c| TextTower::load(&weights, c))
             .transpose()
-            .with_context(|| format!("loading the text tower of {}", dir.display()))?;
-        let logit_scale = if store.contains("logit_scale") {
-            Some(store.get("logit_scale", &[])?.data[0])
-        } else {
-            None
-        };
+            .with_context(|| format!("loading the text tower of {}", path.display()))?;
         Ok(ClipModel {
-            dir: dir.to_path_buf(),
+            dir: files.dir.clone(),
+            logit_scale: weights.logit_scale()?,
+            files,
             config,
             vision,
             text,
-            logit_scale,
         })
     }
 }

@@ -1,8 +1,8 @@
 //! The text tower: token + position embeddings, causal blocks, final LN, the end
 //! token pooled, projection.
 
-use super::encoder::{BlockShape, EncoderLayer, LayerNorm, Linear, Trace, load_projection, record};
-use crate::weights::{Scope, TensorStore, TextConfig};
+use super::encoder::{BlockShape, EncoderLayer, LayerNorm, Linear, Trace, record};
+use crate::weights::{TextConfig, TowerWeights};
 use anyhow::Result;
 
 pub struct TextTower {
@@ -26,31 +26,28 @@ pub struct TextOutput {
 }
 
 impl TextTower {
-    pub fn load(store: &TensorStore, config: &TextConfig) -> Result<Self> {
-        let s = Scope {
-            store,
-            prefixes: &["text_model.", ""],
-        };
+    pub fn load(weights: &TowerWeights, config: &TextConfig) -> Result<Self> {
         let d = config.hidden_size;
         let eps = config.layer_norm_eps;
-        let layers = BlockShape {
+        let shape = BlockShape {
             hidden: d,
             intermediate: config.intermediate_size,
             heads: config.num_attention_heads,
             act: config.hidden_act,
             eps,
-        }
-        .load_layers(&s, config.num_hidden_layers)?;
-        let projection = load_projection(store, "text_projection", d, config.projection_dim)?;
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| Ok(EncoderLayer::new(weights.text_block(config, i)?, shape)))
+            .collect::<Result<Vec<_>>>()?;
+        let w = weights.text(config)?;
         Ok(TextTower {
-            tokens: s.get("embeddings.token_embedding.weight", &[config.vocab_size, d])?,
-            positions: s.get(
-                "embeddings.position_embedding.weight",
-                &[config.max_position_embeddings, d],
-            )?,
+            tokens: w.tokens,
+            positions: w.positions,
             layers,
-            final_ln: LayerNorm::load(&s, "final_layer_norm", d, eps)?,
-            projection,
+            final_ln: LayerNorm::new(w.final_norm, eps),
+            projection: w
+                .projection
+                .map(|p| Linear::new(p, None, d, config.projection_dim)),
             config: config.clone(),
         })
     }

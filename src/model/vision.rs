@@ -1,9 +1,9 @@
 //! The ViT image tower: patch embedding, class token, positions, pre-LN, blocks,
 //! post-LN on the class token, projection.
 
-use super::encoder::{BlockShape, EncoderLayer, LayerNorm, Linear, Trace, load_projection, record};
+use super::encoder::{BlockShape, EncoderLayer, LayerNorm, Linear, Trace, record};
 use super::ops;
-use crate::weights::{Scope, TensorStore, VisionConfig};
+use crate::weights::{TowerWeights, VisionConfig};
 use anyhow::Result;
 use rayon::prelude::*;
 
@@ -31,34 +31,30 @@ pub struct VisionOutput {
 }
 
 impl VisionTower {
-    pub fn load(store: &TensorStore, config: &VisionConfig) -> Result<Self> {
-        let s = Scope {
-            store,
-            prefixes: &["vision_model.", ""],
-        };
-        let (d, c, p) = (config.hidden_size, config.num_channels, config.patch_size);
+    pub fn load(weights: &TowerWeights, config: &VisionConfig) -> Result<Self> {
+        let d = config.hidden_size;
         let eps = config.layer_norm_eps;
-        let layers = BlockShape {
+        let shape = BlockShape {
             hidden: d,
             intermediate: config.intermediate_size,
             heads: config.num_attention_heads,
             act: config.hidden_act,
             eps,
-        }
-        .load_layers(&s, config.num_hidden_layers)?;
-        let projection = load_projection(store, "visual_projection", d, config.projection_dim)?;
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| Ok(EncoderLayer::new(weights.vision_block(config, i)?, shape)))
+            .collect::<Result<Vec<_>>>()?;
+        let w = weights.vision(config)?;
         Ok(VisionTower {
-            patch: s.get("embeddings.patch_embedding.weight", &[d, c, p, p])?,
-            class_embedding: s.get("embeddings.class_embedding", &[d])?,
-            positions: s.get(
-                "embeddings.position_embedding.weight",
-                &[config.num_positions(), d],
-            )?,
-            // transformers' attribute really is spelled `pre_layrnorm`.
-            pre_ln: LayerNorm::load(&s, "pre_layrnorm", d, eps)?,
+            patch: w.patch,
+            class_embedding: w.class_embedding,
+            positions: w.positions,
+            pre_ln: LayerNorm::new(w.pre_norm, eps),
             layers,
-            post_ln: LayerNorm::load(&s, "post_layernorm", d, eps)?,
-            projection,
+            post_ln: LayerNorm::new(w.post_norm, eps),
+            projection: w
+                .projection
+                .map(|p| Linear::new(p, None, d, config.projection_dim)),
             config: config.clone(),
         })
     }

@@ -97,11 +97,27 @@ impl PreprocessConfig {
         }
     }
 
-    /// Reads `<dir>/preprocessor_config.json` if present, else `openai(image_size)`.
-    /// Absent fields keep the OpenAI values (size and crop default to `image_size`).
-    /// Errors name the file and field.
+    /// Reads `<dir>/preprocessor_config.json` if present, else the `preprocess_cfg` of an
+    /// open_clip `<dir>/open_clip_config.json`, else `openai(image_size)`. `dir` may also be a
+    /// model's `.safetensors` file (its folder is read). Absent fields keep the OpenAI values
+    /// (size and crop default to `image_size`). Errors name the file and field.
     pub fn from_model_dir(dir: &Path, image_size: usize) -> Result<Self> {
+        let dir = if dir.is_file() {
+            dir.parent().unwrap_or(Path::new("."))
+        } else {
+            dir
+        };
         let path = dir.join("preprocessor_config.json");
+        let open_clip = dir.join("open_clip_config.json");
+        if !path.exists() && open_clip.is_file() {
+            let text = std::fs::read_to_string(&open_clip)
+                .with_context(|| format!("cannot read {}", open_clip.display()))?;
+            return match crate::weights::open_clip::preprocess_cfg(&text, &open_clip)? {
+                None => Ok(Self::openai(image_size)),
+                Some(cfg) => Self::from_open_clip(&cfg, image_size)
+                    .with_context(|| format!("in {} `preprocess_cfg`", open_clip.display())),
+            };
+        }
         if !path.exists() {
             return Ok(Self::openai(image_size));
         }
@@ -185,6 +201,54 @@ impl PreprocessConfig {
             }
         }
         Ok(cfg)
+    }
+
+    /// open_clip's `PreprocessCfg` (`mean`, `std`, `interpolation`, `resize_mode`, `size`):
+    /// its eval transform for `resize_mode = "shortest"` is OpenAI's (resize the short side,
+    /// center-crop), which is the only mode read. Errors name the field.
+    pub fn from_open_clip(cfg: &serde_json::Map<String, Value>, image_size: usize) -> Result<Self> {
+        let mut out = Self::openai(image_size);
+        if let Some(m) = cfg.get("mean") {
+            out.mean = triple(m, "mean")?;
+        }
+        if let Some(s) = cfg.get("std") {
+            out.std = triple(s, "std")?;
+            if out.std.contains(&0.0) {
+                bail!("field `std`: must not contain 0");
+            }
+        }
+        if let Some(i) = cfg.get("interpolation") {
+            out.resample = match i.as_str() {
+                Some("bicubic") => Resample::Bicubic,
+                Some("bilinear") => Resample::Bilinear,
+                _ => bail!(
+                    "field `interpolation`: unsupported value {i} (expected \"bicubic\" or \"bilinear\")"
+                ),
+            };
+        }
+        if let Some(r) = cfg.get("resize_mode")
+            && r.as_str() != Some("shortest")
+        {
+            bail!(
+                "field `resize_mode`: unsupported value {r} (only \"shortest\": resize the short side, then center-crop)"
+            );
+        }
+        if let Some(size) = cfg.get("size") {
+            let n = match size {
+                Value::Array(hw) if hw.len() == 2 && hw[0] == hw[1] => positive(&hw[0], "size")?,
+                Value::Array(_) => {
+                    bail!("field `size`: only square sizes are supported, got {size}")
+                }
+                other => positive(other, "size")?,
+            };
+            (out.resize_shortest, out.crop_height, out.crop_width) = (n, n, n);
+        }
+        if let Some(mode) = cfg.get("mode")
+            && mode.as_str() != Some("RGB")
+        {
+            bail!("field `mode`: unsupported value {mode} (only \"RGB\")");
+        }
+        Ok(out)
     }
 
     /// Stable string listing every setting, for cache keys.

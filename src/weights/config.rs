@@ -57,6 +57,16 @@ impl VisionConfig {
     }
 }
 
+/// Which token a text sequence is pooled at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextPooling {
+    /// The first maximum id: the end token, highest in CLIP's vocabulary. transformers with
+    /// the legacy `eos_token_id = 2` (openai's saves), and open_clip's `pool_type = "argmax"`.
+    Argmax,
+    /// The first `eos_token_id`: transformers with any other `eos_token_id`.
+    FirstEos,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct TextConfig {
     pub vocab_size: usize,
@@ -71,16 +81,16 @@ pub struct TextConfig {
     pub bos_token_id: u32,
     pub eos_token_id: u32,
     pub pad_token_id: u32,
+    pub pooling: TextPooling,
 }
 
 impl TextConfig {
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
-    /// transformers pools at `argmax(input_ids)` when the config carries the legacy
-    /// `eos_token_id = 2` (openai's saves do), else at the first `eos_token_id`.
+    /// Whether sequences are pooled at their first maximum id (see [`TextPooling`]).
     pub fn pools_at_argmax(&self) -> bool {
-        self.eos_token_id == 2
+        self.pooling == TextPooling::Argmax
     }
 
     /// Checks a `[batch, seq]` id buffer against the model (length, positions, vocabulary) and
@@ -108,8 +118,7 @@ impl TextConfig {
     }
 
     /// The token each of `batch` sequences (`ids` is `[batch, seq]`) is pooled at, by
-    /// transformers' rule: the first maximum id for the legacy config, else the first
-    /// `eos_token_id`. Both engines pool here.
+    /// [`TextPooling`]. Both engines pool here.
     pub fn pool_positions(&self, ids: &[u32], batch: usize, seq: usize) -> Result<Vec<usize>> {
         (0..batch)
             .map(|b| {
@@ -242,7 +251,7 @@ impl ClipConfig {
     /// Checks the config against the checkpoint where shapes cannot: each tower's layer
     /// count against the `encoder.layers.N` tensors (a config with fewer layers would
     /// silently drop the rest). Widths and head counts are checked by the tensors' shapes.
-    pub fn check_against(&self, store: &TensorStore, dir: &Path) -> Result<()> {
+    pub fn check_against(&self, store: &TensorStore, config_file: &Path) -> Result<()> {
         let towers = [
             (
                 "vision",
@@ -265,7 +274,7 @@ impl ClipConfig {
                 bail!(
                     "{}: the {tower} config's `num_hidden_layers` is {layers}, but {} holds {count} \
                      {tower} layers (encoder.layers.0-{})",
-                    dir.join("config.json").display(),
+                    config_file.display(),
                     file.display(),
                     count - 1
                 );
@@ -418,6 +427,12 @@ fn text_config(r: RawText, proj: Option<usize>, file: &Path, p: &str) -> Result<
         bos_token_id: r.bos_token_id.unwrap_or(49406),
         eos_token_id: r.eos_token_id.unwrap_or(49407),
         pad_token_id: r.pad_token_id.unwrap_or(1),
+        // transformers pools at argmax(input_ids) for the legacy eos_token_id 2.
+        pooling: if r.eos_token_id.unwrap_or(49407) == 2 {
+            TextPooling::Argmax
+        } else {
+            TextPooling::FirstEos
+        },
     };
     divides(c.hidden_size, c.num_attention_heads, p, file)?;
     Ok(c)

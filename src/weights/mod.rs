@@ -1,12 +1,18 @@
-//! Stage 1: a Hugging Face CLIP model directory (`config.json` + safetensors).
+//! Stage 1: a CLIP model, in the Hugging Face or the open_clip layout ([`layout`]): its
+//! config, memory-mapped safetensors, and the one table of tensor names ([`towers`]).
 
 mod config;
+pub mod layout;
+pub mod open_clip;
 mod random;
 mod store;
+pub mod towers;
 
-pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
-pub use random::{clip_tensor_shapes, write_random_clip};
+pub use config::{Activation, ClipConfig, TextConfig, TextPooling, VisionConfig};
+pub use layout::{Layout, ModelFiles, TokenizerSource, WeightFiles};
+pub use random::{clip_tensor_shapes, write_random_clip, write_random_open_clip};
 pub use store::{Tensor, TensorStore};
+pub use towers::{BlockWeights, Norm, TextWeights, TowerWeights, VisionWeights};
 
 use anyhow::Result;
 

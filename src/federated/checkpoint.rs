@@ -1,0 +1,131 @@
+//! `state.safetensors`: everything a resumed run needs to continue exactly where the last
+//! finished round left it, the strategy's own server tensors included.
+
+use crate::adapter::OptimizerState;
+use crate::io::write_safetensors;
+use anyhow::{Context, Result};
+use safetensors::SafeTensors;
+use std::collections::HashMap;
+use std::path::Path;
+
+pub const STATE_FILE: &str = "state.safetensors";
+
+/// Tensor names of the strategy's server state start with this (e.g. `server.m`).
+const SERVER_PREFIX: &str = "server.";
+
+/// The run's state after its last finished round.
+pub struct State {
+    /// Rounds finished so far.
+    pub rounds_done: u32,
+    pub global: Vec<f32>,
+    /// `[K, P]`, one row per training client.
+    pub clients: Vec<f32>,
+    /// (round, mean val accuracy, deployed parameters) of the best round so far.
+    pub best: Option<(u32, f64, Vec<f32>)>,
+    pub seconds_training: f64,
+    pub bytes: u64,
+    /// Kept across rounds only with `--keep-optimizer-state`, so only then checkpointed.
+    pub optimizer: Option<OptimizerState>,
+    /// The strategy's server tensors ([`super::strategy::Strategy::state`]).
+    pub server: Vec<(String, Vec<f32>)>,
+}
+
+impl State {
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let mut meta = HashMap::new();
+        meta.insert("rounds_done".to_string(), self.rounds_done.to_string());
+        meta.insert(
+            "seconds_training".to_string(),
+            self.seconds_training.to_string(),
+        );
+        meta.insert("bytes".to_string(), self.bytes.to_string());
+        let server: Vec<(String, &[f32])> = self
+            .server
+            .iter()
+            .map(|(n, v)| (format!("{SERVER_PREFIX}{n}"), v.as_slice()))
+            .collect();
+        let mut tensors: Vec<(&str, Vec<usize>, &[f32])> = vec![
+            ("global", vec![self.global.len()], &self.global),
+            ("clients", vec![self.clients.len()], &self.clients),
+        ];
+        if let Some(o) = &self.optimizer {
+            tensors.push(("adam_m", vec![o.m.len()], &o.m));
+            tensors.push(("adam_v", vec![o.v.len()], &o.v));
+            meta.insert("adam_steps".to_string(), serde_json::to_string(&o.steps)?);
+        }
+        if let Some((round, val, params)) = &self.best {
+            meta.insert("best_round".to_string(), round.to_string());
+            meta.insert("best_val".to_string(), val.to_string());
+            tensors.push(("best", vec![params.len()], params));
+        }
+        for (name, v) in &server {
+            tensors.push((name, vec![v.len()], v));
+        }
+        write_safetensors(&dir.join(STATE_FILE), &tensors, meta)
+    }
+
+    pub fn load(dir: &Path) -> Result<State> {
+        let path = dir.join(STATE_FILE);
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bad = |what: &str| {
+            format!(
+                "{}: {what} (delete the run directory to start over)",
+                path.display()
+            )
+        };
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}", bad(&format!("corrupt: {e}"))))?;
+        let (_, meta) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}", bad(&e.to_string())))?;
+        let meta = meta.metadata().clone().unwrap_or_default();
+        let num = |k: &str| -> Result<String> {
+            meta.get(k)
+                .cloned()
+                .with_context(|| bad(&format!("no `{k}`")))
+        };
+        let tensor = |k: &str| -> Result<Vec<f32>> {
+            let t = st
+                .tensor(k)
+                .map_err(|_| anyhow::anyhow!("{}", bad(&format!("no tensor `{k}`"))))?;
+            Ok(bytemuck::pod_collect_to_vec(t.data()))
+        };
+        let best = match meta.get("best_round") {
+            Some(r) => Some((
+                r.parse().with_context(|| bad("best_round"))?,
+                num("best_val")?.parse().with_context(|| bad("best_val"))?,
+                tensor("best")?,
+            )),
+            None => None,
+        };
+        let optimizer = match meta.get("adam_steps") {
+            Some(steps) => Some(OptimizerState {
+                m: tensor("adam_m")?,
+                v: tensor("adam_v")?,
+                steps: serde_json::from_str(steps).with_context(|| bad("adam_steps"))?,
+            }),
+            None => None,
+        };
+        let mut server = Vec::new();
+        for name in st.names() {
+            if let Some(short) = name.strip_prefix(SERVER_PREFIX) {
+                server.push((short.to_string(), tensor(name)?));
+            }
+        }
+        server.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(State {
+            optimizer,
+            rounds_done: num("rounds_done")?
+                .parse()
+                .with_context(|| bad("rounds_done"))?,
+            global: tensor("global")?,
+            clients: tensor("clients")?,
+            best,
+            seconds_training: num("seconds_training")?
+                .parse()
+                .with_context(|| bad("seconds_training"))?,
+            bytes: num("bytes")?.parse().with_context(|| bad("bytes"))?,
+            server,
+        })
+    }
+}

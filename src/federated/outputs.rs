@@ -1,0 +1,132 @@
+//! Stage 5 of a run: the files derived from the state and `metrics.csv`, rewritten whole each
+//! time: the adapters, `accuracy.svg` and `summary.json`.
+
+use super::config::RunConfig;
+use super::features::Features;
+use super::plan::Plan;
+use super::report::{self, MetricRow, Summary};
+use super::rounds::Rounds;
+use super::strategy::Deployed;
+use crate::adapter::param_count;
+use crate::bundled::is_bundled_model;
+use crate::io::{write_atomic, write_safetensors};
+use anyhow::Result;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// Writes the adapters, the plot and the summary; returns the summary.
+pub fn write(
+    cfg: &RunConfig,
+    plan: &Plan,
+    features: &Features,
+    rounds: &Rounds,
+) -> Result<Summary> {
+    let out = &cfg.out;
+    let dim = features.dim;
+    let names: Vec<&str> = match rounds.strategy.deployed() {
+        Deployed::EachClient => (rounds.trainees.iter())
+            .map(|&c| features.clients[c].name.as_str())
+            .collect(),
+        _ => vec!["global"],
+    };
+    if rounds.strategy.deployed() != Deployed::Nothing {
+        let last = rounds.deployed_params();
+        write_adapter(&out.join("adapter-last.safetensors"), dim, &last, &names)?;
+        if let Some((_, _, best)) = &rounds.state.best {
+            write_adapter(&out.join("adapter-best.safetensors"), dim, best, &names)?;
+        }
+    }
+    let rows = report::read_metrics(&out.join("metrics.csv"))?;
+    let method = format!("{:?}", cfg.method).to_lowercase();
+    let title = format!(
+        "{method} on {} (held out: {})",
+        (plan.dataset.root.file_name()).map_or("data".into(), |n| n.to_string_lossy()),
+        cfg.test_domains.join(", ")
+    );
+    report::plot_accuracy(&out.join("accuracy.svg"), &rows, &title)?;
+    let summary = summarise(cfg, method, features, rounds, &rows);
+    write_atomic(
+        &out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    Ok(summary)
+}
+
+/// The summary: accuracies at the best round, bytes, timings.
+fn summarise(
+    cfg: &RunConfig,
+    method: String,
+    features: &Features,
+    rounds: &Rounds,
+    rows: &[MetricRow],
+) -> Summary {
+    let state = &rounds.state;
+    let best_round = state.best.as_ref().map(|(r, _, _)| *r);
+    let mut best_acc: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+    for r in rows.iter().filter(|r| Some(r.round) == best_round) {
+        best_acc
+            .entry(r.client.clone())
+            .or_default()
+            .insert(r.split.to_string(), r.accuracy);
+    }
+    let test_of = |name: &str| best_acc.get(name).and_then(|m| m.get("test")).copied();
+    let clients = &features.clients;
+    let held_out: BTreeMap<String, f64> = (clients.iter().filter(|c| c.held_out))
+        .filter_map(|c| test_of(&c.name).map(|a| (c.name.clone(), a)))
+        .collect();
+    let client_tests: Vec<f64> = (rounds.trainees.iter())
+        .filter_map(|&t| test_of(&clients[t].name))
+        .collect();
+    Summary {
+        method,
+        rounds_run: state.rounds_done,
+        best_round,
+        best_mean_val_accuracy: state.best.as_ref().map(|(_, v, _)| *v),
+        best_round_accuracy: best_acc.clone(),
+        held_out_test_accuracy: held_out,
+        mean_client_test_accuracy: (!client_tests.is_empty())
+            .then(|| client_tests.iter().sum::<f64>() / client_tests.len() as f64),
+        seconds_extracting: features.seconds_extracting,
+        seconds_training: state.seconds_training,
+        images_extracted: features.extracted,
+        images_from_cache: features.from_cache,
+        bytes_communicated: state.bytes,
+        adapter_parameters: param_count(features.dim),
+        clients: clients.len(),
+        model: cfg.model.display().to_string(),
+        model_weights_random: is_bundled_model(&cfg.model),
+        skipped_images: features.skipped_images.clone(),
+    }
+}
+
+/// FedCLIP adapters as PyTorch names them, one set per row of `params`, prefixed by the
+/// client's name when there are several.
+fn write_adapter(path: &Path, dim: usize, params: &[f32], clients: &[&str]) -> Result<()> {
+    let p = param_count(dim);
+    let d = dim;
+    let mut tensors: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
+    for (k, chunk) in params.chunks_exact(p).enumerate() {
+        let prefix = if clients.len() > 1 {
+            format!("{}.", clients[k])
+        } else {
+            String::new()
+        };
+        let (w1, rest) = chunk.split_at(d * d);
+        let (b1, rest) = rest.split_at(d);
+        let (w2, b2) = rest.split_at(d * d);
+        tensors.push((format!("{prefix}attention.0.weight"), vec![d, d], w1));
+        tensors.push((format!("{prefix}attention.0.bias"), vec![d], b1));
+        tensors.push((format!("{prefix}attention.2.weight"), vec![d, d], w2));
+        tensors.push((format!("{prefix}attention.2.bias"), vec![d], b2));
+    }
+    let refs: Vec<(&str, Vec<usize>, &[f32])> = tensors
+        .iter()
+        .map(|(n, s, d)| (n.as_str(), s.clone(), *d))
+        .collect();
+    let mut meta = HashMap::new();
+    meta.insert(
+        "layout".into(),
+        "FedCLIP adapter: Linear(d,d) → Tanh → Linear(d,d) → Softmax; PyTorch [out, in]".into(),
+    );
+    write_safetensors(path, &refs, meta)
+}

@@ -1,0 +1,249 @@
+//! Stage 3 of a run: the one round loop (Flower's `start`). Per round: the strategy's plan,
+//! the local epochs on the K-client trainer, the strategy's aggregation; then, in this order,
+//! the metrics rows, the best round, the checkpoint, and the crash points the resume tests
+//! abort at.
+
+use super::checkpoint::{STATE_FILE, State};
+use super::config::{LossName, OptimizerName, RunConfig};
+use super::evaluate::Evaluation;
+use super::features::Features;
+use super::report;
+use super::strategy::{ClientUpdates, Deployed, Strategy};
+use super::train::local_epochs;
+use crate::adapter::{
+    AdapterBackend, AdapterParams, CpuAdapters, Loss, OptimizerConfig, OptimizerKind, TrainConfig,
+    param_count,
+};
+use crate::cuda::CudaAdapters;
+use crate::data::split::Splits;
+use crate::encode::Engine;
+use anyhow::{Result, ensure};
+use std::path::Path;
+use std::time::Instant;
+
+/// Test hook for the resume tests: `FEDCLIP_ABORT_AT=<round>:<metrics|state>` aborts the
+/// process, as a kill would, right after that round's metrics or its checkpoint are written.
+fn crash_point(round: u32, point: &str) {
+    if let Ok(spec) = std::env::var("FEDCLIP_ABORT_AT")
+        && spec == format!("{round}:{point}")
+    {
+        eprintln!("FEDCLIP_ABORT_AT: aborting after round {round}'s {point}");
+        std::process::abort();
+    }
+}
+
+/// The federation between rounds: trainer, strategy and state.
+pub struct Rounds<'a> {
+    cfg: &'a RunConfig,
+    splits: &'a Splits,
+    features: &'a Features,
+    /// Client index of each trainer slot.
+    pub trainees: Vec<usize>,
+    backend: Box<dyn AdapterBackend>,
+    pub strategy: Box<dyn Strategy>,
+    pub state: State,
+}
+
+impl<'a> Rounds<'a> {
+    /// The trainer on `engine` with one slot per training client, and the state: the saved
+    /// one when resuming, else round 0 from the seeded adapter initialisation.
+    pub fn new(
+        cfg: &'a RunConfig,
+        splits: &'a Splits,
+        features: &'a Features,
+        engine: &Engine,
+        mut strategy: Box<dyn Strategy>,
+        saved: Option<State>,
+    ) -> Result<Self> {
+        let trainees = splits.training_clients();
+        ensure!(
+            !trainees.is_empty(),
+            "every domain is held out: no client to train"
+        );
+        let dim = features.dim;
+        let init = AdapterParams::<f32>::init(dim, cfg.seed as u64);
+        let config = train_config(cfg, features.logit_scale);
+        let k = trainees.len();
+        let texts = features.texts.clone();
+        let mut backend: Box<dyn AdapterBackend> = match engine {
+            Engine::Cuda(g) => Box::new(CudaAdapters::new(g, k, &init, texts, config)?),
+            Engine::Cpu => Box::new(CpuAdapters::new(k, &init, texts, config)?),
+        };
+        let p = param_count(dim);
+        let state = match saved {
+            Some(s) => {
+                ensure!(
+                    s.global.len() == p && s.clients.len() == k * p,
+                    "{}: saved adapters do not fit this run",
+                    cfg.out.join(STATE_FILE).display()
+                );
+                backend.write_all_params(&s.clients)?;
+                if let Some(o) = &s.optimizer {
+                    backend.set_optimizer_state(o)?;
+                }
+                strategy.load_state(&s.server)?;
+                s
+            }
+            None => State {
+                rounds_done: 0,
+                global: init.as_slice().to_vec(),
+                clients: backend.read_all_params()?,
+                best: None,
+                seconds_training: 0.0,
+                bytes: 0,
+                optimizer: None,
+                server: strategy.state(),
+            },
+        };
+        Ok(Rounds {
+            cfg,
+            splits,
+            features,
+            trainees,
+            backend,
+            strategy,
+            state,
+        })
+    }
+
+    /// Runs the rounds left, appending to `<out>/metrics.csv` and checkpointing after each.
+    pub fn run(&mut self, out: &Path) -> Result<()> {
+        // Rows are labelled with the number of finished rounds (1-based); later ones are dropped.
+        let mut metrics =
+            report::open_metrics(&out.join("metrics.csv"), self.state.rounds_done + 1)?;
+        let total = self.strategy.rounds(self.cfg.rounds);
+        let trainees = self.trainees.clone();
+        let eval = Evaluation {
+            clients: &self.features.clients,
+            trainees: &trainees,
+            texts: &self.features.texts,
+            dim: self.features.dim,
+        };
+        for round in self.state.rounds_done..total {
+            let t0 = Instant::now();
+            let losses = self.train_round(round)?;
+            self.state.seconds_training += t0.elapsed().as_secs_f64();
+            let (rows, mean_val) = eval.round(round, &*self.strategy, &self.state, &losses)?;
+            report::append_rows(&mut metrics, &rows)?;
+            crash_point(round, "metrics");
+            self.keep_if_best(round, mean_val);
+            self.state.rounds_done = round + 1;
+            self.state.server = self.strategy.state();
+            self.state.save(out)?;
+            crash_point(round, "state");
+            if (round + 1) % 10 == 0 || round + 1 == total || round == 0 {
+                eprintln!(
+                    "round {:>4}/{total}: mean val accuracy {:.2}%",
+                    round + 1,
+                    100.0 * mean_val
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The strategy's plan, the local epochs, the aggregation. Returns each slot's losses.
+    fn train_round(&mut self, round: u32) -> Result<Vec<Vec<f32>>> {
+        let k = self.trainees.len();
+        let sampled = self.sampled_slots(round);
+        let Some(plan) = self
+            .strategy
+            .configure_train(round, sampled, &self.state.global)
+        else {
+            return Ok(vec![Vec::new(); k]);
+        };
+        let dim = self.features.dim;
+        if let Some(start) = &plan.start {
+            let start = AdapterParams::from_flat(dim, start.clone())?;
+            for &s in &plan.slots {
+                self.backend.set_client_params(s, &start)?;
+            }
+        }
+        if !self.cfg.keep_optimizer_state {
+            self.backend.reset();
+        }
+        let anchor = plan
+            .anchor
+            .as_ref()
+            .map(|a| AdapterParams::from_flat(dim, a.clone()))
+            .transpose()?;
+        self.backend.set_proximal(plan.mu, anchor.as_ref())?;
+        let losses = local_epochs(
+            &mut *self.backend,
+            self.cfg,
+            round,
+            &plan.slots,
+            &self.features.clients,
+            &self.trainees,
+        )?;
+        self.state.clients = self.backend.read_all_params()?;
+        if self.cfg.keep_optimizer_state {
+            self.state.optimizer = Some(self.backend.optimizer_state());
+        }
+        let train_sizes: Vec<usize> = (self.trainees.iter())
+            .map(|&c| self.features.clients[c].train.len())
+            .collect();
+        let p = param_count(dim);
+        let updates = ClientUpdates {
+            slots: &plan.slots,
+            params: &self.state.clients,
+            param_count: p,
+            train_sizes: &train_sizes,
+        };
+        if let Some(global) = self
+            .strategy
+            .aggregate_train(round, &self.state.global, &updates)?
+        {
+            self.state.global = global;
+        }
+        self.state.bytes += self.strategy.bytes_communicated(&plan, p);
+        Ok(losses)
+    }
+
+    /// Trainer slots of the clients sampled for `round` (`--sample-fraction`).
+    fn sampled_slots(&self, round: u32) -> Vec<usize> {
+        (self.splits.sample_round(self.cfg.sample_fraction, round))
+            .iter()
+            .map(|c| {
+                (self.trainees.iter())
+                    .position(|t| t == c)
+                    .expect("a sampled client is a training client")
+            })
+            .collect()
+    }
+
+    /// Keeps this round's deployed parameters when its mean val accuracy is the best so far.
+    fn keep_if_best(&mut self, round: u32, mean_val: f64) {
+        if (self.state.best.as_ref()).is_none_or(|(_, v, _)| mean_val > *v) {
+            self.state.best = Some((round + 1, mean_val, self.deployed_params()));
+        }
+    }
+
+    /// What the run deploys now: every client's parameters, or the global ones.
+    pub fn deployed_params(&self) -> Vec<f32> {
+        match self.strategy.deployed() {
+            Deployed::EachClient => self.state.clients.clone(),
+            Deployed::Global | Deployed::Nothing => self.state.global.clone(),
+        }
+    }
+}
+
+fn train_config(cfg: &RunConfig, logit_scale: f32) -> TrainConfig {
+    TrainConfig {
+        loss: match cfg.loss {
+            LossName::Contrastive => Loss::Contrastive,
+            LossName::Class => Loss::Class,
+        },
+        logit_scale,
+        optimizer: OptimizerConfig {
+            kind: match cfg.optimizer {
+                OptimizerName::Adam => OptimizerKind::Adam,
+                OptimizerName::Adamw => OptimizerKind::AdamW,
+            },
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..OptimizerConfig::default()
+        },
+        min_batch: 2,
+    }
+}

@@ -1,0 +1,123 @@
+//! Files written whole or not at all: one atomic writer and the safetensors writer, used by
+//! every job (a leaf: it imports nothing from the crate).
+
+use anyhow::{Context, Result};
+use safetensors::{Dtype, tensor::TensorView};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// `<path>.tmp-<pid>-<n>-<nanos>`: unique per writer (process, call, time), and recognisable
+/// as debris by the `.tmp-` in its name.
+pub fn temp_path(path: &Path) -> PathBuf {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = CALLS.fetch_add(1, Ordering::Relaxed);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}-{n}-{nanos}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Writes `bytes` to `path` so that readers see the old file or the new one, never half of
+/// one: a temporary file beside it (its directory created if missing), synced, then renamed
+/// over it. On failure the temporary file is removed and `path` is untouched.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |tmp| {
+        use std::io::Write;
+        let mut f = std::fs::File::create(tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })
+}
+
+/// [`write_atomic`] with the temporary file written by `write`.
+fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create directory {}", parent.display()))?;
+    }
+    let tmp = temp_path(path);
+    let done = write(&tmp).and_then(|()| std::fs::rename(&tmp, path));
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done.with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes f32 tensors and string metadata to a safetensors file atomically
+/// ([`write_atomic`]), so an interrupted run never leaves half a file.
+pub fn write_safetensors(
+    out: &Path,
+    tensors: &[(&str, Vec<usize>, &[f32])],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let views = tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            let view = TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data))
+                .with_context(|| format!("tensor `{name}` does not match its shape {shape:?}"))?;
+            Ok((name.to_string(), view))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .with_context(|| format!("cannot serialise {}", out.display()))?;
+    write_atomic(out, &with_sorted_metadata(bytes)?)
+}
+
+/// safetensors writes `__metadata__` in `HashMap` order, which changes from run to run;
+/// rewrites the header with its keys sorted so that the same input gives the same bytes.
+/// The header keeps its length, so the data offsets stay valid.
+fn with_sorted_metadata(mut bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let mut header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n])?;
+    if let Some(serde_json::Value::Object(meta)) = header.get("__metadata__") {
+        let sorted: std::collections::BTreeMap<_, _> = meta.clone().into_iter().collect();
+        header.insert("__metadata__".into(), serde_json::to_value(sorted)?);
+    }
+    let mut text = serde_json::to_vec(&header)?;
+    anyhow::ensure!(text.len() <= n, "safetensors header grew when sorted");
+    text.resize(n, b' ');
+    bytes[8..8 + n].copy_from_slice(&text);
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_replaces_whole_files_and_names_the_path_on_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/a.txt");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(left.len(), 1, "temporary files left behind");
+        // A directory where the file should go: the rename fails, nothing is left behind.
+        let blocked = dir.path().join("blocked");
+        std::fs::create_dir_all(blocked.join("x")).unwrap();
+        let err = write_atomic(&blocked, b"three").unwrap_err();
+        assert!(format!("{err:#}").contains("cannot write"), "{err:#}");
+        assert!(format!("{err:#}").contains("blocked"), "{err:#}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn write_safetensors_names_a_tensor_that_does_not_fit_its_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = [1f32, 2.0, 3.0];
+        let err = write_safetensors(
+            &dir.path().join("t.safetensors"),
+            &[("w", vec![2, 2], &data)],
+            HashMap::new(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("tensor `w`"), "{err:#}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,133 @@
+//! Every method's outputs on the bundled PACS-mini, byte for byte against files committed
+//! before the federated loop was split into stages and strategies: `metrics.csv`, the
+//! adapters, and `summary.json` without its timings and cache counts (which depend on the
+//! machine and on what the cache already held) and the model path (which depends on the
+//! checkout). `FEDCLIP_BLESS=1` rewrites the files instead; do that only for a change that is
+//! meant to move a figure, and say so in the commit.
+
+mod common;
+
+use common::repo;
+use std::path::Path;
+use std::process::Command;
+
+/// (fixture name, extra flags). Every case runs 3 rounds at lr 5e-3 on the CPU.
+const CASES: &[(&str, &[&str])] = &[
+    ("fedclip", &["--method", "fedclip"]),
+    ("fedprox", &["--method", "fedprox", "--mu", "0.5"]),
+    ("local", &["--method", "local"]),
+    ("zeroshot", &["--method", "zeroshot"]),
+    // Sampling, weighted averaging, kept moments, the class loss, several epochs, AdamW.
+    (
+        "fedclip-sampled",
+        &[
+            "--method",
+            "fedclip",
+            "--clients-per-domain",
+            "2",
+            "--sample-fraction",
+            "0.5",
+            "--aggregate",
+            "weighted",
+            "--keep-optimizer-state",
+            "--loss",
+            "class",
+            "--local-epochs",
+            "2",
+            "--optimizer",
+            "adamw",
+            "--batch",
+            "16",
+        ],
+    ),
+    (
+        "local-sampled",
+        &[
+            "--method",
+            "local",
+            "--clients-per-domain",
+            "2",
+            "--sample-fraction",
+            "0.5",
+        ],
+    ),
+];
+
+/// `summary.json` lines that depend on the machine, the cache or the checkout.
+fn comparable_summary(text: &str) -> String {
+    text.lines()
+        .filter(|l| {
+            let key = l.trim_start();
+            !["\"seconds_", "\"images_", "\"model\":"]
+                .iter()
+                .any(|k| key.starts_with(k))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn outputs(run: &Path) -> Vec<(&'static str, Vec<u8>)> {
+    let read = |f: &str| std::fs::read(run.join(f)).ok();
+    let mut files = vec![(
+        "metrics.csv",
+        read("metrics.csv").expect("metrics.csv written"),
+    )];
+    let summary = String::from_utf8(read("summary.json").expect("summary.json written")).unwrap();
+    files.push(("summary.json", comparable_summary(&summary).into_bytes()));
+    for f in ["adapter-last.safetensors", "adapter-best.safetensors"] {
+        if let Some(bytes) = read(f) {
+            files.push((f, bytes));
+        }
+    }
+    files
+}
+
+#[test]
+fn every_method_reproduces_its_committed_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bless = std::env::var_os("FEDCLIP_BLESS").is_some();
+    let model = repo().join("weights/tiny-clip");
+    let data = repo().join("data/pacs-mini");
+    for (name, extra) in CASES {
+        let out = tmp.path().join(name);
+        let o = Command::new(env!("CARGO_BIN_EXE_fedclip"))
+            .args(["run", "--device", "cpu", "--rounds", "3", "--lr", "5e-3"])
+            .arg("--model")
+            .arg(&model)
+            .arg("--data")
+            .arg(&data)
+            .arg("--cache-dir")
+            .arg(tmp.path().join("cache"))
+            .arg("--out")
+            .arg(&out)
+            .args(*extra)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let fixtures = repo().join("tests/fixtures/runs").join(name);
+        let got = outputs(&out);
+        if bless {
+            std::fs::create_dir_all(&fixtures).unwrap();
+            for (f, bytes) in &got {
+                std::fs::write(fixtures.join(f), bytes).unwrap();
+            }
+            continue;
+        }
+        let committed = std::fs::read_dir(&fixtures)
+            .unwrap_or_else(|e| panic!("{}: {e}", fixtures.display()))
+            .count();
+        assert_eq!(committed, got.len(), "{name}: files written vs committed");
+        for (f, bytes) in &got {
+            let want = std::fs::read(fixtures.join(f))
+                .unwrap_or_else(|e| panic!("{name}/{f}: {e} (FEDCLIP_BLESS=1 writes it)"));
+            assert!(
+                *bytes == want,
+                "{name}/{f} differs from tests/fixtures/runs/{name}/{f}"
+            );
+        }
+    }
+}
