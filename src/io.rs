@@ -68,20 +68,29 @@ pub fn write_safetensors(
 }
 
 /// safetensors writes `__metadata__` in `HashMap` order, which changes from run to run;
-/// rewrites the header with its keys sorted so that the same input gives the same bytes.
-/// The header keeps its length, so the data offsets stay valid.
+/// rewrites that object (first in the header) with its keys sorted, the rest of the header
+/// untouched, so that the same input gives the same bytes. The length stays the same, so
+/// the data offsets stay valid.
 fn with_sorted_metadata(mut bytes: Vec<u8>) -> Result<Vec<u8>> {
+    const PREFIX: &[u8] = b"{\"__metadata__\":";
     let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
-    let mut header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&bytes[8..8 + n])?;
-    if let Some(serde_json::Value::Object(meta)) = header.get("__metadata__") {
-        let sorted: std::collections::BTreeMap<_, _> = meta.clone().into_iter().collect();
-        header.insert("__metadata__".into(), serde_json::to_value(sorted)?);
+    let header = &bytes[8..8 + n];
+    if !header.starts_with(PREFIX) {
+        return Ok(bytes); // no metadata
     }
-    let mut text = serde_json::to_vec(&header)?;
-    anyhow::ensure!(text.len() <= n, "safetensors header grew when sorted");
-    text.resize(n, b' ');
-    bytes[8..8 + n].copy_from_slice(&text);
+    let start = 8 + PREFIX.len();
+    let mut values = serde_json::Deserializer::from_slice(&bytes[start..8 + n])
+        .into_iter::<std::collections::BTreeMap<String, String>>();
+    let sorted = values
+        .next()
+        .context("safetensors header: unreadable __metadata__")??;
+    let len = values.byte_offset();
+    let text = serde_json::to_vec(&sorted)?;
+    anyhow::ensure!(
+        text.len() == len,
+        "safetensors metadata changed length when sorted"
+    );
+    bytes[start..start + len].copy_from_slice(&text);
     Ok(bytes)
 }
 

@@ -190,6 +190,8 @@ pub struct Summary {
     pub clients: usize,
     pub model: String,
     pub model_weights_random: bool,
-    /// Images left out with `--skip-bad` (relative to the data root), in dataset order.
+    /// Images left out with `--skip-bad` (relative to the data root), in dataset order;
+    /// absent when none was, so that summaries of clean runs keep their bytes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped_images: Vec<String>,
 }
