@@ -4,6 +4,7 @@ use crate::device::Device;
 use crate::encode::{Encoder, Engine, ImageEntry};
 use crate::io::write_safetensors;
 use crate::paths::utf8;
+use crate::tokenizer::TokenizerKind;
 use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ pub struct EmbedRequest {
     pub truncate: bool,
     /// Pillow's `MAX_IMAGE_PIXELS` rule (see [`crate::preprocess::decode_bytes_limited`]).
     pub max_image_pixels: u64,
+    pub tokenizer: TokenizerKind,
 }
 
 pub struct EmbedSummary {
@@ -175,7 +177,7 @@ pub fn run(req: &EmbedRequest) -> Result<EmbedSummary> {
         summary.skipped = skipped;
     }
     if let Some(prompts) = &prompts {
-        let embeds = encoder.encode_texts(prompts, req.batch, req.truncate)?;
+        let embeds = encoder.encode_texts(prompts, req.batch, req.truncate, req.tokenizer)?;
         let dim = config.text.as_ref().map_or(0, |t| t.projection_dim);
         owned.push(("text_embeds", vec![prompts.len(), dim], embeds));
         metadata.insert("texts".into(), serde_json::to_string(prompts)?);

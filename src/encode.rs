@@ -7,7 +7,7 @@ use crate::device::{Backend, Device, select_device};
 use crate::features::ModelKey;
 use crate::model::{ClipModel, TextTower, VisionTower};
 use crate::preprocess::{DEFAULT_MAX_IMAGE_PIXELS, PreprocessConfig, preprocess_file};
-use crate::tokenizer::ClipTokenizer;
+use crate::tokenizer::{ClipTokenizer, TokenizerKind};
 use crate::weights::{ClipConfig, ModelFiles, TextConfig};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -232,6 +232,7 @@ impl Encoder {
         prompts: &[String],
         batch: usize,
         truncate: bool,
+        tokenizer: TokenizerKind,
     ) -> Result<Vec<f32>> {
         let text = self.text()?;
         if !text.has_projection() {
@@ -241,7 +242,7 @@ impl Encoder {
             );
         }
         let config = text.config();
-        let tokenizer = ClipTokenizer::load(self.dir(), config.max_position_embeddings)?;
+        let tokenizer = ClipTokenizer::load(self.dir(), config.max_position_embeddings, tokenizer)?;
         let ids = prompts
             .iter()
             .map(|p| tokenizer.encode(p, truncate))

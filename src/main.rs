@@ -5,6 +5,7 @@ use fedclip::device::Device;
 use fedclip::embed::{self, EmbedRequest};
 use fedclip::federated::{self, Aggregate, LossName, Method, OptimizerName, RunConfig};
 use fedclip::preprocess::DEFAULT_MAX_IMAGE_PIXELS;
+use fedclip::tokenizer::TokenizerKind;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -95,6 +96,11 @@ struct RunArgs {
     /// Class prompt; `{}` becomes the class name with `_` as spaces, lower-cased.
     #[arg(long, default_value = "a picture of a {}")]
     prompt_template: String,
+    /// Prompt tokenization: `openai` cleans text as OpenAI's clip.tokenize does (ftfy, HTML
+    /// unescaping, whitespace, lower case), as the reference; `hf` as transformers'
+    /// CLIPTokenizerFast (tokenizer.json alone).
+    #[arg(long, value_enum, default_value_t = TokenizerKind::Openai)]
+    tokenizer: TokenizerKind,
     /// Images per forward pass while extracting features.
     #[arg(long, default_value_t = 64)]
     extract_batch: usize,
@@ -149,6 +155,11 @@ struct EmbedArgs {
     /// decoding: a warning above it, an error above twice it (Pillow's MAX_IMAGE_PIXELS).
     #[arg(long, default_value_t = DEFAULT_MAX_IMAGE_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
     max_image_pixels: u64,
+    /// Prompt tokenization: `openai` cleans text as OpenAI's clip.tokenize does (ftfy, HTML
+    /// unescaping, whitespace, lower case), as the reference; `hf` as transformers'
+    /// CLIPTokenizerFast (tokenizer.json alone).
+    #[arg(long, value_enum, default_value_t = TokenizerKind::Openai)]
+    tokenizer: TokenizerKind,
 }
 
 fn embed_command(a: EmbedArgs) -> Result<()> {
@@ -172,6 +183,7 @@ fn embed_command(a: EmbedArgs) -> Result<()> {
         skip_bad: a.skip_bad,
         truncate: a.truncate,
         max_image_pixels: a.max_image_pixels,
+        tokenizer: a.tokenizer,
     };
     let s = embed::run(&req)?;
     eprintln!(
@@ -246,6 +258,7 @@ fn run_command(mut a: RunArgs) -> Result<()> {
         dirichlet_alpha: a.dirichlet_alpha,
         sample_fraction: a.sample_fraction,
         prompt_template: a.prompt_template,
+        tokenizer: a.tokenizer,
         extract_batch: a.extract_batch,
         cache_dir: a.cache_dir,
         out,

@@ -7,6 +7,7 @@ use fedclip::encode::{Encoder, ImageEntry};
 use fedclip::features::{CacheKeys, CacheOptions, FeatureCache, MEMO_FILE};
 use fedclip::model::ClipModel;
 use fedclip::preprocess::PreprocessConfig;
+use fedclip::tokenizer::TokenizerKind;
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -391,20 +392,35 @@ fn keys_follow_model_and_preprocessing() {
     let model = ClipModel::load(&model_dir).unwrap();
     let pre = PreprocessConfig::openai(30);
 
-    let a = FeatureCache::open(&cache_dir, &model, &pre).unwrap();
+    let a = FeatureCache::open(&cache_dir, &model, &pre, TokenizerKind::Openai).unwrap();
     assert_eq!(a.keys().image_dim, 24);
     assert_eq!(a.keys().text_dim, 24);
-    let same = FeatureCache::open(&cache_dir, &model, &pre).unwrap();
+    let same = FeatureCache::open(&cache_dir, &model, &pre, TokenizerKind::Openai).unwrap();
     assert_eq!(a.keys(), same.keys());
     assert_eq!(a.image_store_dir(), same.image_store_dir());
 
     // Preprocessing changes the image key only.
     let mut other_pre = pre.clone();
     other_pre.mean = [0.5, 0.5, 0.5];
-    let b = FeatureCache::open(&cache_dir, &model, &other_pre).unwrap();
+    let b = FeatureCache::open(&cache_dir, &model, &other_pre, TokenizerKind::Openai).unwrap();
     assert_ne!(a.keys().image, b.keys().image);
     assert_ne!(a.image_store_dir(), b.image_store_dir());
     assert_eq!(a.keys().text, b.keys().text);
+
+    // The tokenizer choice changes the text key only; `hf` keeps the key caches had before
+    // the choice existed.
+    let hf = FeatureCache::open(&cache_dir, &model, &pre, TokenizerKind::Hf).unwrap();
+    assert_ne!(a.keys().text, hf.keys().text);
+    assert_ne!(a.text_store_dir(), hf.text_store_dir());
+    assert_eq!(a.keys().image, hf.keys().image);
+    assert!(
+        hf.keys()
+            .text
+            .starts_with("fedclip-text-features/1;weights=")
+            && !hf.keys().text.contains("cleaning"),
+        "{}",
+        hf.keys().text
+    );
 
     // Changing one byte of the weights (same size, just written) changes both keys.
     let weights = model_dir.join("model.safetensors");
@@ -413,7 +429,7 @@ fn keys_follow_model_and_preprocessing() {
     bytes[n - 2] ^= 0x01;
     std::fs::write(&weights, bytes).unwrap();
     let model2 = ClipModel::load(&model_dir).unwrap();
-    let c = FeatureCache::open(&cache_dir, &model2, &pre).unwrap();
+    let c = FeatureCache::open(&cache_dir, &model2, &pre, TokenizerKind::Openai).unwrap();
     assert_ne!(a.keys().image, c.keys().image);
     assert_ne!(a.keys().text, c.keys().text);
     assert_ne!(a.text_store_dir(), c.text_store_dir());
@@ -471,12 +487,14 @@ fn caches_real_clip_features() {
         calls.set(calls.get() + 1);
         Ok(model.encode_images(&entries(paths), 4, false)?.embeds)
     };
-    let cache = FeatureCache::open_with(&cache_dir, &model, &pre, quiet()).unwrap();
+    let cache =
+        FeatureCache::open_with(&cache_dir, &model, &pre, TokenizerKind::Openai, quiet()).unwrap();
     let (first, s) = cache.image_features(&files, encode).unwrap();
     assert_eq!(s.computed, 6);
     assert_eq!(first, direct);
     drop(cache);
-    let cache = FeatureCache::open_with(&cache_dir, &model, &pre, quiet()).unwrap();
+    let cache =
+        FeatureCache::open_with(&cache_dir, &model, &pre, TokenizerKind::Openai, quiet()).unwrap();
     let (second, s) = cache.image_features(&files, encode).unwrap();
     assert_eq!((s.computed, s.hits), (0, 6));
     assert_eq!(second, direct);
@@ -487,14 +505,19 @@ fn caches_real_clip_features() {
         .unwrap()
         .into();
     let pre = clip.preprocess_config().unwrap();
-    let cache = FeatureCache::open_with(&cache_dir, &clip, &pre, quiet()).unwrap();
+    let cache =
+        FeatureCache::open_with(&cache_dir, &clip, &pre, TokenizerKind::Openai, quiet()).unwrap();
     let prompts = vec![
         "a picture of a dog".to_string(),
         "a picture of a cat".to_string(),
     ];
-    let direct = clip.encode_texts(&prompts, 8, false).unwrap();
+    let direct = clip
+        .encode_texts(&prompts, 8, false, TokenizerKind::Openai)
+        .unwrap();
     let (t, s) = cache
-        .text_features(&prompts, |p| clip.encode_texts(p, 8, false))
+        .text_features(&prompts, |p| {
+            clip.encode_texts(p, 8, false, TokenizerKind::Openai)
+        })
         .unwrap();
     assert_eq!(
         (s.computed, t.len()),

@@ -329,12 +329,14 @@ fn fuzz_tokenizer_json() {
     let original = serde_json::to_string(&small_tokenizer()).unwrap();
     std::fs::write(&file, &original).unwrap();
     assert!(
-        ClipTokenizer::load(tmp.path(), 77).is_ok(),
+        ClipTokenizer::load(tmp.path(), 77, fedclip::tokenizer::TokenizerKind::Openai).is_ok(),
         "the cut-down tokenizer loads"
     );
     in_child("fuzz_tokenizer_json", |_, rng| {
         std::fs::write(&file, mutate_json_text(rng, &original)).unwrap();
-        if let Ok(t) = ClipTokenizer::load(tmp.path(), 77) {
+        if let Ok(t) =
+            ClipTokenizer::load(tmp.path(), 77, fedclip::tokenizer::TokenizerKind::Openai)
+        {
             let _ = t.encode("a picture of a dog", false);
             let _ = t.encode(&"dog ".repeat(100), true);
         }

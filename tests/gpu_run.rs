@@ -6,6 +6,7 @@ mod common;
 
 use common::repo;
 use fedclip::federated::{Aggregate, LossName, Method, OptimizerName, RunConfig, run_on};
+use fedclip::tokenizer::TokenizerKind;
 use std::path::Path;
 
 fn small_dataset(root: &Path) {
@@ -48,6 +49,7 @@ fn config(root: &Path, out: &Path, cache: &Path) -> RunConfig {
         dirichlet_alpha: 0.5,
         sample_fraction: 1.0,
         prompt_template: "a picture of a {}".into(),
+        tokenizer: TokenizerKind::Openai,
         extract_batch: 8,
         cache_dir: cache.to_path_buf(),
         out: out.to_path_buf(),

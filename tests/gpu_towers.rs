@@ -219,6 +219,7 @@ fn larger_vision_towers_match_the_cpu_engine() {
 fn embed_jobs_on_cuda_match_the_cpu_engine() {
     use fedclip::embed::collect_images;
     use fedclip::encode::Encoder;
+    use fedclip::tokenizer::TokenizerKind;
     let Some(gpu) = test_gpu() else { return };
     let dir = repo().join("weights/tiny-clip");
     let cpu: Encoder = ClipModel::load(&dir).unwrap().into();
@@ -239,8 +240,12 @@ fn embed_jobs_on_cuda_match_the_cpu_engine() {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let want = cpu.encode_texts(&prompts, 2, false).unwrap();
-    let got = dev.encode_texts(&prompts, 2, false).unwrap();
+    let want = cpu
+        .encode_texts(&prompts, 2, false, TokenizerKind::Openai)
+        .unwrap();
+    let got = dev
+        .encode_texts(&prompts, 2, false, TokenizerKind::Openai)
+        .unwrap();
     let e = relative_error(&got, &want);
     println!("  embed texts: relative error {e:.2e}");
     assert!(e <= TOWER_TOL, "texts: {e:.2e}");

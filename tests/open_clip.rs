@@ -7,7 +7,7 @@ mod common;
 use common::{Fixture, assert_close, relative_error, repo};
 use fedclip::features::hash::{HashMemo, model_fingerprint};
 use fedclip::model::ClipModel;
-use fedclip::tokenizer::ClipTokenizer;
+use fedclip::tokenizer::{ClipTokenizer, TokenizerKind};
 use fedclip::weights::{Layout, ModelFiles, write_random_clip, write_random_open_clip};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -192,7 +192,7 @@ fn bundled_tokenizer_gives_open_clip_ids() {
     assert!(!dir.join("tokenizer.json").exists());
     let fx = expected("oc-tiny-quickgelu");
     let prompts: Vec<String> = serde_json::from_str(&fx.metadata["prompts"]).unwrap();
-    let tok = ClipTokenizer::load(&dir, 77).unwrap();
+    let tok = ClipTokenizer::load(&dir, 77, TokenizerKind::Openai).unwrap();
     let mut ids = Vec::new();
     for p in &prompts {
         let mut row = tok.encode(p, false).unwrap();
@@ -297,7 +297,7 @@ fn a_non_openai_tokenizer_without_tokenizer_json_is_an_error() {
     let tmp = edited_copy("oc-tiny-quickgelu", "open_clip_config.json", |j| {
         j["model_cfg"]["text_cfg"]["hf_tokenizer_name"] = serde_json::json!("timm/some-bpe");
     });
-    let msg = ClipTokenizer::load(tmp.path(), 77)
+    let msg = ClipTokenizer::load(tmp.path(), 77, TokenizerKind::Openai)
         .err()
         .unwrap()
         .to_string();
@@ -584,7 +584,7 @@ fn open_clip_preprocess_cfg_is_read_and_checked() {
 #[test]
 fn a_vocabulary_other_than_openai_needs_a_tokenizer_file() {
     // oc-tiny-gelu has 1000 tokens: the bundled BPE does not fit it.
-    let msg = ClipTokenizer::load(&model_dir("oc-tiny-gelu"), 77)
+    let msg = ClipTokenizer::load(&model_dir("oc-tiny-gelu"), 77, TokenizerKind::Openai)
         .err()
         .unwrap()
         .to_string();

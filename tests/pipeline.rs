@@ -7,7 +7,7 @@ mod common;
 use common::{Fixture, assert_close, relative_error, repo};
 use fedclip::model::ClipModel;
 use fedclip::preprocess::{PreprocessConfig, preprocess_file};
-use fedclip::tokenizer::ClipTokenizer;
+use fedclip::tokenizer::{ClipTokenizer, TokenizerKind};
 use safetensors::SafeTensors;
 use std::process::Command;
 
@@ -25,7 +25,7 @@ fn real_images(fx: &Fixture) -> Vec<String> {
 
 #[test]
 fn tokenizer_matches_transformers_ids() {
-    let tok = ClipTokenizer::load(&tiny_clip(), 77).unwrap();
+    let tok = ClipTokenizer::load(&tiny_clip(), 77, TokenizerKind::Hf).unwrap();
     let cases: Vec<serde_json::Value> = serde_json::from_str(
         &std::fs::read_to_string(repo().join("tests/fixtures/tokenizer_cases.json")).unwrap(),
     )

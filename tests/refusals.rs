@@ -574,7 +574,11 @@ fn invalid_tokenizer_json_is_an_error_not_a_panic() {
         r#"{"decoder": {"type": "ByteLevel" "add_prefix_space": true}}"#,
     )
     .unwrap();
-    let msg = match fedclip::tokenizer::ClipTokenizer::load(tmp.path(), 77) {
+    let msg = match fedclip::tokenizer::ClipTokenizer::load(
+        tmp.path(),
+        77,
+        fedclip::tokenizer::TokenizerKind::Openai,
+    ) {
         Ok(_) => panic!("loaded"),
         Err(e) => format!("{e:#}"),
     };

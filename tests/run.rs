@@ -211,6 +211,51 @@ fn resume_after_a_kill_mid_checkpoint_matches_an_uninterrupted_run() {
     resume_equals_uninterrupted("metrics", &[]);
 }
 
+#[test]
+fn resume_of_a_run_saved_before_the_tokenizer_choice_needs_tokenizer_hf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, cache) = tmp_paths(&tmp);
+    let args = run_args(out.to_str().unwrap(), cache.to_str().unwrap(), "3");
+    let killed = fedclip(
+        &[&args[..], &["--tokenizer", "hf"]].concat(),
+        &[("FEDCLIP_ABORT_AT", "2:state")],
+    );
+    assert!(!killed.status.success(), "the abort hook did not fire");
+    // Make its config.json one written before `tokenizer` existed (prompts were then
+    // tokenized as `hf` is now).
+    let config_path = out.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&read(&config_path)).unwrap();
+    assert_eq!(config["tokenizer"], "hf");
+    config.as_object_mut().unwrap().remove("tokenizer");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+
+    let refused = fedclip(&[&args[..], &["--resume"]].concat(), &[]);
+    let err = stderr(&refused);
+    assert!(
+        !refused.status.success() && err.contains("--resume") && err.contains("tokenizer"),
+        "{err}"
+    );
+    let resumed = fedclip(
+        &[&args[..], &["--resume", "--tokenizer", "hf"]].concat(),
+        &[],
+    );
+    assert!(
+        resumed.status.success() && stderr(&resumed).contains("resumed after round"),
+        "{}",
+        stderr(&resumed)
+    );
+}
+
+#[test]
+fn an_unknown_tokenizer_is_named() {
+    let o = fedclip(&["run", "--tokenizer", "bert"], &[]);
+    let err = stderr(&o);
+    assert!(
+        !o.status.success() && err.contains("--tokenizer") && err.contains("openai"),
+        "{err}"
+    );
+}
+
 /// A tiny dataset: two domains, two classes, a few copies of one bundled image.
 fn small_dataset(root: &Path) {
     let img = repo().join("data/pacs-mini/photo/dog/056_0001.jpg");

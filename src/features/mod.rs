@@ -5,8 +5,9 @@
 //!
 //! * The **store key** of image features is BLAKE3 over the model's weight files
 //!   (`config.json` + the safetensors `TensorStore` reads, full contents) and
-//!   [`PreprocessConfig::fingerprint`]; of text features, over the weight files and the
-//!   tokenizer files. Each key has its own directory, `<cache>/image-<hash>/` or
+//!   [`PreprocessConfig::fingerprint`]; of text features, over the weight files, the
+//!   tokenizer files and the [`TokenizerKind`] (`hf` keeps the key of caches written before
+//!   the choice existed, which hold its features). Each key has its own directory, `<cache>/image-<hash>/` or
 //!   `<cache>/text-<hash>/`, so changing the model or the preprocessing simply selects
 //!   another table.
 //! * A **row key** is BLAKE3 of the image file's bytes (so renamed or duplicated files
@@ -37,11 +38,12 @@
 //! ```no_run
 //! # use fedclip::encode::{Encoder, Engine, ImageEntry};
 //! # use fedclip::features::FeatureCache;
+//! # use fedclip::tokenizer::TokenizerKind;
 //! # fn main() -> anyhow::Result<()> {
 //! # let files: Vec<std::path::PathBuf> = vec![];
 //! let encoder = Encoder::open("weights/tiny-clip".as_ref(), &Engine::Cpu)?;
 //! let cfg = encoder.preprocess_config()?;
-//! let cache = FeatureCache::open("cache".as_ref(), &encoder, &cfg)?;
+//! let cache = FeatureCache::open("cache".as_ref(), &encoder, &cfg, TokenizerKind::Openai)?;
 //! let (features, stats) = cache.image_features(&files, |paths| {
 //!     let entries: Vec<ImageEntry> = paths.iter().map(|p| ImageEntry::from_path(p)).collect();
 //!     Ok(encoder.encode_images(&entries, 64, false)?.embeds)
@@ -54,6 +56,7 @@ pub mod store;
 
 use crate::model::ClipModel;
 use crate::preprocess::PreprocessConfig;
+use crate::tokenizer::TokenizerKind;
 use crate::weights::{ClipConfig, ModelFiles};
 use anyhow::{Context, Result, bail, ensure};
 use hash::{Digest, FileStamp, HashMemo, model_fingerprint_of};
@@ -135,8 +138,14 @@ pub struct CacheKeys {
 }
 
 impl CacheKeys {
-    /// Keys of `model` (files hashed through `memo`) with image preprocessing `pre`.
-    pub fn for_model(model: ModelKey, pre: &PreprocessConfig, memo: &mut HashMemo) -> Result<Self> {
+    /// Keys of `model` (files hashed through `memo`) with image preprocessing `pre` and
+    /// prompts tokenized as `tokenizer`.
+    pub fn for_model(
+        model: ModelKey,
+        pre: &PreprocessConfig,
+        tokenizer: TokenizerKind,
+        memo: &mut HashMemo,
+    ) -> Result<Self> {
         let fp = model_fingerprint_of(model.files, memo)
             .with_context(|| format!("hashing the model files of {}", model.files.dir.display()))?;
         Ok(CacheKeys {
@@ -146,12 +155,20 @@ impl CacheKeys {
                 pre.fingerprint()
             ),
             image_dim: model.config.vision.as_ref().map_or(0, |v| v.projection_dim),
-            text: format!(
-                "fedclip-text-features/1;weights={};tokenizer={}",
-                fp.weights, fp.tokenizer
-            ),
+            text: text_key(&fp.weights, &fp.tokenizer, tokenizer),
             text_dim: model.config.text.as_ref().map_or(0, |t| t.projection_dim),
         })
+    }
+}
+
+/// The text store key. `hf` is what fedclip did before the choice existed, so its key is the
+/// one those caches were written under; `openai` adds its cleaning, whose tag must change
+/// whenever the cleaning's output does (e.g. when a known ftfy deviation is fixed).
+fn text_key(weights: &str, tokenizer_files: &str, kind: TokenizerKind) -> String {
+    let key = format!("fedclip-text-features/1;weights={weights};tokenizer={tokenizer_files}");
+    match kind {
+        TokenizerKind::Hf => key,
+        TokenizerKind::Openai => key + ";cleaning=openai-clip-ftfy-6.3",
     }
 }
 
@@ -178,20 +195,29 @@ fn warn_into(list: &mut Vec<String>) -> impl FnMut(String) + '_ {
 }
 
 impl FeatureCache {
-    /// Opens (creating) the cache in `cache_dir` for `model` and `preprocess`, with default
-    /// options. Hashes the model's files unless the memo knows them.
+    /// Opens (creating) the cache in `cache_dir` for `model`, `preprocess` and prompts
+    /// tokenized as `tokenizer`, with default options. Hashes the model's files unless the
+    /// memo knows them.
     pub fn open<'a>(
         cache_dir: &Path,
         model: impl Into<ModelKey<'a>>,
         preprocess: &PreprocessConfig,
+        tokenizer: TokenizerKind,
     ) -> Result<Self> {
-        Self::open_with(cache_dir, model, preprocess, CacheOptions::default())
+        Self::open_with(
+            cache_dir,
+            model,
+            preprocess,
+            tokenizer,
+            CacheOptions::default(),
+        )
     }
 
     pub fn open_with<'a>(
         cache_dir: &Path,
         model: impl Into<ModelKey<'a>>,
         preprocess: &PreprocessConfig,
+        tokenizer: TokenizerKind,
         options: CacheOptions,
     ) -> Result<Self> {
         std::fs::create_dir_all(cache_dir)
@@ -201,7 +227,7 @@ impl FeatureCache {
         if let Some(w) = warning {
             warn_into(&mut warnings)(w);
         }
-        let keys = CacheKeys::for_model(model.into(), preprocess, &mut memo)?;
+        let keys = CacheKeys::for_model(model.into(), preprocess, tokenizer, &mut memo)?;
         Self::build(cache_dir, keys, options, memo, warnings)
     }
 

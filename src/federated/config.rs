@@ -2,6 +2,7 @@
 //! compared on `--resume`.
 
 use crate::paths::utf8;
+use crate::tokenizer::TokenizerKind;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -73,6 +74,10 @@ pub struct RunConfig {
     pub sample_fraction: f64,
     /// `{}` is replaced by the class name (underscores to spaces, lower case).
     pub prompt_template: String,
+    /// How prompts are tokenized. A config saved before this setting existed was tokenized
+    /// as `hf`, so that is what it reads back as: resuming such a run needs `--tokenizer hf`.
+    #[serde(default = "TokenizerKind::before_the_choice")]
+    pub tokenizer: TokenizerKind,
     /// Images or prompts per forward pass during feature extraction.
     pub extract_batch: usize,
     pub cache_dir: PathBuf,

@@ -62,7 +62,7 @@ pub fn extract(
     let mut encoder = Encoder::open(&cfg.model, engine)?;
     encoder.set_max_image_pixels(cfg.max_image_pixels);
     let pre = encoder.preprocess_config()?;
-    let cache = FeatureCache::open(&cfg.cache_dir, &encoder, &pre)?;
+    let cache = FeatureCache::open(&cfg.cache_dir, &encoder, &pre, cfg.tokenizer)?;
     let bad = bad_images::find(dataset, &cache, cfg.max_image_pixels, cfg.skip_bad)?;
     let mut splits = splits.clone();
     bad.remove_from(&mut splits);
@@ -82,7 +82,7 @@ pub fn extract(
     }
     let prompts = dataset.prompts(&PromptTemplate::new(&cfg.prompt_template));
     let (text_raw, _) = cache.text_features(&prompts, |chunk| {
-        encoder.encode_texts(chunk, cfg.extract_batch, false)
+        encoder.encode_texts(chunk, cfg.extract_batch, false, cfg.tokenizer)
     })?;
     // The cache printed its warnings as they arose.
     let seconds_extracting = start.elapsed().as_secs_f64();

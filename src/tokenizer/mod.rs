@@ -1,14 +1,47 @@
-//! CLIP's byte-level BPE, read from the model directory's `tokenizer.json`, or for open_clip
-//! models without one, fedclip's bundled copy of OpenAI's BPE (the tokenizer open_clip itself
-//! uses for them; see [`TokenizerSource::BundledOpenAi`]).
+//! CLIP's byte-level BPE, read from the model directory's `tokenizer.json` (or for open_clip
+//! models without one, fedclip's bundled copy of OpenAI's BPE, the tokenizer open_clip itself
+//! uses for them; see [`TokenizerSource::BundledOpenAi`]), after the text cleaning of OpenAI's
+//! `clip.tokenize` (or none, as transformers' `CLIPTokenizerFast`).
+
+pub mod clean;
+pub mod ftfy;
 
 use crate::weights::{ModelFiles, TokenizerSource};
 use anyhow::{Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::path::Path;
 
 /// OpenAI CLIP's BPE as `tokenizer.json` (the bundled model's; token for token the vocabulary
 /// and merges of open_clip's `bpe_simple_vocab_16e6.txt.gz`, `tests/pipeline.rs` checks ids).
-pub const BUNDLED_OPENAI_BPE: &[u8] = include_bytes!("../weights/tiny-clip/tokenizer.json");
+pub const BUNDLED_OPENAI_BPE: &[u8] = include_bytes!("../../weights/tiny-clip/tokenizer.json");
+
+/// Which tokenizer's text handling to reproduce; both share the BPE of `tokenizer.json`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerKind {
+    /// OpenAI's `clip.tokenize` (the reference's, also open_clip's): ftfy, HTML unescaping,
+    /// whitespace collapse and lower-casing before BPE.
+    #[default]
+    Openai,
+    /// transformers' `CLIPTokenizerFast`: `tokenizer.json` alone (no ftfy, no unescaping).
+    Hf,
+}
+
+impl TokenizerKind {
+    /// What fedclip did before the choice existed, for settings saved without it.
+    pub fn before_the_choice() -> Self {
+        TokenizerKind::Hf
+    }
+
+    /// The text `tokenizer.json` is given.
+    pub fn prepare<'a>(self, text: &'a str) -> Cow<'a, str> {
+        match self {
+            TokenizerKind::Openai => Cow::Owned(clean::openai_clean(text)),
+            TokenizerKind::Hf => Cow::Borrowed(text),
+        }
+    }
+}
 
 /// OpenAI CLIP's context length.
 pub const CONTEXT_LENGTH: usize = 77;
@@ -16,14 +49,16 @@ pub const CONTEXT_LENGTH: usize = 77;
 pub struct ClipTokenizer {
     inner: tokenizers::Tokenizer,
     context: usize,
+    kind: TokenizerKind,
     pub start: u32,
     pub end: u32,
 }
 
 impl ClipTokenizer {
     /// Loads `<dir>/tokenizer.json`, or the bundled OpenAI BPE for an open_clip model that
-    /// has none; `context` is the model's position count (77 for CLIP).
-    pub fn load(dir: &Path, context: usize) -> Result<Self> {
+    /// has none; `context` is the model's position count (77 for CLIP), `kind` the text
+    /// handling before BPE.
+    pub fn load(dir: &Path, context: usize, kind: TokenizerKind) -> Result<Self> {
         let file = dir.join("tokenizer.json");
         let source = if file.exists() {
             TokenizerSource::File(file.clone())
@@ -51,10 +86,15 @@ impl ClipTokenizer {
             }
             TokenizerSource::Missing(why) => bail!("{why}"),
         };
-        Self::configure(inner, &name, context)
+        Self::configure(inner, &name, context, kind)
     }
 
-    fn configure(mut inner: tokenizers::Tokenizer, file: &str, context: usize) -> Result<Self> {
+    fn configure(
+        mut inner: tokenizers::Tokenizer,
+        file: &str,
+        context: usize,
+        kind: TokenizerKind,
+    ) -> Result<Self> {
         // Lengths are checked here, with a clear error, rather than cut silently.
         inner
             .with_truncation(None)
@@ -69,6 +109,7 @@ impl ClipTokenizer {
         Ok(ClipTokenizer {
             inner,
             context,
+            kind,
             start,
             end,
         })
@@ -80,7 +121,7 @@ impl ClipTokenizer {
     pub fn encode(&self, text: &str, truncate: bool) -> Result<Vec<u32>> {
         let enc = self
             .inner
-            .encode(text, true)
+            .encode(self.kind.prepare(text).as_ref(), true)
             .map_err(|e| anyhow!("cannot tokenize {text:?}: {e}"))?;
         let mut ids = enc.get_ids().to_vec();
         // Guard against a tokenizer.json whose post-processor adds no special tokens.

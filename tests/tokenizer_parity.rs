@@ -1,0 +1,208 @@
+//! Tokenizer parity with Python on tests/fixtures/tokenizer_corpus.json.gz (made by
+//! tests/reference/make_tokenizer_fixtures.py): each cleaning step equals its Python original
+//! (html.unescape, ftfy 6.3's fix_text, open_clip's whole cleaning), `--tokenizer openai` gives
+//! OpenAI's `clip.tokenize` ids and `--tokenizer hf` those of `CLIPTokenizerFast`. A failure
+//! names the first string that differs.
+//!
+//! Known gap: the strings in tests/fixtures/tokenizer_known_deviations.json, whose mojibake
+//! plsfix repairs as an older ftfy did. They must still differ (so the list shrinks
+//! when plsfix catches up); every other string must match.
+
+use fedclip::tokenizer::clean::{fix_text, html_unescape, openai_clean};
+use fedclip::tokenizer::{ClipTokenizer, TokenizerKind};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::Path;
+
+#[derive(Deserialize)]
+struct Corpus {
+    cases: Vec<Case>,
+    unescape_cases: Vec<UnescapeCase>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    text: String,
+    unescape: String,
+    ftfy: String,
+    clean: String,
+    openai: Vec<u32>,
+    hf: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct UnescapeCase {
+    text: String,
+    unescape: String,
+}
+
+fn corpus() -> Corpus {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer_corpus.json.gz");
+    let file = std::fs::File::open(&path).expect("tokenizer corpus fixture");
+    let mut json = String::new();
+    flate2::read::GzDecoder::new(file)
+        .read_to_string(&mut json)
+        .expect("gzip JSON");
+    serde_json::from_str(&json).expect("corpus JSON")
+}
+
+/// Inputs on which plsfix's mojibake repair departs from ftfy 6.3.
+fn known_deviations() -> HashSet<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tokenizer_known_deviations.json");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("deviation list")).unwrap();
+    doc["texts"]
+        .as_array()
+        .expect("texts")
+        .iter()
+        .map(|t| t.as_str().expect("string").to_string())
+        .collect()
+}
+
+fn tokenizer(kind: TokenizerKind) -> ClipTokenizer {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/tiny-clip");
+    // A context far past every case: the untruncated ids are compared.
+    ClipTokenizer::load(&dir, 1 << 20, kind).unwrap()
+}
+
+/// Checks `got(input) == want` on every pair but those in `known` (which must differ); panics
+/// naming the first input that does otherwise, and how many do.
+fn check_except<'a, T: PartialEq + std::fmt::Debug>(
+    step: &str,
+    pairs: impl Iterator<Item = (&'a str, T)>,
+    known: &HashSet<String>,
+    got: impl Fn(&str) -> T,
+) {
+    let (mut total, mut failures, mut stale) = (0, 0, 0);
+    let (mut first, mut first_stale) = (None, None);
+    for (input, want) in pairs {
+        total += 1;
+        let value = got(input);
+        if known.contains(input) {
+            if value == want {
+                stale += 1;
+                first_stale.get_or_insert(input.to_string());
+            }
+        } else if value != want {
+            failures += 1;
+            first.get_or_insert(format!("{input:?}: got {value:?}, Python {want:?}"));
+        }
+    }
+    assert!(total > 0, "{step}: no cases");
+    if let Some(first) = first {
+        panic!("{step}: {failures} of {total} strings differ; the first is {first}");
+    }
+    if let Some(first) = first_stale {
+        panic!(
+            "{step}: {stale} listed deviations now match (remove them from \
+             tokenizer_known_deviations.json); the first is {first:?}"
+        );
+    }
+}
+
+/// [`check_except`] with no exceptions.
+fn check<'a, T: PartialEq + std::fmt::Debug>(
+    step: &str,
+    pairs: impl Iterator<Item = (&'a str, T)>,
+    got: impl Fn(&str) -> T,
+) {
+    check_except(step, pairs, &HashSet::new(), got)
+}
+
+#[test]
+fn html_unescape_equals_python() {
+    let c = corpus();
+    let pairs = c
+        .cases
+        .iter()
+        .map(|x| (x.text.as_str(), x.unescape.clone()));
+    check("html.unescape", pairs, html_unescape);
+    let pairs = c
+        .unescape_cases
+        .iter()
+        .map(|x| (x.text.as_str(), x.unescape.clone()));
+    check("html.unescape (entity table)", pairs, html_unescape);
+}
+
+#[test]
+fn fix_text_equals_ftfy() {
+    let c = corpus();
+    let pairs = c.cases.iter().map(|x| (x.text.as_str(), x.ftfy.clone()));
+    check_except("ftfy.fix_text", pairs, &known_deviations(), fix_text);
+}
+
+#[test]
+fn cleaning_equals_open_clip() {
+    let c = corpus();
+    let pairs = c.cases.iter().map(|x| (x.text.as_str(), x.clean.clone()));
+    check_except(
+        "open_clip cleaning",
+        pairs,
+        &known_deviations(),
+        openai_clean,
+    );
+}
+
+#[test]
+fn openai_ids_equal_clip_tokenize() {
+    let c = corpus();
+    let tok = tokenizer(TokenizerKind::Openai);
+    let pairs = c.cases.iter().map(|x| (x.text.as_str(), x.openai.clone()));
+    check_except("--tokenizer openai ids", pairs, &known_deviations(), |t| {
+        tok.encode(t, false).unwrap()
+    });
+}
+
+#[test]
+fn hf_ids_equal_clip_tokenizer_fast() {
+    let c = corpus();
+    let tok = tokenizer(TokenizerKind::Hf);
+    let pairs = c.cases.iter().map(|x| (x.text.as_str(), x.hf.clone()));
+    check("--tokenizer hf ids", pairs, |t| {
+        tok.encode(t, false).unwrap()
+    });
+}
+
+#[test]
+fn the_corpus_exercises_the_difference() {
+    // Guards the fixture itself: most strings must clean to something else than a plain
+    // whitespace collapse, and the two tokenizers must disagree on many of them.
+    let c = corpus();
+    let differ = c.cases.iter().filter(|x| x.openai != x.hf).count();
+    assert!(
+        c.cases.len() >= 3000 && differ >= 1000,
+        "{} cases, {differ} differ",
+        c.cases.len()
+    );
+}
+
+/// `fedclip embed --tokenizer`: the choice reaches the text tower. A prompt that cleaning
+/// changes gets other features under `hf`; one it leaves alone gets the same.
+#[test]
+fn embed_passes_the_tokenizer_choice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = tmp.path().join("prompts.txt");
+    std::fs::write(&prompts, "a photo of a dog\nrock &amp; roll’s “best”\n").unwrap();
+    let embed = |kind: &str| -> Vec<f32> {
+        let out = tmp.path().join(format!("{kind}.safetensors"));
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_fedclip"))
+            .args(["embed", "--device", "cpu", "--tokenizer", kind, "--texts"])
+            .arg(&prompts)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let bytes = std::fs::read(&out).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let t = st.tensor("text_embeds").unwrap();
+        bytemuck::pod_collect_to_vec(t.data())
+    };
+    let (openai, hf) = (embed("openai"), embed("hf"));
+    let dim = openai.len() / 2;
+    assert_eq!(openai[..dim], hf[..dim], "a plain prompt must not change");
+    assert_ne!(openai[dim..], hf[dim..], "the cleaned prompt must change");
+}
