@@ -3,14 +3,18 @@
 use crate::device::Device;
 use crate::encode::{Encoder, Engine, ImageEntry};
 use crate::io::write_safetensors;
+use crate::paths::utf8;
 use crate::tokenizer::TokenizerKind;
 use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// File extensions taken from image directories; other files there are ignored.
-const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"];
+/// File extensions taken from image directories: the formats fedclip decodes. Other files
+/// there are ignored, images in other formats with a warning.
+const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png"];
+/// Image formats fedclip does not decode, warned about when a directory holds them.
+const UNREAD_IMAGE_EXTENSIONS: &[&str] = &["bmp", "gif", "webp", "tif", "tiff", "ppm", "pgm"];
 
 pub struct EmbedRequest {
     pub model: PathBuf,
@@ -21,6 +25,8 @@ pub struct EmbedRequest {
     pub device: Device,
     pub skip_bad: bool,
     pub truncate: bool,
+    /// Pillow's `MAX_IMAGE_PIXELS` rule (see [`crate::preprocess::decode_bytes_limited`]).
+    pub max_image_pixels: u64,
     pub tokenizer: TokenizerKind,
 }
 
@@ -38,8 +44,19 @@ pub fn collect_images(args: &[PathBuf]) -> Result<Vec<ImageEntry>> {
     let mut entries = Vec::new();
     for arg in args {
         if arg.is_dir() {
-            let mut found = Vec::new();
-            walk(arg, &mut found).with_context(|| format!("cannot list {}", arg.display()))?;
+            let (mut found, mut unread) = (Vec::new(), Vec::new());
+            walk(arg, &mut found, &mut unread)
+                .with_context(|| format!("cannot list {}", arg.display()))?;
+            unread.sort();
+            if let Some(first) = unread.first() {
+                eprintln!(
+                    "warning: ignoring {} file(s) under {} in formats fedclip does not decode \
+                     (only JPEG and PNG are read), e.g. {}",
+                    unread.len(),
+                    arg.display(),
+                    first.display()
+                );
+            }
             if found.is_empty() {
                 bail!(
                     "no images ({}) found under {}",
@@ -50,27 +67,23 @@ pub fn collect_images(args: &[PathBuf]) -> Result<Vec<ImageEntry>> {
             let mut rel: Vec<(String, PathBuf)> = found
                 .into_iter()
                 .map(|p| {
-                    let r = p
-                        .strip_prefix(arg)
-                        .unwrap_or(&p)
-                        .to_string_lossy()
-                        .into_owned();
-                    (r, p)
+                    let r = utf8("--images", p.strip_prefix(arg).unwrap_or(&p))?.to_string();
+                    Ok((r, p))
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             rel.sort();
             for (r, path) in rel {
                 let name = if args.len() == 1 {
                     r
                 } else {
-                    path.to_string_lossy().into_owned()
+                    utf8("--images", &path)?.to_string()
                 };
                 entries.push(ImageEntry { path, name });
             }
         } else if arg.is_file() {
             entries.push(ImageEntry {
                 path: arg.clone(),
-                name: arg.to_string_lossy().into_owned(),
+                name: utf8("--images", arg)?.to_string(),
             });
         } else {
             bail!("{}: no such image file or directory", arg.display());
@@ -79,22 +92,24 @@ pub fn collect_images(args: &[PathBuf]) -> Result<Vec<ImageEntry>> {
     Ok(entries)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, unread: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path.is_dir() {
-            walk(&path, out)?;
-        } else if has_image_extension(&path) {
+            walk(&path, out, unread)?;
+        } else if has_extension(&path, IMAGE_EXTENSIONS) {
             out.push(path);
+        } else if has_extension(&path, UNREAD_IMAGE_EXTENSIONS) {
+            unread.push(path);
         }
     }
     Ok(())
 }
 
-fn has_image_extension(path: &Path) -> bool {
+fn has_extension(path: &Path, extensions: &[&str]) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        .is_some_and(|e| extensions.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// Reads a prompt file: one prompt per line, blank lines skipped.
@@ -120,6 +135,8 @@ pub fn run(req: &EmbedRequest) -> Result<EmbedSummary> {
         bail!("--batch must be at least 1");
     }
     // Validate every input before the slow part, so a typo fails in a second.
+    utf8("--model", &req.model)?;
+    utf8("--out", &req.out)?;
     let entries = collect_images(&req.images)?;
     let prompts = req.texts.as_deref().map(read_prompts).transpose()?;
     let engine = Engine::select(req.device)?;
@@ -135,10 +152,11 @@ pub fn run(req: &EmbedRequest) -> Result<EmbedSummary> {
             i.kernels_cached
         );
     }
-    let encoder = Encoder::open(&req.model, &engine)?;
+    let mut encoder = Encoder::open(&req.model, &engine)?;
+    encoder.set_max_image_pixels(req.max_image_pixels);
     let config = encoder.config();
     let mut metadata = HashMap::new();
-    metadata.insert("model".into(), req.model.display().to_string());
+    metadata.insert("model".into(), utf8("--model", &req.model)?.to_string());
     let mut owned: Vec<(&str, Vec<usize>, Vec<f32>)> = Vec::new();
     let mut summary = EmbedSummary {
         images: 0,

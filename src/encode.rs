@@ -6,7 +6,7 @@ use crate::cuda::{CudaClip, CudaText, CudaVision, Gpu};
 use crate::device::{Backend, Device, select_device};
 use crate::features::ModelKey;
 use crate::model::{ClipModel, TextTower, VisionTower};
-use crate::preprocess::{PreprocessConfig, preprocess_file};
+use crate::preprocess::{DEFAULT_MAX_IMAGE_PIXELS, PreprocessConfig, preprocess_file};
 use crate::tokenizer::{ClipTokenizer, TokenizerKind};
 use crate::weights::{ClipConfig, ModelFiles, TextConfig};
 use anyhow::{Context, Result, bail};
@@ -84,6 +84,8 @@ enum Towers {
 pub struct Encoder {
     towers: Towers,
     logit_scale: Option<f32>,
+    /// Pillow's `MAX_IMAGE_PIXELS` rule, checked from each image's header before decoding.
+    max_image_pixels: u64,
 }
 
 impl From<ClipModel> for Encoder {
@@ -91,6 +93,7 @@ impl From<ClipModel> for Encoder {
         Encoder {
             logit_scale: model.logit_scale,
             towers: Towers::Cpu(Box::new(model)),
+            max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
         }
     }
 }
@@ -118,7 +121,14 @@ impl Encoder {
         Ok(Encoder {
             logit_scale: model.logit_scale,
             towers: Towers::Cuda(Box::new(model)),
+            max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
         })
+    }
+
+    /// Images whose header claims more than twice `max` pixels are refused before decoding
+    /// (`--max-image-pixels`; a warning above `max`).
+    pub fn set_max_image_pixels(&mut self, max: u64) {
+        self.max_image_pixels = max;
     }
 
     /// The model's files (layout, config and weight files).
@@ -150,7 +160,9 @@ impl Encoder {
 
     /// The image preprocessing of this model (its `preprocessor_config.json`, else CLIP's).
     pub fn preprocess_config(&self) -> Result<PreprocessConfig> {
-        PreprocessConfig::from_model_dir(self.dir(), self.vision()?.image_size())
+        let mut cfg = PreprocessConfig::from_model_dir(self.dir(), self.vision()?.image_size())?;
+        cfg.max_image_pixels = self.max_image_pixels;
+        Ok(cfg)
     }
 
     fn vision(&self) -> Result<Vision<'_>> {
@@ -169,8 +181,10 @@ impl Encoder {
         tower.with_context(|| format!("{} has no text tower", self.dir().display()))
     }
 
-    /// Encodes images in batches. Decoding runs in parallel; a file that fails is an error
-    /// naming it, or with `skip_bad` a warning, and it is left out.
+    /// Encodes images in batches. Decoding runs in parallel; files that fail are one error
+    /// naming every one (decoding goes on after the first, encoding stops), or with
+    /// `skip_bad` a warning each, and they are left out. A non-finite embedding is an error
+    /// naming the batch and the image.
     pub fn encode_images(
         &self,
         entries: &[ImageEntry],
@@ -187,16 +201,28 @@ impl Encoder {
         let cfg = self.preprocess_config()?;
         let bar = progress(entries.len(), "images");
         let mut out = EncodedImages::default();
-        for chunk in entries.chunks(batch.max(1)) {
-            let pixels = decode_batch(&vision, &cfg, chunk, skip_bad, &bar, &mut out)?;
-            let n = pixels.len() / vision.pixels_per_image();
-            if n > 0 {
-                out.embeds.extend(vision.embeds(&pixels, n)?);
+        let mut failures = Vec::new();
+        for (b, chunk) in entries.chunks(batch.max(1)).enumerate() {
+            let first = out.kept.len();
+            let decoded = decode_batch(&vision, &cfg, chunk, skip_bad, &bar, &mut out)?;
+            failures.extend(decoded.failures);
+            let n = decoded.pixels.len() / vision.pixels_per_image();
+            if n > 0 && failures.is_empty() {
+                let embeds = vision.embeds(&decoded.pixels, n)?;
+                check_finite(&embeds, &out.kept[first..], b, "image")?;
+                out.embeds.extend(embeds);
             }
             bar.inc(chunk.len() as u64);
         }
         bar.finish_and_clear();
-        Ok(out)
+        match failures.len() {
+            0 => Ok(out),
+            1 => bail!("{} (pass --skip-bad to leave it out)", failures[0]),
+            k => bail!(
+                "{k} images cannot be used (pass --skip-bad to leave them out):\n  {}",
+                failures.join("\n  ")
+            ),
+        }
     }
 
     /// Encodes prompts, batched, each batch padded only to its longest prompt: with the
@@ -222,17 +248,45 @@ impl Encoder {
             .map(|p| tokenizer.encode(p, truncate))
             .collect::<Result<Vec<_>>>()?;
         let mut embeds = Vec::new();
-        for chunk in ids.chunks(batch.max(1)) {
+        for (b, (chunk, texts)) in ids
+            .chunks(batch.max(1))
+            .zip(prompts.chunks(batch.max(1)))
+            .enumerate()
+        {
             let seq = chunk.iter().map(Vec::len).max().unwrap_or(1);
             let mut flat = Vec::with_capacity(chunk.len() * seq);
             for row in chunk {
                 flat.extend_from_slice(row);
                 flat.resize(flat.len() + seq - row.len(), config.pad_token_id);
             }
-            embeds.extend(text.embeds(&flat, chunk.len(), seq)?);
+            let out = text.embeds(&flat, chunk.len(), seq)?;
+            check_finite(&out, texts, b, "prompt")?;
+            embeds.extend(out);
         }
         Ok(embeds)
     }
+}
+
+/// No NaN or infinity leaves the engine: a non-finite embedding is an error naming the
+/// batch and the input (`names[row]`) it belongs to.
+fn check_finite(embeds: &[f32], names: &[String], batch: usize, what: &str) -> Result<()> {
+    let dim = embeds.len() / names.len().max(1);
+    if let Some(i) = embeds.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "the model gave a non-finite {what} embedding ({}) for {what} `{}` in batch {batch} \
+             (check the model's weights and config)",
+            embeds[i],
+            names.get(i / dim.max(1)).map_or("?", String::as_str)
+        );
+    }
+    Ok(())
+}
+
+/// One decoded chunk: the pixels of the images kept, and the errors of those that failed
+/// (without `skip_bad`).
+struct DecodedBatch {
+    pixels: Vec<f32>,
+    failures: Vec<String>,
 }
 
 /// Decodes one chunk of images in parallel into `[n, pixels_per_image]`, recording each
@@ -244,13 +298,14 @@ fn decode_batch(
     skip_bad: bool,
     bar: &ProgressBar,
     out: &mut EncodedImages,
-) -> Result<Vec<f32>> {
+) -> Result<DecodedBatch> {
     let decoded: Vec<Result<Vec<f32>>> = chunk
         .par_iter()
         .map(|e| preprocess_file(&e.path, cfg))
         .collect();
     let per_image = vision.pixels_per_image();
     let mut pixels = Vec::with_capacity(chunk.len() * per_image);
+    let mut failures = Vec::new();
     for (entry, result) in chunk.iter().zip(decoded) {
         match result {
             Ok(p) if p.len() == per_image => {
@@ -266,10 +321,10 @@ fn decode_batch(
                 bar.suspend(|| eprintln!("warning: skipping {}: {e:#}", entry.path.display()));
                 out.skipped.push(entry.name.clone());
             }
-            Err(e) => return Err(e),
+            Err(e) => failures.push(format!("{e:#}")),
         }
     }
-    Ok(pixels)
+    Ok(DecodedBatch { pixels, failures })
 }
 
 fn progress(len: usize, what: &str) -> ProgressBar {

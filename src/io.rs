@@ -62,9 +62,36 @@ pub fn write_safetensors(
             Ok((name.to_string(), view))
         })
         .collect::<Result<Vec<_>>>()?;
-    write_atomic_with(out, |tmp| {
-        safetensors::serialize_to_file(views, Some(metadata), tmp).map_err(std::io::Error::other)
-    })
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .with_context(|| format!("cannot serialise {}", out.display()))?;
+    write_atomic(out, &with_sorted_metadata(bytes)?)
+}
+
+/// safetensors writes `__metadata__` in `HashMap` order, which changes from run to run;
+/// rewrites that object (first in the header) with its keys sorted, the rest of the header
+/// untouched, so that the same input gives the same bytes. The length stays the same, so
+/// the data offsets stay valid.
+fn with_sorted_metadata(mut bytes: Vec<u8>) -> Result<Vec<u8>> {
+    const PREFIX: &[u8] = b"{\"__metadata__\":";
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header = &bytes[8..8 + n];
+    if !header.starts_with(PREFIX) {
+        return Ok(bytes); // no metadata
+    }
+    let start = 8 + PREFIX.len();
+    let mut values = serde_json::Deserializer::from_slice(&bytes[start..8 + n])
+        .into_iter::<std::collections::BTreeMap<String, String>>();
+    let sorted = values
+        .next()
+        .context("safetensors header: unreadable __metadata__")??;
+    let len = values.byte_offset();
+    let text = serde_json::to_vec(&sorted)?;
+    anyhow::ensure!(
+        text.len() == len,
+        "safetensors metadata changed length when sorted"
+    );
+    bytes[start..start + len].copy_from_slice(&text);
+    Ok(bytes)
 }
 
 #[cfg(test)]

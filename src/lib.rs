@@ -7,6 +7,7 @@
 //! (`fedclip run`). `io` (atomic files) is a leaf used by all; no job imports another.
 
 pub mod adapter;
+pub mod bundled;
 pub mod cuda;
 pub mod data;
 pub mod device;
@@ -16,6 +17,7 @@ pub mod features;
 pub mod federated;
 pub mod io;
 pub mod model;
+pub mod paths;
 pub mod preprocess;
 pub mod tokenizer;
 pub mod weights;

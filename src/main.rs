@@ -1,11 +1,12 @@
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use fedclip::bundled::{BUNDLED_MODEL, bundled_data, bundled_model};
 use fedclip::device::Device;
 use fedclip::embed::{self, EmbedRequest};
 use fedclip::federated::{
-    self, Aggregate, BUNDLED_DATA, BUNDLED_MODEL, LossName, Method, OptimizerName, RunConfig,
-    ServerOptConfig, ServerOptName,
+    self, Aggregate, LossName, Method, OptimizerName, RunConfig, ServerOptConfig, ServerOptName,
 };
+use fedclip::preprocess::DEFAULT_MAX_IMAGE_PIXELS;
 use fedclip::tokenizer::TokenizerKind;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,14 +31,15 @@ enum Command {
 #[derive(Args)]
 struct RunArgs {
     /// Dataset root laid out as <root>/<domain>/<class>/<image> (PACS, VLCS, Office-Home,
-    /// DomainNet or any such folder). Defaults to the bundled PACS-mini.
-    #[arg(long, default_value = BUNDLED_DATA)]
-    data: PathBuf,
+    /// DomainNet or any such folder). Default: the bundled data/pacs-mini, found beside the
+    /// executable (or under $FEDCLIP_BUNDLE).
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// CLIP model: a Hugging Face or open_clip directory, or a .safetensors file with its
-    /// config beside it (layout detected). Defaults to the bundled tiny model (random weights:
-    /// its accuracies mean nothing); e.g. --model path/to/clip-vit-base-patch32.
-    #[arg(long, default_value = BUNDLED_MODEL)]
-    model: PathBuf,
+    /// config beside it (layout detected). Default: the bundled weights/tiny-clip (random
+    /// weights: its accuracies mean nothing); e.g. --model path/to/clip-vit-base-patch32.
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// Held-out domain(s), tested with the global adapter and never trained on
     /// (leave-one-domain-out). Default: the first domain in sorted order, as the
     /// reference's `--test_envs 0`.
@@ -54,8 +56,11 @@ struct RunArgs {
     /// Local batch size; batches of one sample are skipped, as the reference does.
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// Adam/AdamW learning rate (the reference's 5e-5).
     #[arg(long, default_value_t = 5e-5)]
     lr: f64,
+    /// Weight decay: L2 added to the gradient with Adam (the reference), decoupled with
+    /// AdamW. Zero or positive.
     #[arg(long, default_value_t = 0.2)]
     weight_decay: f64,
     #[arg(long, value_enum, default_value_t = OptimizerName::Adam)]
@@ -98,6 +103,14 @@ struct RunArgs {
     /// Clients per training domain, with Dirichlet label skew when above 1.
     #[arg(long, default_value_t = 1)]
     clients_per_domain: usize,
+    /// Leave out images that cannot be decoded (a warning each, listed in summary.json's
+    /// `skipped_images`) instead of stopping with an error that lists them all.
+    #[arg(long)]
+    skip_bad: bool,
+    /// Leave out clients that --clients-per-domain leaves without training files (with a
+    /// warning) instead of refusing the partition.
+    #[arg(long)]
+    drop_empty_clients: bool,
     /// Dirichlet concentration α of the label skew (smaller is more skewed).
     #[arg(long, default_value_t = 0.5)]
     dirichlet_alpha: f64,
@@ -126,6 +139,10 @@ struct RunArgs {
     resume: bool,
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
+    /// Pixel limit against decompression bombs, read from each image's header before
+    /// decoding: a warning above it, an error above twice it (Pillow's MAX_IMAGE_PIXELS).
+    #[arg(long, default_value_t = DEFAULT_MAX_IMAGE_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
+    max_image_pixels: u64,
 }
 
 #[derive(Args)]
@@ -133,9 +150,9 @@ struct EmbedArgs {
     /// CLIP model: a Hugging Face directory (config.json, model.safetensors, tokenizer.json),
     /// an open_clip one (open_clip_config.json, open_clip_model.safetensors), or a
     /// .safetensors file with its config beside it.
-    /// Defaults to the bundled tiny model, whose weights are random.
-    #[arg(long, default_value = BUNDLED_MODEL)]
-    model: PathBuf,
+    /// Default: the bundled weights/tiny-clip, whose weights are random.
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// Image files, or directories walked recursively in sorted order.
     #[arg(long, num_args = 1..)]
     images: Vec<PathBuf>,
@@ -158,6 +175,10 @@ struct EmbedArgs {
     /// Cut prompts longer than the context (77 tokens) instead of failing.
     #[arg(long)]
     truncate: bool,
+    /// Pixel limit against decompression bombs, read from each image's header before
+    /// decoding: a warning above it, an error above twice it (Pillow's MAX_IMAGE_PIXELS).
+    #[arg(long, default_value_t = DEFAULT_MAX_IMAGE_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
+    max_image_pixels: u64,
     /// Prompt tokenization: `openai` cleans text as OpenAI's clip.tokenize does (ftfy, HTML
     /// unescaping, whitespace, lower case), as the reference; `hf` as transformers'
     /// CLIPTokenizerFast (tokenizer.json alone).
@@ -166,13 +187,18 @@ struct EmbedArgs {
 }
 
 fn embed_command(a: EmbedArgs) -> Result<()> {
-    if a.model.as_os_str() == BUNDLED_MODEL {
-        eprintln!(
-            "note: using the bundled tiny model at {BUNDLED_MODEL}; its weights are random, so its features mean nothing"
-        );
-    }
+    let model = match a.model {
+        Some(m) => m,
+        None => {
+            let m = bundled_model()?;
+            eprintln!(
+                "note: using the bundled tiny model {BUNDLED_MODEL}; its weights are random, so its features mean nothing"
+            );
+            m
+        }
+    };
     let req = EmbedRequest {
-        model: a.model,
+        model,
         images: a.images,
         texts: a.texts,
         out: a.out,
@@ -180,6 +206,7 @@ fn embed_command(a: EmbedArgs) -> Result<()> {
         device: a.device,
         skip_bad: a.skip_bad,
         truncate: a.truncate,
+        max_image_pixels: a.max_image_pixels,
         tokenizer: a.tokenizer,
     };
     let s = embed::run(&req)?;
@@ -198,8 +225,16 @@ fn embed_command(a: EmbedArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_command(a: RunArgs) -> Result<()> {
-    if federated::is_bundled_model(&a.model) {
+fn run_command(mut a: RunArgs) -> Result<()> {
+    let data = match a.data.take() {
+        Some(d) => d,
+        None => bundled_data()?,
+    };
+    let model = match a.model.take() {
+        Some(m) => m,
+        None => bundled_model()?,
+    };
+    if federated::is_bundled_model(&model) {
         eprintln!(
             "note: the bundled tiny model has RANDOM weights, so accuracies mean nothing; \
              pass --model path/to/clip-vit-base-patch32 for real numbers"
@@ -208,12 +243,11 @@ fn run_command(a: RunArgs) -> Result<()> {
     let test_domains = if a.test_domains.is_empty() {
         // The first domain folder; the run scans the dataset itself (once: at DomainNet's
         // size a scan takes over a second).
-        vec![fedclip::data::Dataset::domain_folders(&a.data)?.swap_remove(0)]
+        vec![fedclip::data::Dataset::domain_folders(&data)?.swap_remove(0)]
     } else {
         a.test_domains
     };
-    let data_name = a
-        .data
+    let data_name = data
         .file_name()
         .map_or("data".into(), |n| n.to_string_lossy().into_owned());
     // A server optimiser other than plain averaging joins the method's name: fedclip+fedadam.
@@ -222,16 +256,20 @@ fn run_command(a: RunArgs) -> Result<()> {
         opt => format!("{:?}+{opt:?}", a.method),
     }
     .to_lowercase();
-    let out = a.out.unwrap_or_else(|| {
-        PathBuf::from("runs").join(format!(
-            "{method}-{data_name}-{}-seed{}",
-            test_domains.join("+"),
-            a.seed
-        ))
-    });
+    let out = match a.out {
+        Some(out) => out,
+        None => default_out(
+            &PathBuf::from("runs").join(format!(
+                "{method}-{data_name}-{}-seed{}",
+                test_domains.join("+"),
+                a.seed
+            )),
+            a.resume,
+        )?,
+    };
     let cfg = RunConfig {
-        data: a.data,
-        model: a.model,
+        data,
+        model,
         test_domains,
         method: a.method,
         rounds: a.rounds,
@@ -264,6 +302,9 @@ fn run_command(a: RunArgs) -> Result<()> {
         extract_batch: a.extract_batch,
         cache_dir: a.cache_dir,
         out,
+        max_image_pixels: a.max_image_pixels,
+        drop_empty_clients: a.drop_empty_clients,
+        skip_bad: a.skip_bad,
     };
     let outcome = federated::run(&cfg, a.resume, a.device)?;
     let s = &outcome.summary;
@@ -285,6 +326,25 @@ fn run_command(a: RunArgs) -> Result<()> {
     }
     eprintln!("run directory: {}", outcome.out.display());
     Ok(())
+}
+
+/// Without `--out`: a new run takes the next free `runs/<name>[-N]`; `--resume` continues
+/// the last of them. Says which when it is not the plain name.
+fn default_out(base: &std::path::Path, resume: bool) -> Result<PathBuf> {
+    let out = if resume {
+        federated::rundir::latest(base)?.unwrap_or_else(|| base.to_path_buf())
+    } else {
+        federated::rundir::next_free(base)?
+    };
+    if out != base {
+        eprintln!(
+            "note: {} already holds a run; {} {}",
+            base.display(),
+            if resume { "resuming" } else { "writing to" },
+            out.display()
+        );
+    }
+    Ok(out)
 }
 
 fn main() -> ExitCode {

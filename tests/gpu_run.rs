@@ -55,6 +55,9 @@ fn config(root: &Path, out: &Path, cache: &Path) -> RunConfig {
         extract_batch: 8,
         cache_dir: cache.to_path_buf(),
         out: out.to_path_buf(),
+        max_image_pixels: fedclip::preprocess::DEFAULT_MAX_IMAGE_PIXELS,
+        drop_empty_clients: false,
+        skip_bad: false,
     }
 }
 

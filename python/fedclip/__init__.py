@@ -89,6 +89,9 @@ def run_config(
     tokenizer: str = "openai",
     cache_dir: PathLike = "runs/feature-cache",
     out: Optional[PathLike] = None,
+    max_image_pixels: int = 89_478_485,
+    drop_empty_clients: bool = False,
+    skip_bad: bool = False,
 ) -> Dict[str, Any]:
     """The resolved settings `fedclip run` would write to config.json for these options.
 
@@ -138,6 +141,9 @@ def run_config(
         "tokenizer": tokenizer,
         "cache_dir": os.fspath(cache_dir),
         "out": os.fspath(out),
+        "max_image_pixels": max_image_pixels,
+        "drop_empty_clients": drop_empty_clients,
+        "skip_bad": skip_bad,
     }
 
 

@@ -8,6 +8,7 @@ mod errors;
 mod federation;
 
 use errors::{Kind, to_py};
+use fedclip::bundled;
 use fedclip::device::Device;
 use fedclip::encode::{Encoder, Engine, ImageEntry};
 use fedclip::features::FeatureCache;
@@ -28,6 +29,15 @@ fn parse_device(device: &str) -> PyResult<Device> {
             "device must be \"auto\", \"cpu\" or \"cuda\", got {other:?}"
         ))),
     }
+}
+
+/// A bundled folder as the CLI finds it (`FEDCLIP_BUNDLE`, the current directory, ...), else
+/// the one in the checkout this module was built from.
+fn bundled_path(found: anyhow::Result<PathBuf>, rel: &str) -> String {
+    found
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel))
+        .display()
+        .to_string()
 }
 
 fn parse_tokenizer(tokenizer: &str) -> PyResult<TokenizerKind> {
@@ -298,7 +308,7 @@ fn _fedclip(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(default_server_lr, m)?)?;
     m.add_function(wrap_pyfunction!(sample_clients, m)?)?;
     federation::register(m)?;
-    m.add("BUNDLED_MODEL", federated::BUNDLED_MODEL)?;
-    m.add("BUNDLED_DATA", federated::BUNDLED_DATA)?;
+    m.add("BUNDLED_MODEL", bundled_path(bundled::bundled_model(), bundled::BUNDLED_MODEL))?;
+    m.add("BUNDLED_DATA", bundled_path(bundled::bundled_data(), bundled::BUNDLED_DATA))?;
     Ok(())
 }

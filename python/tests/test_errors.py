@@ -16,7 +16,7 @@ def test_missing_model_is_oserror_with_the_cli_message(cli, tmp_path):
     with pytest.raises(OSError) as e:
         fedclip.Model(tmp_path / "nope", device="cpu")
     assert str(e.value) == want
-    assert "config.json" in want
+    assert "does not exist" in want
 
 
 def test_corrupt_image_is_valueerror_with_the_cli_message(cli, tmp_path):
@@ -30,8 +30,9 @@ def test_corrupt_image_is_valueerror_with_the_cli_message(cli, tmp_path):
     assert str(bad) in want
 
 
-def test_missing_image_is_oserror_naming_it(tmp_path):
-    with pytest.raises(OSError, match="nope.png"):
+def test_missing_image_is_valueerror_naming_it(tmp_path):
+    # Unreadable images are gathered into one input error listing every bad file.
+    with pytest.raises(ValueError, match="nope.png"):
         fedclip.Model(MODEL, device="cpu").encode_images([tmp_path / "nope.png"])
 
 
@@ -40,7 +41,7 @@ def test_bad_run_option_is_valueerror_with_the_cli_message(cli, tmp_path):
                              "--out", str(tmp_path / "cli")))
     with pytest.raises(ValueError) as e:
         fedclip.run(lr=-1, out=tmp_path / "py", device="cpu")
-    assert str(e.value) == want == "--lr must be positive, got -1"
+    assert str(e.value) == want == "--lr must be finite and positive, got -1"
 
 
 def test_unknown_test_domain_has_the_cli_message(cli, tmp_path):
@@ -64,8 +65,8 @@ def test_existing_run_is_not_overwritten(tmp_path):
 def test_missing_data_has_the_cli_message(cli, tmp_path):
     want = cli_error(run_cli(cli, "run", "--device", "cpu", "--data", str(tmp_path / "nowhere"),
                              "--test-domain", "x", "--out", str(tmp_path / "cli")))
-    # The core checks the root's existence itself (no I/O error in the chain): ValueError.
-    with pytest.raises(ValueError) as e:
+    # A missing path is an I/O error (NotFound) in the chain: OSError, as for a missing model.
+    with pytest.raises(OSError) as e:
         fedclip.run(data=tmp_path / "nowhere", test_domains=["x"], out=tmp_path / "o",
                     device="cpu")
     assert str(e.value) == want and "nowhere" in want

@@ -85,5 +85,7 @@ def test_run_options_are_the_cli_flags_with_its_defaults(cli):
     assert params["data"].default == fedclip.BUNDLED_DATA
     assert params["model"].default == fedclip.BUNDLED_MODEL
     assert params["server_lr"].default is None  # the server optimiser's own default
-    flags = set(cli) | {"test_domains", "out", "keep_optimizer_state", "server_lr", "device"}
+    # Options whose CLI flags show no default: switches, and the bundled paths found at run time.
+    flags = set(cli) | {"test_domains", "out", "keep_optimizer_state", "server_lr", "device",
+                        "data", "model", "drop_empty_clients", "skip_bad"}
     assert set(params) <= flags, set(params) - flags

@@ -33,6 +33,11 @@ pub const IMG_EXTENSIONS: &[&str] = &[
     ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
 ];
 
+/// The extensions whose files fedclip decodes (JPEG and PNG, by their signature). The scan
+/// still lists every [`IMG_EXTENSIONS`] file, as `ImageFolder` does, so that the splits stay
+/// the reference's; [`Dataset::check_formats`] then refuses a dataset holding others.
+pub const DECODED_EXTENSIONS: &[&str] = &[".jpg", ".jpeg", ".png"];
+
 /// The FedCLIP reference's prompt, `prompt + ' ' + class` with `prompt = 'a picture of a'`.
 pub const DEFAULT_PROMPT_TEMPLATE: &str = "a picture of a {}";
 
@@ -82,7 +87,7 @@ pub struct Dataset {
     /// Domains in sorted folder-name order (a preset's order; the same thing).
     pub domains: Vec<Domain>,
     /// Non-fatal findings, e.g. a preset with a class count other than the full benchmark's
-    /// (a subset such as mini-DomainNet). Also printed to stderr by the scan.
+    /// (a subset such as mini-DomainNet). The caller prints them (once).
     pub warnings: Vec<String>,
 }
 
@@ -204,9 +209,6 @@ impl Dataset {
                 ));
             }
         }
-        for w in &warnings {
-            eprintln!("warning: {w}");
-        }
         Ok(Dataset {
             root: root.to_path_buf(),
             preset,
@@ -216,11 +218,37 @@ impl Dataset {
         })
     }
 
+    /// Refuses a dataset with files `ImageFolder` lists but fedclip does not decode (BMP,
+    /// TIFF, WebP, PPM/PGM): leaving them out would silently change the splits.
+    pub fn check_formats(&self) -> Result<()> {
+        let unread: Vec<&str> = self
+            .domains
+            .iter()
+            .flat_map(|d| &d.samples)
+            .map(|s| s.rel.as_str())
+            .filter(|rel| {
+                let lower = rel.to_lowercase();
+                !DECODED_EXTENSIONS.iter().any(|e| lower.ends_with(e))
+            })
+            .collect();
+        if let Some(first) = unread.first() {
+            bail!(
+                "--data {}: {} image file(s) in formats fedclip does not decode (only JPEG and \
+                 PNG are read), e.g. {first}; convert them to PNG or move them out of the dataset",
+                self.root.display(),
+                unread.len()
+            );
+        }
+        Ok(())
+    }
+
     /// The sorted sub-folders of `root` not starting with `.`, without scanning them: the
     /// domains [`scan`](Self::scan) would take. An error when there are none.
     pub fn domain_folders(root: &Path) -> Result<Vec<String>> {
         if !root.exists() {
-            bail!("dataset root {} does not exist", root.display());
+            let msg = format!("dataset root {} does not exist", root.display());
+            // An I/O error in the chain, so that callers (the Python module) can tell.
+            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, msg).into());
         }
         if !root.is_dir() {
             bail!("dataset root {} is not a directory", root.display());
@@ -338,9 +366,13 @@ fn is_dir_entry(entry: &std::fs::DirEntry) -> Result<bool> {
 }
 
 fn utf8_name(name: &std::ffi::OsStr, path: &Path) -> Result<String> {
-    name.to_str()
-        .map(str::to_string)
-        .with_context(|| format!("{}: file name is not valid UTF-8", path.display()))
+    name.to_str().map(str::to_string).with_context(|| {
+        format!(
+            "--data: the file name {:?} is not valid UTF-8 (it could not be recorded in \
+                 splits.json); rename it",
+            path.as_os_str()
+        )
+    })
 }
 
 /// One domain as torchvision's `ImageFolder(dir)`: sorted class folders, each walked with

@@ -301,6 +301,41 @@ pub fn make_splits(dataset: &Dataset, config: &SplitConfig) -> Result<Splits> {
 }
 
 impl Splits {
+    /// Refuses a partition that leaves a training client without training files, naming
+    /// the domain, its file count and the client count; with `drop`, leaves such clients
+    /// out and returns a warning per domain instead.
+    pub fn check_training_data(&mut self, dataset: &Dataset, drop: bool) -> Result<Vec<String>> {
+        let mut messages = Vec::new();
+        for (d, domain) in dataset.domains.iter().enumerate() {
+            let of_domain = || self.clients.iter().filter(|c| c.domain == d && !c.held_out);
+            let empty = of_domain().filter(|c| c.train.is_empty()).count();
+            if empty > 0 {
+                messages.push(format!(
+                    "--clients-per-domain {}: domain `{}` ({} files) split among {} clients \
+                     leaves {empty} of them without training files",
+                    self.config.clients_per_domain,
+                    domain.name,
+                    domain.samples.len(),
+                    of_domain().count()
+                ));
+            }
+        }
+        if messages.is_empty() {
+            return Ok(messages);
+        }
+        if !drop {
+            bail!(
+                "{}; use fewer clients, or pass --drop-empty-clients to leave them out",
+                messages.join("; ")
+            );
+        }
+        self.clients.retain(|c| c.held_out || !c.train.is_empty());
+        Ok(messages
+            .into_iter()
+            .map(|m| format!("{m}; those clients are left out (--drop-empty-clients)"))
+            .collect())
+    }
+
     /// Indices (into `clients`) of the clients that train.
     pub fn training_clients(&self) -> Vec<usize> {
         (0..self.clients.len())

@@ -332,6 +332,20 @@ impl FeatureCache {
         Ok((features, stats))
     }
 
+    /// Indices of the `files` whose image features are not cached yet: the ones a run will
+    /// decode (and so the only ones that may turn out undecodable).
+    pub fn uncached_images(&self, files: &[PathBuf]) -> Result<Vec<usize>> {
+        let mut inner = self.lock();
+        let (digests, _) = digest_files(&mut inner.memo, files)?;
+        let Inner {
+            image, warnings, ..
+        } = &mut *inner;
+        image.ensure_loaded(&mut warn_into(warnings))?;
+        Ok((0..files.len())
+            .filter(|&i| !image.contains(&digests[i]))
+            .collect())
+    }
+
     /// Features of `prompts` (`[prompts.len(), text_dim]`); missing ones are passed to
     /// `compute` (e.g. [`Encoder::encode_texts`](crate::encode::Encoder::encode_texts)).
     pub fn text_features(

@@ -1,7 +1,9 @@
 //! The resolved settings of one `fedclip run`, written to `<run dir>/config.json` and
 //! compared on `--resume`.
 
+use crate::paths::utf8;
 use crate::tokenizer::TokenizerKind;
+use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -139,11 +141,111 @@ pub struct RunConfig {
     pub extract_batch: usize,
     pub cache_dir: PathBuf,
     pub out: PathBuf,
+    /// Images over twice this many pixels are refused from their header (Pillow's rule).
+    #[serde(default = "default_max_image_pixels")]
+    pub max_image_pixels: u64,
+    /// Leave out clients that a partition leaves without training files (with a warning)
+    /// instead of refusing the partition.
+    #[serde(default)]
+    pub drop_empty_clients: bool,
+    /// Leave out images that cannot be decoded (warned, listed in `summary.json`) instead of
+    /// stopping with an error listing them all.
+    #[serde(default)]
+    pub skip_bad: bool,
+}
+
+fn default_max_image_pixels() -> u64 {
+    crate::preprocess::DEFAULT_MAX_IMAGE_PIXELS
+}
+
+/// A float as a person reads it: `1e300`, not three hundred digits.
+pub fn readable(x: f64) -> String {
+    if x != 0.0 && x.is_finite() && !(1e-4..1e6).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
 }
 
 impl RunConfig {
+    /// Checks every setting before any work starts; an error names the flag and shows the
+    /// value.
+    pub fn validate(&self) -> Result<()> {
+        let mut bad: Vec<String> = Vec::new();
+        let mut need = |ok: bool, msg: String| {
+            if !ok {
+                bad.push(msg);
+            }
+        };
+        need(
+            self.rounds >= 1,
+            "--rounds must be at least 1, got 0".into(),
+        );
+        need(self.batch >= 1, "--batch must be at least 1, got 0".into());
+        need(
+            self.extract_batch >= 1,
+            "--extract-batch must be at least 1, got 0".into(),
+        );
+        need(
+            self.clients_per_domain >= 1,
+            "--clients-per-domain must be at least 1, got 0".into(),
+        );
+        let floats = [
+            ("--lr", self.lr, self.lr > 0.0, "positive"),
+            (
+                "--weight-decay",
+                self.weight_decay,
+                self.weight_decay >= 0.0,
+                "zero or positive",
+            ),
+            ("--mu", self.mu, self.mu >= 0.0, "zero or positive"),
+            (
+                "--dirichlet-alpha",
+                self.dirichlet_alpha,
+                self.dirichlet_alpha > 0.0,
+                "positive",
+            ),
+            (
+                "--sample-fraction",
+                self.sample_fraction,
+                self.sample_fraction > 0.0 && self.sample_fraction <= 1.0,
+                "in (0, 1]",
+            ),
+        ];
+        for (flag, value, ok, want) in floats {
+            need(
+                value.is_finite() && ok,
+                format!("{flag} must be finite and {want}, got {}", readable(value)),
+            );
+        }
+        need(
+            self.prompt_template.matches("{}").count() == 1,
+            format!(
+                "--prompt-template must contain `{{}}` exactly once, where the class name goes \
+                 (else classes share a prompt), got {:?}",
+                self.prompt_template
+            ),
+        );
+        for (flag, path) in [
+            ("--data", &self.data),
+            ("--model", &self.model),
+            ("--cache-dir", &self.cache_dir),
+            ("--out", &self.out),
+        ] {
+            if let Err(e) = utf8(flag, path) {
+                bad.push(e.to_string());
+            }
+        }
+        match bad.len() {
+            0 => Ok(()),
+            1 => bail!("{}", bad[0]),
+            _ => bail!("{} settings are wrong:\n  {}", bad.len(), bad.join("\n  ")),
+        }
+    }
+
     /// The settings that must equal the interrupted run's for `--resume` to continue it:
-    /// everything but the round count (a run may be extended) and where files live.
+    /// everything but the round count (a run may be extended), where files live and
+    /// settings that never change a result.
     pub fn resume_mismatches(&self, saved: &RunConfig) -> Vec<String> {
         let mut a = serde_json::to_value(self).expect("config serialises");
         let mut b = serde_json::to_value(saved).expect("config serialises");
@@ -153,6 +255,7 @@ impl RunConfig {
             "out",
             "extract_batch",
             "finetune_local_steps",
+            "max_image_pixels",
         ] {
             a.as_object_mut().map(|o| o.remove(key));
             b.as_object_mut().map(|o| o.remove(key));

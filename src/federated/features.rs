@@ -1,6 +1,7 @@
 //! Stage 2 of a run: every image and prompt through the encoder once (the feature cache
 //! answers what it already holds), then each client's splits gathered from them.
 
+use super::bad_images;
 use super::config::RunConfig;
 use crate::adapter::TextFeatures;
 use crate::data::split::Splits;
@@ -46,6 +47,8 @@ pub struct Features {
     pub seconds_extracting: f64,
     pub extracted: usize,
     pub from_cache: usize,
+    /// Images left out with `--skip-bad`, relative to the data root.
+    pub skipped_images: Vec<String>,
 }
 
 /// Encodes (or reads from the cache) every image and class prompt of `dataset`, then
@@ -56,14 +59,18 @@ pub fn extract(
     splits: &Splits,
     engine: &Engine,
 ) -> Result<Features> {
-    let encoder = Encoder::open(&cfg.model, engine)?;
+    let mut encoder = Encoder::open(&cfg.model, engine)?;
+    encoder.set_max_image_pixels(cfg.max_image_pixels);
     let pre = encoder.preprocess_config()?;
     let cache = FeatureCache::open(&cfg.cache_dir, &encoder, &pre, cfg.tokenizer)?;
+    let bad = bad_images::find(dataset, &cache, cfg.max_image_pixels, cfg.skip_bad)?;
+    let mut splits = splits.clone();
+    bad.remove_from(&mut splits);
     let start = Instant::now();
     let (mut extracted, mut from_cache) = (0, 0);
     let mut domain_features = Vec::new();
-    for domain in &dataset.domains {
-        let (feats, stats) = cache.image_features(&domain.paths(), |chunk| {
+    for d in 0..dataset.domains.len() {
+        let (feats, stats) = cache.image_features(&bad.usable_paths(dataset, d), |chunk| {
             let entries: Vec<ImageEntry> = chunk.iter().map(|p| ImageEntry::from_path(p)).collect();
             Ok(encoder
                 .encode_images(&entries, cfg.extract_batch, false)?
@@ -71,15 +78,13 @@ pub fn extract(
         })?;
         extracted += stats.computed;
         from_cache += stats.hits;
-        domain_features.push(feats);
+        domain_features.push(bad.with_gaps(dataset, d, feats));
     }
     let prompts = dataset.prompts(&PromptTemplate::new(&cfg.prompt_template));
     let (text_raw, _) = cache.text_features(&prompts, |chunk| {
         encoder.encode_texts(chunk, cfg.extract_batch, false, cfg.tokenizer)
     })?;
-    for w in cache.warnings() {
-        eprintln!("warning: {w}");
-    }
+    // The cache printed its warnings as they arose.
     let seconds_extracting = start.elapsed().as_secs_f64();
     let dim = domain_features
         .first()
@@ -92,13 +97,14 @@ pub fn extract(
         )
     })?;
     Ok(Features {
-        clients: gather_clients(dataset, splits, &domain_features, dim),
+        clients: gather_clients(dataset, &splits, &domain_features, dim),
         texts,
         dim,
         logit_scale,
         seconds_extracting,
         extracted,
         from_cache,
+        skipped_images: bad.rel_paths,
     })
 }
 

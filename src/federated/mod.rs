@@ -2,12 +2,13 @@
 //! cached across runs); the rounds then only train adapters, all training clients stepped
 //! together as one K-client batch.
 //!
-//! A run is five stages, one module each: [`plan`] (flags, data, splits, run directory,
-//! resume) → [`features`] (encoder + cache) → [`rounds`] (the loop over a
+//! A run is five stages, one module each: [`plan`] (flags, data, splits, run directory
+//! with [`rundir`], resume) → [`features`] (encoder + cache, [`bad_images`] found first) → [`rounds`] (the loop over a
 //! [`strategy::Strategy`], with [`train`] the shared local update and [`evaluate`] the
 //! per-round metrics; [`checkpoint`] the state) → [`outputs`] (adapters, plot, summary).
 
 pub mod aggregate;
+pub mod bad_images;
 pub mod checkpoint;
 pub mod config;
 pub mod evaluate;
@@ -17,13 +18,14 @@ pub mod outputs;
 pub mod plan;
 pub mod report;
 pub mod rounds;
+pub mod rundir;
 pub mod strategy;
 pub mod train;
 
+pub use crate::bundled::is_bundled_model;
 pub use config::{
     Aggregate, LossName, Method, OptimizerName, RunConfig, ServerOptConfig, ServerOptName,
 };
-pub use plan::is_bundled_model;
 
 use crate::cuda::Gpu;
 use crate::device::Device;
@@ -32,11 +34,6 @@ use anyhow::Result;
 use report::Summary;
 use std::path::PathBuf;
 use std::sync::Arc;
-
-/// The bundled random-weight model, the default of `--model`.
-pub const BUNDLED_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/tiny-clip");
-/// The bundled PACS-mini, the default of `--data`.
-pub const BUNDLED_DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/pacs-mini");
 
 /// What `run` reports back to the CLI.
 pub struct RunOutcome {

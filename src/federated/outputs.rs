@@ -3,11 +3,12 @@
 
 use super::config::{RunConfig, ServerOptName};
 use super::features::Features;
-use super::plan::{Plan, is_bundled_model};
+use super::plan::Plan;
 use super::report::{self, MetricRow, Summary};
 use super::rounds::Rounds;
 use super::strategy::Deployed;
 use crate::adapter::param_count;
+use crate::bundled::is_bundled_model;
 use crate::io::{write_atomic, write_safetensors};
 use anyhow::Result;
 use std::collections::{BTreeMap, HashMap};
@@ -107,6 +108,7 @@ fn summarise(
         finetune_local_steps: None,
         finetuned_test_accuracy: None,
         mean_finetuned_test_accuracy: None,
+        skipped_images: features.skipped_images.clone(),
     }
 }
 

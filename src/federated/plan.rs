@@ -3,11 +3,11 @@
 
 use super::checkpoint::{STATE_FILE, State};
 use super::config::RunConfig;
+use super::rundir::{self, RunDirLock};
 use crate::data::Dataset;
 use crate::data::split::{SplitConfig, Splits, make_splits};
 use crate::io::write_atomic;
 use anyhow::{Context, Result, bail, ensure};
-use std::path::Path;
 
 /// What the later stages run on.
 pub struct Plan {
@@ -15,6 +15,8 @@ pub struct Plan {
     pub splits: Splits,
     /// The interrupted run's state with `--resume` (None: start at round 0).
     pub saved: Option<State>,
+    /// The run directory's lock, held until the run ends.
+    pub lock: RunDirLock,
 }
 
 /// Checks the flags, scans and splits the data, then prepares the run directory
@@ -22,6 +24,7 @@ pub struct Plan {
 pub fn make(cfg: &RunConfig, resume: bool, trains: bool) -> Result<Plan> {
     check_flags(cfg, trains)?;
     let dataset = Dataset::scan(&cfg.data)?;
+    dataset.check_formats()?;
     for w in &dataset.warnings {
         eprintln!("warning: {w}");
     }
@@ -32,8 +35,12 @@ pub fn make(cfg: &RunConfig, resume: bool, trains: bool) -> Result<Plan> {
         dirichlet_alpha: cfg.dirichlet_alpha,
         ..SplitConfig::default()
     };
-    let splits = make_splits(&dataset, &split_cfg)?;
+    let mut splits = make_splits(&dataset, &split_cfg)?;
+    for w in splits.check_training_data(&dataset, cfg.drop_empty_clients)? {
+        eprintln!("warning: {w}");
+    }
     let out = &cfg.out;
+    let lock = rundir::claim(cfg, resume)?;
     let saved = if resume {
         resume_state(cfg)?
     } else {
@@ -55,27 +62,16 @@ pub fn make(cfg: &RunConfig, resume: bool, trains: bool) -> Result<Plan> {
         dataset,
         splits,
         saved,
+        lock,
     })
 }
 
 fn check_flags(cfg: &RunConfig, trains: bool) -> Result<()> {
-    ensure!(cfg.batch >= 1, "--batch must be at least 1");
-    ensure!(cfg.extract_batch >= 1, "--extract-batch must be at least 1");
     ensure!(
         cfg.local_epochs >= 1 || !trains,
-        "--local-epochs must be at least 1"
+        "--local-epochs must be at least 1, got 0"
     );
-    ensure!(
-        cfg.sample_fraction > 0.0 && cfg.sample_fraction <= 1.0,
-        "--sample-fraction must be in (0, 1], got {}",
-        cfg.sample_fraction
-    );
-    ensure!(
-        cfg.lr > 0.0 && cfg.lr.is_finite(),
-        "--lr must be positive, got {}",
-        cfg.lr
-    );
-    Ok(())
+    cfg.validate()
 }
 
 /// With `--resume`: the saved settings must match, and the state (if a round finished) loads.
@@ -99,10 +95,4 @@ fn resume_state(cfg: &RunConfig) -> Result<Option<State>> {
         Err(_) if !cfg.out.join(STATE_FILE).exists() => Ok(None), // stopped before round 1 ended
         Err(e) => Err(e),
     }
-}
-
-/// Whether `dir` is the bundled model, whose weights are random.
-pub fn is_bundled_model(dir: &Path) -> bool {
-    let canon = |p: &Path| std::fs::canonicalize(p).ok();
-    canon(dir).is_some() && canon(dir) == canon(Path::new(super::BUNDLED_MODEL))
 }

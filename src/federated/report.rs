@@ -201,4 +201,8 @@ pub struct Summary {
     pub finetuned_test_accuracy: Option<BTreeMap<String, f64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mean_finetuned_test_accuracy: Option<f64>,
+    /// Images left out with `--skip-bad` (relative to the data root), in dataset order;
+    /// absent when none was, so that summaries of clean runs keep their bytes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_images: Vec<String>,
 }

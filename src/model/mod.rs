@@ -33,6 +33,7 @@ impl ClipModel {
         let files = ModelFiles::locate(path)?;
         let config = files.config()?;
         let store = files.open_store()?;
+        config.check_against(&store, &files.config_file)?;
         let weights = TowerWeights::new(&store, files.layout);
         let vision = config
             .vision

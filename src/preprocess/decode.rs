@@ -85,12 +85,27 @@ pub struct Image {
     pub pixels: Pixels,
 }
 
-/// Decode JPEG or PNG bytes (recognised by their signature, as Pillow does, not by the name).
-/// `name` only labels errors.
+/// Pillow's `Image.MAX_IMAGE_PIXELS`: above it an image is decoded with a warning, above twice
+/// it refused as a possible decompression bomb. `--max-image-pixels` changes it.
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 89_478_485;
+
+/// Decode JPEG or PNG bytes (recognised by their signature, as Pillow does, not by the name),
+/// with Pillow's default pixel limit. `name` only labels errors.
 pub fn decode_bytes(bytes: &[u8], name: &str) -> Result<Image> {
-    let decoded = if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+    decode_bytes_limited(bytes, name, DEFAULT_MAX_IMAGE_PIXELS)
+}
+
+/// [`decode_bytes`] with a pixel limit: the size the header claims is checked before
+/// anything is allocated for the pixels (see [`check_pixel_limit`]).
+pub fn decode_bytes_limited(bytes: &[u8], name: &str, max_pixels: u64) -> Result<Image> {
+    let is_png = bytes.starts_with(b"\x89PNG\r\n\x1a\n");
+    let is_jpeg = bytes.starts_with(&[0xFF, 0xD8, 0xFF]);
+    if let Some((w, h)) = header_dimensions(bytes) {
+        check_pixel_limit(w, h, name, max_pixels)?;
+    }
+    let decoded = if is_png {
         decode_png(bytes)
-    } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+    } else if is_jpeg {
         decode_jpeg(bytes)
     } else {
         Err(anyhow!("not a JPEG or PNG file (unrecognised signature)"))
@@ -100,6 +115,71 @@ pub fn decode_bytes(bytes: &[u8], name: &str) -> Result<Image> {
         bail!("cannot decode image {name}: empty image");
     }
     Ok(image)
+}
+
+/// Pillow's decompression-bomb rule: a warning above `max_pixels`, an error above twice it.
+pub fn check_pixel_limit(width: u64, height: u64, name: &str, max_pixels: u64) -> Result<()> {
+    let pixels = width.saturating_mul(height);
+    if pixels > max_pixels.saturating_mul(2) {
+        bail!(
+            "image {name} claims {width}x{height} = {pixels} pixels, over twice the limit of \
+             {max_pixels} (a possible decompression bomb; raise --max-image-pixels if it is real)"
+        );
+    }
+    if pixels > max_pixels {
+        eprintln!(
+            "warning: image {name} has {width}x{height} = {pixels} pixels, over --max-image-pixels \
+             {max_pixels} (images over twice that are refused)"
+        );
+    }
+    Ok(())
+}
+
+/// Width and height as the PNG `IHDR` or the JPEG frame header states them, read without
+/// decoding anything; `None` when the header is not there (the decoder then reports why).
+pub fn header_dimensions(bytes: &[u8]) -> Option<(u64, u64)> {
+    let be32 = |p: usize| {
+        bytes
+            .get(p..p + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let be16 = |p: usize| {
+        bytes
+            .get(p..p + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        if bytes.get(12..16) != Some(b"IHDR") {
+            return None;
+        }
+        return Some((be32(16)? as u64, be32(20)? as u64));
+    }
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return None;
+    }
+    // Walk the marker segments up to the first start-of-frame (any SOFn: the fallback
+    // decoder handles the flavours ours does not).
+    let mut pos = 2;
+    loop {
+        while *bytes.get(pos)? != 0xFF {
+            pos += 1;
+        }
+        while *bytes.get(pos)? == 0xFF {
+            pos += 1;
+        }
+        let marker = *bytes.get(pos)?;
+        pos += 1;
+        match marker {
+            0x01 | 0xD0..=0xD7 => continue,
+            0xD8..=0xDA => return None,
+            0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
+                let height = be16(pos + 3)? as u64;
+                let width = be16(pos + 5)? as u64;
+                return Some((width, height));
+            }
+            _ => pos += be16(pos)? as usize,
+        }
+    }
 }
 
 fn decode_jpeg(bytes: &[u8]) -> Result<Image> {

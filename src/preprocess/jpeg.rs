@@ -28,6 +28,8 @@ pub enum JpegError {
     Unsupported(String),
     /// Invalid or truncated data.
     Corrupt(String),
+    /// Larger than this decoder allocates for; not handed to another decoder either.
+    TooLarge(String),
 }
 
 impl fmt::Display for JpegError {
@@ -35,6 +37,7 @@ impl fmt::Display for JpegError {
         match self {
             JpegError::Unsupported(m) => write!(f, "unsupported JPEG: {m}"),
             JpegError::Corrupt(m) => write!(f, "corrupt JPEG data: {m}"),
+            JpegError::TooLarge(m) => write!(f, "JPEG too large: {m}"),
         }
     }
 }
@@ -534,9 +537,12 @@ impl<'a> Decoder<'a> {
         let vmax = comps.iter().map(|c| c.v).max().unwrap();
         let mcux = width.div_ceil(8 * hmax);
         let mcuy = height.div_ceil(8 * vmax);
-        // Refuse absurd sizes before allocating (a 64 Mpixel limit like Pillow's bomb check).
-        if width.saturating_mul(height) > 1 << 28 {
-            return unsupported(format!("image too large ({width}x{height})"));
+        // A hard ceiling of this decoder, above any sensible `--max-image-pixels`; callers
+        // refuse bombs from the header before this (see `decode::check_pixel_limit`).
+        if width.saturating_mul(height) > 1 << 30 {
+            return Err(JpegError::TooLarge(format!(
+                "{width}x{height} is over 2^30 pixels"
+            )));
         }
         for c in &mut comps {
             c.width = (width * c.h).div_ceil(hmax);

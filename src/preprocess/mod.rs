@@ -33,7 +33,10 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-pub use decode::{Image, Mode, Pixels, decode_bytes};
+pub use decode::{
+    DEFAULT_MAX_IMAGE_PIXELS, Image, Mode, Pixels, decode_bytes, decode_bytes_limited,
+    header_dimensions,
+};
 pub use resample::Resample;
 
 /// OpenAI CLIP's normalisation mean (RGB).
@@ -69,6 +72,10 @@ pub struct PreprocessConfig {
     pub rescale_factor: f64,
     /// Apply `(x - mean) / std`.
     pub do_normalize: bool,
+    /// Pixel limit checked from the file header before decoding (Pillow's
+    /// `MAX_IMAGE_PIXELS`: warning above, error above twice). Not part of the
+    /// [`fingerprint`](Self::fingerprint): it never changes a decoded pixel.
+    pub max_image_pixels: u64,
 }
 
 impl PreprocessConfig {
@@ -86,6 +93,7 @@ impl PreprocessConfig {
             do_rescale: true,
             rescale_factor: 1.0 / 255.0,
             do_normalize: true,
+            max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
         }
     }
 
@@ -298,7 +306,7 @@ pub fn preprocess_file(path: &Path, cfg: &PreprocessConfig) -> Result<Vec<f32>> 
 
 /// Same as [`preprocess_file`] from bytes already in memory; `name` is used in error messages.
 pub fn preprocess_bytes(bytes: &[u8], name: &str, cfg: &PreprocessConfig) -> Result<Vec<f32>> {
-    let image = decode_bytes(bytes, name)?;
+    let image = decode_bytes_limited(bytes, name, cfg.max_image_pixels)?;
     transform(&image, cfg).with_context(|| format!("cannot preprocess image {name}"))
 }
 

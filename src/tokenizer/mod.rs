@@ -72,11 +72,7 @@ impl ClipTokenizer {
             }
         };
         let (inner, name) = match source {
-            TokenizerSource::File(f) => (
-                tokenizers::Tokenizer::from_file(&f)
-                    .map_err(|e| anyhow!("{}: not a valid tokenizer: {e}", f.display()))?,
-                f.display().to_string(),
-            ),
+            TokenizerSource::File(f) => (read_tokenizer(&f)?, f.display().to_string()),
             TokenizerSource::BundledOpenAi => {
                 eprintln!(
                     "note: {} has no tokenizer.json; using the bundled OpenAI CLIP BPE, open_clip's tokenizer for this model",
@@ -148,4 +144,15 @@ impl ClipTokenizer {
         }
         Ok(ids)
     }
+}
+
+/// Reads a `tokenizer.json`, invalid JSON reported first: the tokenizers crate panics on
+/// some of it (found by tests/fuzz_loaders.rs).
+fn read_tokenizer(file: &Path) -> Result<tokenizers::Tokenizer> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow!("{}: cannot read: {e}", file.display()))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&text)
+        .map_err(|e| anyhow!("{}: not valid JSON: {e}", file.display()))?;
+    text.parse::<tokenizers::Tokenizer>()
+        .map_err(|e| anyhow!("{}: not a valid tokenizer: {e}", file.display()))
 }

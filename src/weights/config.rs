@@ -2,6 +2,7 @@
 //! `CLIPVisionModel*` / `CLIPTextModel*` save whose config is the tower config itself.
 //! Defaults are transformers' own, so sparse configs (as openai's are) read the same.
 
+use super::TensorStore;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::path::Path;
@@ -207,8 +208,7 @@ impl ClipConfig {
     pub fn parse(json: &str, file: &Path) -> Result<Self> {
         let value: serde_json::Value = serde_json::from_str(json)
             .with_context(|| format!("{} is not valid JSON", file.display()))?;
-        let top: RawTop = serde_json::from_value(value.clone())
-            .with_context(|| format!("{}: unexpected field types", file.display()))?;
+        let top: RawTop = typed(value.clone(), file)?;
         let model_type = top.model_type.as_deref().unwrap_or("");
         let (vision, text) = match (top.vision_config, top.text_config) {
             // A CLIPModel save: both towers share the top-level projection_dim.
@@ -220,13 +220,11 @@ impl ClipConfig {
                 )
             }
             (None, None) if model_type == "clip_vision_model" => {
-                let v: RawVision = serde_json::from_value(value)
-                    .with_context(|| format!("{}: unexpected field types", file.display()))?;
+                let v: RawVision = typed(value, file)?;
                 (Some(vision_config(v, None, file, "")?), None)
             }
             (None, None) if model_type == "clip_text_model" => {
-                let t: RawText = serde_json::from_value(value)
-                    .with_context(|| format!("{}: unexpected field types", file.display()))?;
+                let t: RawText = typed(value, file)?;
                 (None, Some(text_config(t, None, file, "")?))
             }
             (Some(v), None) => (
@@ -249,6 +247,75 @@ impl ClipConfig {
         };
         Ok(ClipConfig { vision, text })
     }
+
+    /// Checks the config against the checkpoint where shapes cannot: each tower's layer
+    /// count against the `encoder.layers.N` tensors (a config with fewer layers would
+    /// silently drop the rest). Widths and head counts are checked by the tensors' shapes.
+    pub fn check_against(&self, store: &TensorStore, config_file: &Path) -> Result<()> {
+        let towers = [
+            (
+                "vision",
+                "vision_model.",
+                self.vision.as_ref().map(|v| v.num_hidden_layers),
+            ),
+            (
+                "text",
+                "text_model.",
+                self.text.as_ref().map(|t| t.num_hidden_layers),
+            ),
+        ];
+        for (tower, prefix, layers) in towers {
+            let Some(layers) = layers else { continue };
+            let stored = stored_layers(store, prefix).or_else(|| stored_layers(store, ""));
+            let Some((count, file)) = stored else {
+                continue;
+            };
+            if count != layers {
+                bail!(
+                    "{}: the {tower} config's `num_hidden_layers` is {layers}, but {} holds {count} \
+                     {tower} layers (encoder.layers.0-{})",
+                    config_file.display(),
+                    file.display(),
+                    count - 1
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Number of layers (`1 + the largest N` of `<prefix>encoder.layers.N.*`) and the file of the
+/// last one, or `None` when no tensor has that prefix.
+fn stored_layers(store: &TensorStore, prefix: &str) -> Option<(usize, std::path::PathBuf)> {
+    let head = format!("{prefix}encoder.layers.");
+    store
+        .names()
+        .filter_map(|n| {
+            let rest = n.strip_prefix(&head)?;
+            let index: usize = rest.split('.').next()?.parse().ok()?;
+            Some((index + 1, n))
+        })
+        .max_by_key(|(count, _)| *count)
+        .map(|(count, name)| (count, store.file_of(name).to_path_buf()))
+}
+
+/// Deserialises `value`, a type error naming the field's path (`vision_config.hidden_size`).
+fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value, file: &Path) -> Result<T> {
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| anyhow::anyhow!("{}: field `{}`: {}", file.display(), e.path(), e.inner()))
+}
+
+/// `layer_norm_eps` as f32: positive and finite, or LayerNorm divides by zero (NaN).
+fn epsilon(value: Option<f64>, prefix: &str, file: &Path) -> Result<f32> {
+    let eps = value.unwrap_or(1e-5);
+    let as_f32 = eps as f32;
+    if !(as_f32.is_finite() && as_f32 > 0.0) {
+        bail!(
+            "{}: `{prefix}layer_norm_eps` = {eps:e} must be positive and finite",
+            file.display()
+        );
+    }
+    Ok(as_f32)
 }
 
 fn positive(value: usize, field: &str, prefix: &str, file: &Path) -> Result<usize> {
@@ -277,7 +344,12 @@ fn vision_config(r: RawVision, proj: Option<usize>, file: &Path, p: &str) -> Res
             p,
             file,
         )?,
-        num_hidden_layers: r.num_hidden_layers.unwrap_or(12),
+        num_hidden_layers: positive(
+            r.num_hidden_layers.unwrap_or(12),
+            "num_hidden_layers",
+            p,
+            file,
+        )?,
         num_attention_heads: positive(
             r.num_attention_heads.unwrap_or(12),
             "num_attention_heads",
@@ -287,13 +359,18 @@ fn vision_config(r: RawVision, proj: Option<usize>, file: &Path, p: &str) -> Res
         num_channels: positive(r.num_channels.unwrap_or(3), "num_channels", p, file)?,
         image_size: positive(r.image_size.unwrap_or(224), "image_size", p, file)?,
         patch_size: positive(r.patch_size.unwrap_or(32), "patch_size", p, file)?,
-        projection_dim: proj.or(r.projection_dim).unwrap_or(512),
+        projection_dim: positive(
+            proj.or(r.projection_dim).unwrap_or(512),
+            "projection_dim",
+            p,
+            file,
+        )?,
         hidden_act: Activation::parse(
             r.hidden_act.as_deref().unwrap_or("quick_gelu"),
             &format!("{p}hidden_act"),
             file,
         )?,
-        layer_norm_eps: r.layer_norm_eps.unwrap_or(1e-5) as f32,
+        layer_norm_eps: epsilon(r.layer_norm_eps, p, file)?,
     };
     divides(c.hidden_size, c.num_attention_heads, p, file)?;
     if c.patch_size > c.image_size {
@@ -317,7 +394,12 @@ fn text_config(r: RawText, proj: Option<usize>, file: &Path, p: &str) -> Result<
             p,
             file,
         )?,
-        num_hidden_layers: r.num_hidden_layers.unwrap_or(12),
+        num_hidden_layers: positive(
+            r.num_hidden_layers.unwrap_or(12),
+            "num_hidden_layers",
+            p,
+            file,
+        )?,
         num_attention_heads: positive(
             r.num_attention_heads.unwrap_or(8),
             "num_attention_heads",
@@ -330,13 +412,18 @@ fn text_config(r: RawText, proj: Option<usize>, file: &Path, p: &str) -> Result<
             p,
             file,
         )?,
-        projection_dim: proj.or(r.projection_dim).unwrap_or(512),
+        projection_dim: positive(
+            proj.or(r.projection_dim).unwrap_or(512),
+            "projection_dim",
+            p,
+            file,
+        )?,
         hidden_act: Activation::parse(
             r.hidden_act.as_deref().unwrap_or("quick_gelu"),
             &format!("{p}hidden_act"),
             file,
         )?,
-        layer_norm_eps: r.layer_norm_eps.unwrap_or(1e-5) as f32,
+        layer_norm_eps: epsilon(r.layer_norm_eps, p, file)?,
         bos_token_id: r.bos_token_id.unwrap_or(49406),
         eos_token_id: r.eos_token_id.unwrap_or(49407),
         pad_token_id: r.pad_token_id.unwrap_or(1),

@@ -113,10 +113,12 @@ impl ModelFiles {
             return Self::locate_file(path);
         }
         if !path.is_dir() {
-            bail!(
+            let msg = format!(
                 "model {} does not exist (expected a model directory or a .safetensors file)",
                 path.display()
             );
+            // An I/O error in the chain, so that callers (the Python module) can tell.
+            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, msg).into());
         }
         let dir = path.to_path_buf();
         let hf_config = dir.join("config.json");

@@ -1,0 +1,107 @@
+//! Images a run cannot use, found before extraction: every file the feature cache lacks is
+//! decoded once (header limit first), so that one error lists every bad file, or with
+//! `--skip-bad` each is skipped with a warning and listed in `summary.json`. Cached files
+//! decoded before and need no check.
+
+use crate::data::{Dataset, Splits};
+use crate::features::FeatureCache;
+use crate::preprocess::decode_bytes_limited;
+use anyhow::{Context, Result, bail};
+use rayon::prelude::*;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+/// `(domain, sample)` indices of the images left out, with their paths relative to the root.
+#[derive(Default)]
+pub struct BadImages {
+    pub samples: BTreeSet<(usize, usize)>,
+    pub rel_paths: Vec<String>,
+}
+
+/// Decodes the uncached images of `dataset`; an error listing every failure, or with
+/// `skip_bad` a warning for each and the list of those to leave out.
+pub fn find(
+    dataset: &Dataset,
+    cache: &FeatureCache,
+    max_image_pixels: u64,
+    skip_bad: bool,
+) -> Result<BadImages> {
+    let mut failures: Vec<(usize, usize, String)> = Vec::new();
+    for (d, domain) in dataset.domains.iter().enumerate() {
+        let paths = domain.paths();
+        let todo = cache.uncached_images(&paths)?;
+        let mut found: Vec<(usize, usize, String)> = todo
+            .par_iter()
+            .filter_map(|&i| {
+                let path = &paths[i];
+                let name = path.display().to_string();
+                let result = std::fs::read(path)
+                    .with_context(|| format!("cannot read image {name}"))
+                    .and_then(|bytes| decode_bytes_limited(&bytes, &name, max_image_pixels));
+                result.err().map(|e| (d, i, format!("{e:#}")))
+            })
+            .collect();
+        found.sort();
+        failures.extend(found);
+    }
+    if failures.is_empty() {
+        return Ok(BadImages::default());
+    }
+    if !skip_bad {
+        let list: Vec<&str> = failures.iter().map(|f| f.2.as_str()).collect();
+        bail!(
+            "{} image(s) of --data {} cannot be used (pass --skip-bad to leave them out):\n  {}",
+            failures.len(),
+            dataset.root.display(),
+            list.join("\n  ")
+        );
+    }
+    let mut bad = BadImages::default();
+    for (d, i, why) in failures {
+        eprintln!("warning: skipping {why}");
+        bad.samples.insert((d, i));
+        bad.rel_paths
+            .push(dataset.domains[d].samples[i].rel.clone());
+    }
+    Ok(bad)
+}
+
+impl BadImages {
+    /// Takes the bad images out of every client's train/val/test lists.
+    pub fn remove_from(&self, splits: &mut Splits) {
+        for c in &mut splits.clients {
+            let d = c.domain;
+            for list in [&mut c.train, &mut c.val, &mut c.test, &mut c.files] {
+                list.retain(|&i| !self.samples.contains(&(d, i)));
+            }
+        }
+    }
+
+    /// The paths of domain `d` to extract: all but the bad ones.
+    pub fn usable_paths(&self, dataset: &Dataset, d: usize) -> Vec<PathBuf> {
+        (dataset.domains[d].samples.iter().enumerate())
+            .filter(|(i, _)| !self.samples.contains(&(d, *i)))
+            .map(|(_, s)| s.path.clone())
+            .collect()
+    }
+
+    /// Features of the usable paths of domain `d` spread back to one row per sample, zero rows
+    /// at the bad ones (never read: they are out of every split).
+    pub fn with_gaps(&self, dataset: &Dataset, d: usize, features: Vec<f32>) -> Vec<f32> {
+        let n = dataset.domains[d].samples.len();
+        let skipped = (0..n).filter(|i| self.samples.contains(&(d, *i))).count();
+        if skipped == 0 {
+            return features;
+        }
+        let dim = features.len() / (n - skipped).max(1);
+        let mut rows = features.chunks_exact(dim.max(1));
+        let mut full = Vec::with_capacity(n * dim);
+        for i in 0..n {
+            match self.samples.contains(&(d, i)) {
+                true => full.extend(std::iter::repeat_n(0.0, dim)),
+                false => full.extend_from_slice(rows.next().unwrap_or(&[])),
+            }
+        }
+        full
+    }
+}
