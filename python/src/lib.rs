@@ -35,7 +35,11 @@ fn parse_device(device: &str) -> PyResult<Device> {
 /// the one in the checkout this module was built from.
 fn bundled_path(found: anyhow::Result<PathBuf>, rel: &str) -> String {
     found
-        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel))
+        .unwrap_or_else(|_| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(rel)
+        })
         .display()
         .to_string()
 }
@@ -134,7 +138,10 @@ impl Model {
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         check_batch(batch)?;
         let embeds = py
-            .detach(|| self.encoder.encode_texts(&prompts, batch, truncate, self.tokenizer))
+            .detach(|| {
+                self.encoder
+                    .encode_texts(&prompts, batch, truncate, self.tokenizer)
+            })
             .map_err(|e| to_py(e, Kind::Input))?;
         matrix(py, embeds, self.text_dim())
     }
@@ -308,7 +315,13 @@ fn _fedclip(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(default_server_lr, m)?)?;
     m.add_function(wrap_pyfunction!(sample_clients, m)?)?;
     federation::register(m)?;
-    m.add("BUNDLED_MODEL", bundled_path(bundled::bundled_model(), bundled::BUNDLED_MODEL))?;
-    m.add("BUNDLED_DATA", bundled_path(bundled::bundled_data(), bundled::BUNDLED_DATA))?;
+    m.add(
+        "BUNDLED_MODEL",
+        bundled_path(bundled::bundled_model(), bundled::BUNDLED_MODEL),
+    )?;
+    m.add(
+        "BUNDLED_DATA",
+        bundled_path(bundled::bundled_data(), bundled::BUNDLED_DATA),
+    )?;
     Ok(())
 }
