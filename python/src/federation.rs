@@ -6,18 +6,15 @@
 
 use crate::errors::{Kind, to_py};
 use crate::{matrix, parse_device};
-use fedclip::adapter::{
-    AdapterBackend, AdapterParams, CpuAdapters, Loss, OptimizerConfig, OptimizerKind, TextFeatures,
-    TrainConfig, param_count,
-};
+use fedclip::adapter::{AdapterBackend, AdapterParams, CpuAdapters, TextFeatures, param_count};
 use fedclip::cuda::CudaAdapters;
 use fedclip::data::split::{SplitConfig, make_splits};
 use fedclip::data::{Dataset, PromptTemplate};
 use fedclip::encode::Engine;
+use fedclip::federated::RunConfig;
 use fedclip::federated::features::{ClientData, SplitData};
 use fedclip::federated::strategy::{self, ClientUpdates, Deploy, Deployed, RoundPlan};
 use fedclip::federated::train::local_epochs;
-use fedclip::federated::{LossName, OptimizerName, RunConfig};
 use numpy::{PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -318,27 +315,6 @@ pub struct Clients {
     data: Vec<ClientData>,
 }
 
-/// `fedclip run`'s trainer settings for these options.
-fn train_config(cfg: &RunConfig, logit_scale: f32) -> TrainConfig {
-    TrainConfig {
-        loss: match cfg.loss {
-            LossName::Contrastive => Loss::Contrastive,
-            LossName::Class => Loss::Class,
-        },
-        logit_scale,
-        optimizer: OptimizerConfig {
-            kind: match cfg.optimizer {
-                OptimizerName::Adam => OptimizerKind::Adam,
-                OptimizerName::Adamw => OptimizerKind::AdamW,
-            },
-            lr: cfg.lr,
-            weight_decay: cfg.weight_decay,
-            ..OptimizerConfig::default()
-        },
-        min_batch: 2,
-    }
-}
-
 #[pymethods]
 impl Clients {
     /// `texts` are the class text features `[C, D]` (raw; normalised here), `logit_scale`
@@ -382,7 +358,7 @@ impl Clients {
             })
             .collect::<PyResult<Vec<_>>>()?;
         let init = AdapterParams::<f32>::init(dim, cfg.seed as u64);
-        let config = train_config(&cfg, logit_scale);
+        let config = cfg.train_config(logit_scale);
         let k = data.len();
         let backend = py
             .detach(|| -> anyhow::Result<Box<dyn AdapterBackend + Send>> {

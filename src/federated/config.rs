@@ -1,6 +1,7 @@
 //! The resolved settings of one `fedclip run`, written to `<run dir>/config.json` and
 //! compared on `--resume`.
 
+use crate::adapter::{Loss, OptimizerConfig, OptimizerKind, TrainConfig};
 use crate::paths::utf8;
 use crate::tokenizer::TokenizerKind;
 use anyhow::{Result, bail};
@@ -168,6 +169,28 @@ pub fn readable(x: f64) -> String {
 }
 
 impl RunConfig {
+    /// The adapter trainer's settings for these options (one definition for `fedclip run`
+    /// and the Python module, so both train alike).
+    pub fn train_config(&self, logit_scale: f32) -> TrainConfig {
+        TrainConfig {
+            loss: match self.loss {
+                LossName::Contrastive => Loss::Contrastive,
+                LossName::Class => Loss::Class,
+            },
+            logit_scale,
+            optimizer: OptimizerConfig {
+                kind: match self.optimizer {
+                    OptimizerName::Adam => OptimizerKind::Adam,
+                    OptimizerName::Adamw => OptimizerKind::AdamW,
+                },
+                lr: self.lr,
+                weight_decay: self.weight_decay,
+                ..OptimizerConfig::default()
+            },
+            min_batch: 2,
+        }
+    }
+
     /// Checks every setting before any work starts; an error names the flag and shows the
     /// value.
     pub fn validate(&self) -> Result<()> {

@@ -4,16 +4,13 @@
 //! abort at.
 
 use super::checkpoint::{STATE_FILE, State};
-use super::config::{LossName, OptimizerName, RunConfig};
+use super::config::RunConfig;
 use super::evaluate::Evaluation;
 use super::features::Features;
 use super::report;
 use super::strategy::{ClientUpdates, Deployed, Strategy};
 use super::train::local_epochs;
-use crate::adapter::{
-    AdapterBackend, AdapterParams, CpuAdapters, Loss, OptimizerConfig, OptimizerKind, TrainConfig,
-    param_count,
-};
+use crate::adapter::{AdapterBackend, AdapterParams, CpuAdapters, param_count};
 use crate::cuda::CudaAdapters;
 use crate::data::split::Splits;
 use crate::encode::Engine;
@@ -62,7 +59,7 @@ impl<'a> Rounds<'a> {
         );
         let dim = features.dim;
         let init = AdapterParams::<f32>::init(dim, cfg.seed as u64);
-        let config = train_config(cfg, features.logit_scale);
+        let config = cfg.train_config(features.logit_scale);
         let k = trainees.len();
         let texts = features.texts.clone();
         let mut backend: Box<dyn AdapterBackend> = match engine {
@@ -225,25 +222,5 @@ impl<'a> Rounds<'a> {
             Deployed::EachClient => self.state.clients.clone(),
             Deployed::Global | Deployed::Nothing => self.state.global.clone(),
         }
-    }
-}
-
-fn train_config(cfg: &RunConfig, logit_scale: f32) -> TrainConfig {
-    TrainConfig {
-        loss: match cfg.loss {
-            LossName::Contrastive => Loss::Contrastive,
-            LossName::Class => Loss::Class,
-        },
-        logit_scale,
-        optimizer: OptimizerConfig {
-            kind: match cfg.optimizer {
-                OptimizerName::Adam => OptimizerKind::Adam,
-                OptimizerName::Adamw => OptimizerKind::AdamW,
-            },
-            lr: cfg.lr,
-            weight_decay: cfg.weight_decay,
-            ..OptimizerConfig::default()
-        },
-        min_batch: 2,
     }
 }
