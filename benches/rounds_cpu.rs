@@ -1,0 +1,173 @@
+//! Time per federated round on the CPU, at K = 3 and K = 1,000 clients, for the methods that
+//! train (`benches/torch_rounds.py` times PyTorch on the same round).
+//!
+//! One round is what `fedclip run` computes per round on cached features: every client starts
+//! from the global parameters with a fresh optimiser, one local epoch over its 64 training
+//! samples (two steps of batch 32), a uniform FedAvg, then every client's train, val and test
+//! split (64 + 16 + 16 samples) evaluated with the new global parameters. Features are
+//! synthetic (d = 512, C = 7, a class signal plus noise). The checkpoint a run writes after
+//! each round is file I/O and not included (at K = 1,000 its state file is K × P × 4 bytes).
+//!
+//! `cargo bench --bench rounds_cpu [-- K ...]` (default K = 3 and 1000).
+
+use fedclip::adapter::{
+    AdapterBackend, AdapterParams, ClientBatch, CpuAdapters, TextFeatures, TrainConfig,
+    param_count, predict,
+};
+use fedclip::federated::aggregate::weighted_mean;
+use std::time::Instant;
+
+const D: usize = 512;
+const C: usize = 7;
+const TRAIN: usize = 64;
+const EVAL: usize = 16;
+const BATCH: usize = 32;
+
+struct Rng(u64);
+impl Rng {
+    fn unit(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32
+    }
+    fn normal(&mut self) -> f32 {
+        (0..4).map(|_| self.unit()).sum::<f32>() * 1.7 - 3.4
+    }
+}
+
+/// `n` samples with labels cycling over the classes: 0.3 × the class's text feature + noise.
+fn samples(rng: &mut Rng, texts: &[f32], n: usize) -> (Vec<f32>, Vec<u32>) {
+    let labels: Vec<u32> = (0..n).map(|i| (i % C) as u32).collect();
+    let mut features = Vec::with_capacity(n * D);
+    for &y in &labels {
+        for j in 0..D {
+            features.push(0.3 * texts[y as usize * D + j] + rng.normal());
+        }
+    }
+    (features, labels)
+}
+
+struct Client {
+    train: (Vec<f32>, Vec<u32>),
+    val: (Vec<f32>, Vec<u32>),
+    test: (Vec<f32>, Vec<u32>),
+}
+
+/// Seconds of each phase of one round.
+#[derive(Default, Clone, Copy)]
+struct RoundTimes {
+    train: f64,
+    aggregate: f64,
+    evaluate: f64,
+}
+
+impl RoundTimes {
+    fn total(&self) -> f64 {
+        self.train + self.aggregate + self.evaluate
+    }
+}
+
+fn fedclip_round(
+    backend: &mut CpuAdapters,
+    global: &mut Vec<f32>,
+    clients: &[Client],
+    texts: &TextFeatures<f32>,
+) -> (RoundTimes, f64) {
+    let k = clients.len();
+    let p = param_count(D);
+    let t0 = Instant::now();
+    let start = AdapterParams::from_flat(D, global.clone()).unwrap();
+    for s in 0..k {
+        backend.set_client_params(s, &start).unwrap();
+    }
+    backend.reset();
+    for step in 0..TRAIN.div_ceil(BATCH) {
+        let rows = step * BATCH..((step + 1) * BATCH).min(TRAIN);
+        let batches: Vec<Option<ClientBatch>> = clients
+            .iter()
+            .map(|c| {
+                let f = &c.train.0[rows.start * D..rows.end * D];
+                Some(ClientBatch::new(f, &c.train.1[rows.clone()]))
+            })
+            .collect();
+        backend.step(&batches).unwrap();
+    }
+    let params = backend.read_all_params().unwrap();
+    let t1 = Instant::now();
+    let slots: Vec<usize> = (0..k).collect();
+    *global = weighted_mean(&params, p, &slots, &vec![1.0; k]);
+    let t2 = Instant::now();
+    let deployed = AdapterParams::from_flat(D, global.clone()).unwrap();
+    let mut right = 0usize;
+    let mut seen = 0usize;
+    for c in clients {
+        for (f, y) in [&c.train, &c.val, &c.test] {
+            let pred = predict(Some(&deployed), f, texts).unwrap();
+            right += pred.iter().zip(y).filter(|(a, b)| a == b).count();
+            seen += y.len();
+        }
+    }
+    let t3 = Instant::now();
+    let times = RoundTimes {
+        train: (t1 - t0).as_secs_f64(),
+        aggregate: (t2 - t1).as_secs_f64(),
+        evaluate: (t3 - t2).as_secs_f64(),
+    };
+    (times, right as f64 / seen as f64)
+}
+
+fn median_by_total(mut v: Vec<RoundTimes>) -> RoundTimes {
+    v.sort_by(|a, b| a.total().partial_cmp(&b.total()).unwrap());
+    v[v.len() / 2]
+}
+
+fn bench_fedclip(k: usize, rng: &mut Rng, texts_raw: &[f32]) {
+    let texts = TextFeatures::new(texts_raw, C, D).unwrap();
+    let clients: Vec<Client> = (0..k)
+        .map(|_| Client {
+            train: samples(rng, texts_raw, TRAIN),
+            val: samples(rng, texts_raw, EVAL),
+            test: samples(rng, texts_raw, EVAL),
+        })
+        .collect();
+    let init = AdapterParams::init(D, 0);
+    let mut backend = CpuAdapters::new(k, &init, texts.clone(), TrainConfig::default()).unwrap();
+    let mut global = init.as_slice().to_vec();
+    let reps = if k <= 10 { 30 } else { 5 };
+    fedclip_round(&mut backend, &mut global, &clients, &texts); // warm-up
+    let mut acc = 0.0;
+    let times: Vec<RoundTimes> = (0..reps)
+        .map(|_| {
+            let (t, a) = fedclip_round(&mut backend, &mut global, &clients, &texts);
+            acc = a;
+            t
+        })
+        .collect();
+    let m = median_by_total(times);
+    println!(
+        "fedclip rounds cpu, method fedclip, K={k}: {:.4} s/round (train {:.4}, aggregate {:.4}, \
+         evaluate {:.4}; median of {reps}, {} threads; accuracy after {} rounds {:.3})",
+        m.total(),
+        m.train,
+        m.aggregate,
+        m.evaluate,
+        rayon::current_num_threads(),
+        reps + 1,
+        acc
+    );
+}
+
+fn main() {
+    let ks: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let ks = if ks.is_empty() { vec![3, 1000] } else { ks };
+    let mut rng = Rng(7);
+    let texts_raw: Vec<f32> = (0..C * D).map(|_| rng.normal()).collect();
+    for k in ks {
+        bench_fedclip(k, &mut rng, &texts_raw);
+    }
+}
