@@ -142,6 +142,64 @@ struct Work {
     staging: Vec<f32>,
 }
 
+/// The FedProx term of one step: μ, the anchor and each slot's partial sums.
+#[derive(Clone, Copy)]
+struct Proximal<'a> {
+    mu: f32,
+    anchor: View<'a, f32>,
+    partials: View<'a, f32>,
+}
+
+/// One group's device buffers, as views sized by its layout (what the launches read).
+struct GroupViews<'a> {
+    slots: usize,
+    x: View<'a, f32>,
+    adam_steps: View<'a, f32>,
+    labels: View<'a, i32>,
+    slot_client: View<'a, i32>,
+    slot_row0: View<'a, i32>,
+    slot_rows: View<'a, i32>,
+    tiles: View<'a, i32>,
+    h: View<'a, f32>,
+    za: View<'a, f32>,
+    n: View<'a, f32>,
+    dz: View<'a, f32>,
+    du: View<'a, f32>,
+    rnorm: View<'a, f32>,
+    g: View<'a, f32>,
+    grad: View<'a, f32>,
+    flags: View<'a, i32>,
+    out: View<'a, f32>,
+}
+
+impl<'a> GroupViews<'a> {
+    fn new(w: &'a Work, layout: &Layout, d: usize, c: usize) -> Self {
+        let (rows, a) = (layout.rows, layout.slots());
+        let fv = w.floats.view(rows * d + 2 * a);
+        let iv = w.ints.view(rows + 3 * a + layout.tiles.len());
+        GroupViews {
+            slots: a,
+            x: fv.slice(0, rows * d),
+            adam_steps: fv.slice(rows * d, 2 * a),
+            labels: iv.slice(0, rows),
+            slot_client: iv.slice(rows, a),
+            slot_row0: iv.slice(rows + a, a),
+            slot_rows: iv.slice(rows + 2 * a, a),
+            tiles: iv.slice(rows + 3 * a, layout.tiles.len()),
+            h: w.h.view(rows * d),
+            za: w.za.view(rows * d),
+            n: w.n.view(rows * d),
+            dz: w.dz.view(rows * d),
+            du: w.du.view(rows * d),
+            rnorm: w.rnorm.view(rows),
+            g: w.g.view(rows * c),
+            grad: w.grad.view(a * param_count(d)),
+            flags: w.flags.view(a * flag_count(d)),
+            out: w.out.view(2 * a),
+        }
+    }
+}
+
 /// The host-side description of one group: its clients' rows in one buffer.
 struct Layout {
     rows: usize,
@@ -436,21 +494,47 @@ impl CudaAdapters {
     /// sequence, and each client's (loss, status) back (status 0 stepped, 1 loss not finite,
     /// 2 gradient not finite).
     fn step_group(&self, group: &[(usize, &ClientBatch<'_>)]) -> Result<Vec<(f32, u32)>> {
-        let (d, c) = (self.dim, self.texts.classes());
-        let p = param_count(d);
         let sizes: Vec<(usize, usize)> = group.iter().map(|(k, b)| (*k, b.len())).collect();
         let layout = Layout::new(&sizes)?;
-        let (rows, a) = (layout.rows, layout.slots());
         let mut guard = self
             .work
             .lock()
             .map_err(|_| anyhow::anyhow!("work buffers poisoned"))?;
         let w = &mut *guard;
         self.reserve(w, &layout, true)?;
-
-        // Host → device: features and Adam scalars (small batches gathered into runs, large
-        // ones copied straight from the caller's slice); labels, slot table and tiles.
         let t0 = Instant::now();
+        self.upload_group(w, group, &layout)?;
+        let t1 = Instant::now();
+        let v = GroupViews::new(w, &layout, self.dim, self.texts.classes());
+        let prox = self.launch_proximal(w, &v)?;
+        self.forward(w, &layout, self.scale)?;
+        self.launch_backward(&layout, &v, prox)?;
+        self.launch_adam(&v, prox)?;
+        let result = self.gpu.read(v.out)?;
+        let mut profile = self
+            .profile
+            .lock()
+            .map_err(|_| anyhow::anyhow!("profile poisoned"))?;
+        profile.upload += t1 - t0;
+        profile.device += t1.elapsed();
+        profile.groups += 1;
+        profile.launches += if prox.is_some() { 9 } else { 8 };
+        Ok(result
+            .chunks_exact(2)
+            .map(|r| (r[0], r[1] as u32))
+            .collect())
+    }
+
+    /// Host → device for one group: features and Adam scalars (small batches gathered into
+    /// runs, large ones copied straight from the caller's slice); labels, slot table, tiles.
+    fn upload_group(
+        &self,
+        w: &mut Work,
+        group: &[(usize, &ClientBatch<'_>)],
+        layout: &Layout,
+    ) -> Result<()> {
+        let d = self.dim;
+        let (rows, a) = (layout.rows, layout.slots());
         let cfg = &self.config.optimizer;
         let fv = w.floats.view(rows * d + 2 * a);
         let run = &mut w.staging;
@@ -492,81 +576,88 @@ impl CudaAdapters {
         ints.extend_from_slice(&layout.slot_row0);
         ints.extend_from_slice(&layout.slot_rows);
         ints.extend_from_slice(&layout.tiles);
-        self.gpu.write(w.ints.view(ints.len()), &ints)?;
-        let t1 = Instant::now();
+        self.gpu.write(w.ints.view(ints.len()), &ints)
+    }
 
-        let (x, adam_steps) = (fv.slice(0, rows * d), fv.slice(rows * d, 2 * a));
-        let iv = w.ints.view(ints.len());
-        let labels = iv.slice(0, rows);
-        let slot_client = iv.slice(rows, a);
-        let slot_row0 = iv.slice(rows + a, a);
-        let slot_rows = iv.slice(rows + 2 * a, a);
-        let tiles = iv.slice(rows + 3 * a, layout.tiles.len());
-        let (h, za, n) = (w.h.view(rows * d), w.za.view(rows * d), w.n.view(rows * d));
-        let (dz, du) = (w.dz.view(rows * d), w.du.view(rows * d));
-        let (rnorm, g) = (w.rnorm.view(rows), w.g.view(rows * c));
-        let grad = w.grad.view(a * p);
-        let nflags = flag_count(d);
-        let flags = w.flags.view(a * nflags);
-        let out = w.out.view(2 * a);
-        let chunks = p.div_ceil(CHUNK);
-        let (d32, p32, c32) = (d as i32, p as i32, c as i32);
-
-        let prox = match &self.proximal {
-            Some((mu, anchor)) => {
-                let partials = w.prox.view(a * chunks);
-                self.launch(
-                    "fc_adapter_prox",
-                    (a * chunks, 1),
-                    64,
-                    &[
-                        ptr(self.params.view()),
-                        ptr(anchor.view()),
-                        ptr(slot_client),
-                        Arg::I32(p32),
-                        Arg::I32(chunks as i32),
-                        ptr(partials),
-                    ],
-                )?;
-                Some((*mu, anchor.view(), partials))
-            }
-            None => None,
+    /// FedProx: each slot's partial sums of ‖θ − anchor‖², when a proximal term is set.
+    /// Returns (μ, anchor, partials) for the loss and Adam launches.
+    fn launch_proximal<'w>(
+        &'w self,
+        w: &'w Work,
+        v: &GroupViews<'w>,
+    ) -> Result<Option<Proximal<'w>>> {
+        let Some((mu, anchor)) = &self.proximal else {
+            return Ok(None);
         };
-        self.forward(w, &layout, self.scale)?;
+        let p = param_count(self.dim);
+        let chunks = p.div_ceil(CHUNK);
+        let partials = w.prox.view(v.slots * chunks);
+        self.launch(
+            "fc_adapter_prox",
+            (v.slots * chunks, 1),
+            64,
+            &[
+                ptr(self.params.view()),
+                ptr(anchor.view()),
+                ptr(v.slot_client),
+                Arg::I32(p as i32),
+                Arg::I32(chunks as i32),
+                ptr(partials),
+            ],
+        )?;
+        Ok(Some(Proximal {
+            mu: *mu,
+            anchor: anchor.view(),
+            partials,
+        }))
+    }
+
+    /// Loss and its gradient back through the rows, the hidden layer and into the weight
+    /// gradients (`v.grad`), after [`Self::forward`].
+    fn launch_backward(
+        &self,
+        layout: &Layout,
+        v: &GroupViews<'_>,
+        prox: Option<Proximal<'_>>,
+    ) -> Result<()> {
+        let (d, c) = (self.dim, self.texts.classes());
+        let p = param_count(d);
+        let (d32, p32, c32) = (d as i32, p as i32, c as i32);
+        let chunks = p.div_ceil(CHUNK);
         self.launch(
             "fc_adapter_loss",
-            (a, 1),
+            (v.slots, 1),
             (3 * c + 8) * 4,
             &[
-                ptr(g),
-                ptr(labels),
-                ptr(slot_row0),
-                ptr(slot_rows),
+                ptr(v.g),
+                ptr(v.labels),
+                ptr(v.slot_row0),
+                ptr(v.slot_rows),
                 Arg::I32(c32),
                 Arg::F32(self.scale),
                 Arg::I32(match self.config.loss {
                     Loss::Contrastive => 0,
                     Loss::Class => 1,
                 }),
-                prox.map_or(Arg::Ptr(0), |(_, _, partials)| partials.arg()),
+                prox.map_or(Arg::Ptr(0), |x| x.partials.arg()),
                 Arg::I32(chunks as i32),
-                Arg::F32(prox.map_or(0.0, |(mu, _, _)| mu)),
-                ptr(out),
+                Arg::F32(prox.map_or(0.0, |x| x.mu)),
+                ptr(v.out),
             ],
         )?;
         self.launch(
             "fc_adapter_rows_bwd",
-            (rows.div_ceil(8), 1),
+            (layout.rows.div_ceil(8), 1),
             0,
             &[
-                ptr(g),
+                ptr(v.g),
                 ptr(self.texts_dev.view()),
-                ptr(za),
-                ptr(x),
-                ptr(n),
-                ptr(rnorm),
-                ptr(dz),
-                Arg::I32(rows as i32),
+                ptr(v.za),
+                ptr(v.x),
+                ptr(v.n),
+                ptr(v.rnorm),
+                ptr(v.dz),
+                Arg::I32(layout.rows as i32),
                 Arg::I32(d32),
                 Arg::I32(c32),
             ],
@@ -580,51 +671,60 @@ impl CudaAdapters {
             (layout.tile_count(), d.div_ceil(TILE_N)),
             tile_smem(layout.bm),
             &[
-                ptr(dz),
-                ptr(h),
-                ptr(du),
+                ptr(v.dz),
+                ptr(v.h),
+                ptr(v.du),
                 ptr(self.params.view()),
-                ptr(slot_client),
-                ptr(tiles),
+                ptr(v.slot_client),
+                ptr(v.tiles),
                 Arg::I32(d32),
                 Arg::I32(p32),
             ],
         )?;
         self.launch(
             "fc_adapter_wgrad",
-            (a * nflags, 1),
+            (v.slots * flag_count(d), 1),
             tile_smem(64) + 16,
             &[
-                ptr(du),
-                ptr(x),
-                ptr(dz),
-                ptr(h),
-                ptr(grad),
-                ptr(flags),
-                ptr(slot_row0),
-                ptr(slot_rows),
+                ptr(v.du),
+                ptr(v.x),
+                ptr(v.dz),
+                ptr(v.h),
+                ptr(v.grad),
+                ptr(v.flags),
+                ptr(v.slot_row0),
+                ptr(v.slot_rows),
                 Arg::I32(d32),
                 Arg::I32(p32),
             ],
-        )?;
+        )
+    }
+
+    /// The Adam / AdamW update of every slot from `v.grad` (skipped in-kernel for a client
+    /// whose loss or gradient is not finite).
+    fn launch_adam(&self, v: &GroupViews<'_>, prox: Option<Proximal<'_>>) -> Result<()> {
+        let cfg = &self.config.optimizer;
+        let p = param_count(self.dim);
+        let chunks = p.div_ceil(CHUNK);
+        let nflags = flag_count(self.dim);
         let f = |v: f64| Arg::F32(v as f32);
         self.launch(
             "fc_adapter_adam",
-            (a * chunks, 1),
+            (v.slots * chunks, 1),
             16,
             &[
                 ptr(self.params.view()),
                 ptr(self.m.view()),
                 ptr(self.v.view()),
-                ptr(grad),
-                prox.map_or(Arg::Ptr(0), |(_, anchor, _)| anchor.arg()),
-                Arg::F32(prox.map_or(0.0, |(mu, _, _)| mu)),
-                ptr(slot_client),
-                ptr(out),
-                ptr(flags),
+                ptr(v.grad),
+                prox.map_or(Arg::Ptr(0), |x| x.anchor.arg()),
+                Arg::F32(prox.map_or(0.0, |x| x.mu)),
+                ptr(v.slot_client),
+                ptr(v.out),
+                ptr(v.flags),
                 Arg::I32(nflags as i32),
-                ptr(adam_steps),
-                Arg::I32(p32),
+                ptr(v.adam_steps),
+                Arg::I32(p as i32),
                 Arg::I32(chunks as i32),
                 Arg::I32(match cfg.kind {
                     OptimizerKind::Adam => 0,
@@ -637,20 +737,7 @@ impl CudaAdapters {
                 f(cfg.weight_decay),
                 f(1.0 - cfg.lr * cfg.weight_decay),
             ],
-        )?;
-        let result = self.gpu.read(out)?;
-        let mut profile = self
-            .profile
-            .lock()
-            .map_err(|_| anyhow::anyhow!("profile poisoned"))?;
-        profile.upload += t1 - t0;
-        profile.device += t1.elapsed();
-        profile.groups += 1;
-        profile.launches += if prox.is_some() { 9 } else { 8 };
-        Ok(result
-            .chunks_exact(2)
-            .map(|r| (r[0], r[1] as u32))
-            .collect())
+        )
     }
 }
 
