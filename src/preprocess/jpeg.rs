@@ -625,179 +625,23 @@ impl<'a> Decoder<'a> {
         let Some(frame) = self.frame.as_mut() else {
             return corrupt("SOS before SOF");
         };
-        let progressive = frame.progressive;
-        let n = *s.first().unwrap_or(&0) as usize;
-        if n == 0 || n > 4 || s.len() != 4 + 2 * n {
-            return corrupt("bad SOS segment");
-        }
-        let mut scomps = Vec::with_capacity(n);
-        for c in s[1..1 + 2 * n].chunks_exact(2) {
-            let Some(ci) = frame.comps.iter().position(|x| x.id == c[0]) else {
-                return corrupt("SOS names an unknown component");
-            };
-            if scomps.iter().any(|&(x, _, _)| x == ci) {
-                return corrupt("SOS names a component twice");
-            }
-            scomps.push((ci, (c[1] >> 4) as usize, (c[1] & 15) as usize));
-        }
-        let (ss, se) = (s[1 + 2 * n] as usize, s[2 + 2 * n] as usize);
-        let (ah, al) = ((s[3 + 2 * n] >> 4) as u32, (s[3 + 2 * n] & 15) as u32);
-        if frame.progressive {
-            let bad = if ss == 0 {
-                se != 0
-            } else {
-                ss > se || se > 63 || n != 1
-            } || (ah != 0 && al != ah - 1)
-                || al > 13;
-            if bad {
-                return corrupt("bad progressive scan parameters");
-            }
-        } else if ss != 0 || se != 63 || ah != 0 || al != 0 {
-            // libjpeg only warns here and decodes a full sequential scan anyway.
-        }
-        let blocks_in_mcu: usize = if n == 1 {
-            1
-        } else {
-            scomps
-                .iter()
-                .map(|&(ci, _, _)| frame.comps[ci].h * frame.comps[ci].v)
-                .sum()
+        let scan = ScanHeader::parse(s, frame)?;
+        let tables = ScanTables {
+            dc: &self.dc_tables,
+            ac: &self.ac_tables,
+            qt: &self.qt,
         };
-        if blocks_in_mcu > 10 {
-            return corrupt("too many blocks per MCU");
-        }
-        // Tables.
-        let mut dc = Vec::with_capacity(n);
-        let mut ac = Vec::with_capacity(n);
-        for &(ci, td, ta) in &scomps {
-            if td > 3 || ta > 3 {
-                return corrupt("bad Huffman table index");
-            }
-            // Sequential scans always code DC and AC (libjpeg ignores their Ss/Se/Ah/Al).
-            let need_dc = !progressive || (ss == 0 && ah == 0);
-            let need_ac = !progressive || ss > 0;
-            let get = |tables: &[Option<Huffman>; 4], idx: usize, is_dc: bool| -> Result<Huffman> {
-                match &tables[idx] {
-                    Some(t) => Ok(t.clone()),
-                    None if !progressive => {
-                        let (bits, vals) = standard_table(is_dc, idx);
-                        Huffman::new(bits, vals, is_dc)
-                    }
-                    None => corrupt("missing Huffman table"),
-                }
-            };
-            dc.push(if need_dc {
-                Some(get(&self.dc_tables, td, true)?)
-            } else {
-                None
-            });
-            ac.push(if need_ac {
-                Some(get(&self.ac_tables, ta, false)?)
-            } else {
-                None
-            });
-            let comp = &mut frame.comps[ci];
-            if comp.quant.is_none() {
-                let Some(q) = self.qt[comp.tq] else {
-                    return corrupt("missing quantisation table");
-                };
-                let mut latched = [0i16; 64];
-                for (l, &v) in latched.iter_mut().zip(&q) {
-                    *l = v as i16;
-                }
-                comp.quant = Some(latched);
-            }
-            comp.scanned = true;
-            comp.dc_pred = 0;
-        }
-
+        let (dc, ac) = tables.for_scan(&scan, frame)?;
         let mut reader = BitReader::new(self.data, scan_start);
-        let restart = self.restart_interval;
-        let total_mcus = if n == 1 {
-            let c = &frame.comps[scomps[0].0];
-            c.width.div_ceil(8) * c.height.div_ceil(8)
-        } else {
-            frame.mcux * frame.mcuy
+        let mut scan_state = ScanDecoder {
+            data: self.data,
+            restart: self.restart_interval,
+            scan: &scan,
+            dc: &dc,
+            ac: &ac,
+            eobrun: 0,
         };
-        let mut next_rst = 0u8;
-        let mut eobrun = 0u32;
-        for mcu in 0..total_mcus {
-            if restart > 0 && mcu > 0 && mcu % restart == 0 {
-                reader.check_overrun()?;
-                let p = reader.finish();
-                if self.data.get(p) != Some(&0xFF)
-                    || self.data.get(p + 1) != Some(&(0xD0 + next_rst))
-                {
-                    return corrupt("missing or wrong restart marker");
-                }
-                next_rst = (next_rst + 1) & 7;
-                reader = BitReader::new(self.data, p + 2);
-                for &(ci, _, _) in &scomps {
-                    frame.comps[ci].dc_pred = 0;
-                }
-                eobrun = 0;
-            }
-            for (k, &(ci, _, _)) in scomps.iter().enumerate() {
-                let comp = &mut frame.comps[ci];
-                let (blocks_h, blocks_v) = if n == 1 { (1, 1) } else { (comp.h, comp.v) };
-                for by in 0..blocks_v {
-                    for bx in 0..blocks_h {
-                        let (row, col) = if n == 1 {
-                            let per_row = comp.width.div_ceil(8);
-                            (mcu / per_row, mcu % per_row)
-                        } else {
-                            (
-                                (mcu / frame.mcux) * comp.v + by,
-                                (mcu % frame.mcux) * comp.h + bx,
-                            )
-                        };
-                        let start = (row * comp.bw + col) * 64;
-                        let block = &mut comp.coefs[start..start + 64];
-                        if !frame.progressive {
-                            decode_block_sequential(
-                                &mut reader,
-                                block,
-                                dc[k].as_ref().unwrap(),
-                                ac[k].as_ref().unwrap(),
-                                &mut comp.dc_pred,
-                            )?;
-                        } else if ss == 0 {
-                            if ah == 0 {
-                                let t = reader.decode(dc[k].as_ref().unwrap())? as u32;
-                                let diff = reader.receive_extend(t);
-                                let Some(v) = comp.dc_pred.checked_add(diff) else {
-                                    return corrupt("bad DC coefficient");
-                                };
-                                comp.dc_pred = v;
-                                block[0] = v.wrapping_shl(al) as i16;
-                            } else if reader.bit() {
-                                block[0] |= (1i32 << al) as i16;
-                            }
-                        } else if ah == 0 {
-                            decode_ac_first(
-                                &mut reader,
-                                block,
-                                ac[k].as_ref().unwrap(),
-                                ss,
-                                se,
-                                al,
-                                &mut eobrun,
-                            )?;
-                        } else {
-                            decode_ac_refine(
-                                &mut reader,
-                                block,
-                                ac[k].as_ref().unwrap(),
-                                ss,
-                                se,
-                                al,
-                                &mut eobrun,
-                            )?;
-                        }
-                    }
-                }
-            }
-        }
+        scan_state.decode_mcus(&mut reader, frame)?;
         reader.check_overrun()?;
         self.pos = reader.finish();
         Ok(())
@@ -879,6 +723,228 @@ impl<'a> Decoder<'a> {
             color,
             data,
         })
+    }
+}
+
+/// One SOS segment: its components (frame index, DC table, AC table) and the spectral
+/// selection / successive approximation parameters.
+struct ScanHeader {
+    comps: Vec<(usize, usize, usize)>,
+    ss: usize,
+    se: usize,
+    ah: u32,
+    al: u32,
+}
+
+impl ScanHeader {
+    fn parse(s: &[u8], frame: &Frame) -> Result<Self> {
+        let n = *s.first().unwrap_or(&0) as usize;
+        if n == 0 || n > 4 || s.len() != 4 + 2 * n {
+            return corrupt("bad SOS segment");
+        }
+        let mut comps = Vec::with_capacity(n);
+        for c in s[1..1 + 2 * n].chunks_exact(2) {
+            let Some(ci) = frame.comps.iter().position(|x| x.id == c[0]) else {
+                return corrupt("SOS names an unknown component");
+            };
+            if comps.iter().any(|&(x, _, _)| x == ci) {
+                return corrupt("SOS names a component twice");
+            }
+            comps.push((ci, (c[1] >> 4) as usize, (c[1] & 15) as usize));
+        }
+        let (ss, se) = (s[1 + 2 * n] as usize, s[2 + 2 * n] as usize);
+        let (ah, al) = ((s[3 + 2 * n] >> 4) as u32, (s[3 + 2 * n] & 15) as u32);
+        if frame.progressive {
+            let bad = if ss == 0 {
+                se != 0
+            } else {
+                ss > se || se > 63 || n != 1
+            } || (ah != 0 && al != ah - 1)
+                || al > 13;
+            if bad {
+                return corrupt("bad progressive scan parameters");
+            }
+        }
+        // A sequential scan with other Ss/Se/Ah/Al: libjpeg only warns and decodes a full
+        // sequential scan anyway.
+        let blocks_in_mcu: usize = if n == 1 {
+            1
+        } else {
+            (comps.iter())
+                .map(|&(ci, _, _)| frame.comps[ci].h * frame.comps[ci].v)
+                .sum()
+        };
+        if blocks_in_mcu > 10 {
+            return corrupt("too many blocks per MCU");
+        }
+        Ok(ScanHeader {
+            comps,
+            ss,
+            se,
+            ah,
+            al,
+        })
+    }
+}
+
+/// The tables defined so far, which a scan picks from.
+struct ScanTables<'t> {
+    dc: &'t [Option<Huffman>; 4],
+    ac: &'t [Option<Huffman>; 4],
+    qt: &'t [Option<[u16; 64]>; 4],
+}
+
+type ScanHuffman = Vec<Option<Huffman>>;
+
+impl ScanTables<'_> {
+    /// Each scan component's DC and AC tables (where the scan codes them); latches each
+    /// component's quantisation table on its first scan and resets its DC predictor.
+    fn for_scan(&self, scan: &ScanHeader, frame: &mut Frame) -> Result<(ScanHuffman, ScanHuffman)> {
+        let progressive = frame.progressive;
+        let mut dc = Vec::with_capacity(scan.comps.len());
+        let mut ac = Vec::with_capacity(scan.comps.len());
+        for &(ci, td, ta) in &scan.comps {
+            if td > 3 || ta > 3 {
+                return corrupt("bad Huffman table index");
+            }
+            // Sequential scans always code DC and AC (libjpeg ignores their Ss/Se/Ah/Al).
+            let need_dc = !progressive || (scan.ss == 0 && scan.ah == 0);
+            let need_ac = !progressive || scan.ss > 0;
+            let get = |tables: &[Option<Huffman>; 4], idx: usize, is_dc: bool| -> Result<Huffman> {
+                match &tables[idx] {
+                    Some(t) => Ok(t.clone()),
+                    None if !progressive => {
+                        let (bits, vals) = standard_table(is_dc, idx);
+                        Huffman::new(bits, vals, is_dc)
+                    }
+                    None => corrupt("missing Huffman table"),
+                }
+            };
+            dc.push(need_dc.then(|| get(self.dc, td, true)).transpose()?);
+            ac.push(need_ac.then(|| get(self.ac, ta, false)).transpose()?);
+            let comp = &mut frame.comps[ci];
+            if comp.quant.is_none() {
+                let Some(q) = self.qt[comp.tq] else {
+                    return corrupt("missing quantisation table");
+                };
+                let mut latched = [0i16; 64];
+                for (l, &v) in latched.iter_mut().zip(&q) {
+                    *l = v as i16;
+                }
+                comp.quant = Some(latched);
+            }
+            comp.scanned = true;
+            comp.dc_pred = 0;
+        }
+        Ok((dc, ac))
+    }
+}
+
+/// The entropy-coded data of one scan, MCU by MCU.
+struct ScanDecoder<'s> {
+    data: &'s [u8],
+    restart: usize,
+    scan: &'s ScanHeader,
+    dc: &'s [Option<Huffman>],
+    ac: &'s [Option<Huffman>],
+    /// Progressive AC: bands left to skip as end-of-band.
+    eobrun: u32,
+}
+
+impl<'s> ScanDecoder<'s> {
+    fn decode_mcus(&mut self, reader: &mut BitReader<'s>, frame: &mut Frame) -> Result<()> {
+        let comps = &self.scan.comps;
+        let single = comps.len() == 1;
+        let total_mcus = if single {
+            let c = &frame.comps[comps[0].0];
+            c.width.div_ceil(8) * c.height.div_ceil(8)
+        } else {
+            frame.mcux * frame.mcuy
+        };
+        let mut next_rst = 0u8;
+        for mcu in 0..total_mcus {
+            if self.restart > 0 && mcu > 0 && mcu % self.restart == 0 {
+                self.restart_marker(reader, frame, next_rst)?;
+                next_rst = (next_rst + 1) & 7;
+            }
+            for (k, &(ci, _, _)) in comps.iter().enumerate() {
+                let comp = &mut frame.comps[ci];
+                let (blocks_h, blocks_v) = if single { (1, 1) } else { (comp.h, comp.v) };
+                for by in 0..blocks_v {
+                    for bx in 0..blocks_h {
+                        let (row, col) = if single {
+                            let per_row = comp.width.div_ceil(8);
+                            (mcu / per_row, mcu % per_row)
+                        } else {
+                            (
+                                (mcu / frame.mcux) * comp.v + by,
+                                (mcu % frame.mcux) * comp.h + bx,
+                            )
+                        };
+                        let start = (row * comp.bw + col) * 64;
+                        let block = &mut comp.coefs[start..start + 64];
+                        self.decode_block(reader, k, block, &mut comp.dc_pred, frame.progressive)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The RSTn marker expected after every `restart` MCUs: checks it, restarts the bit
+    /// reader after it and resets the DC predictors and the end-of-band run.
+    fn restart_marker(
+        &mut self,
+        reader: &mut BitReader<'s>,
+        frame: &mut Frame,
+        next_rst: u8,
+    ) -> Result<()> {
+        reader.check_overrun()?;
+        let p = reader.finish();
+        if self.data.get(p) != Some(&0xFF) || self.data.get(p + 1) != Some(&(0xD0 + next_rst)) {
+            return corrupt("missing or wrong restart marker");
+        }
+        *reader = BitReader::new(self.data, p + 2);
+        for &(ci, _, _) in &self.scan.comps {
+            frame.comps[ci].dc_pred = 0;
+        }
+        self.eobrun = 0;
+        Ok(())
+    }
+
+    /// One block of scan component `k`: sequential, or one progressive pass (DC first or
+    /// refine, AC first or refine).
+    fn decode_block(
+        &mut self,
+        reader: &mut BitReader<'s>,
+        k: usize,
+        block: &mut [i16],
+        dc_pred: &mut i32,
+        progressive: bool,
+    ) -> Result<()> {
+        let ScanHeader { ss, se, ah, al, .. } = *self.scan;
+        let (dc, ac) = (self.dc[k].as_ref(), self.ac[k].as_ref());
+        if !progressive {
+            return decode_block_sequential(reader, block, dc.unwrap(), ac.unwrap(), dc_pred);
+        }
+        if ss == 0 {
+            if ah == 0 {
+                let t = reader.decode(dc.unwrap())? as u32;
+                let diff = reader.receive_extend(t);
+                let Some(v) = dc_pred.checked_add(diff) else {
+                    return corrupt("bad DC coefficient");
+                };
+                *dc_pred = v;
+                block[0] = v.wrapping_shl(al) as i16;
+            } else if reader.bit() {
+                block[0] |= (1i32 << al) as i16;
+            }
+            Ok(())
+        } else if ah == 0 {
+            decode_ac_first(reader, block, ac.unwrap(), ss, se, al, &mut self.eobrun)
+        } else {
+            decode_ac_refine(reader, block, ac.unwrap(), ss, se, al, &mut self.eobrun)
+        }
     }
 }
 
