@@ -2,16 +2,12 @@
 //! tests/reference/make_tokenizer_fixtures.py): each cleaning step equals its Python original
 //! (html.unescape, ftfy 6.3's fix_text, open_clip's whole cleaning), `--tokenizer openai` gives
 //! OpenAI's `clip.tokenize` ids and `--tokenizer hf` those of `CLIPTokenizerFast`. A failure
-//! names the first string that differs.
-//!
-//! Known gap: the strings in tests/fixtures/tokenizer_known_deviations.json, whose mojibake
-//! plsfix repairs as an older ftfy did. They must still differ (so the list shrinks
-//! when plsfix catches up); every other string must match.
+//! names the first string that differs. Every string must match; there is no list of
+//! exceptions.
 
 use fedclip::tokenizer::clean::{fix_text, html_unescape, openai_clean};
 use fedclip::tokenizer::{ClipTokenizer, TokenizerKind};
 use serde::Deserialize;
-use std::collections::HashSet;
 use std::io::Read;
 use std::path::Path;
 
@@ -48,45 +44,24 @@ fn corpus() -> Corpus {
     serde_json::from_str(&json).expect("corpus JSON")
 }
 
-/// Inputs on which plsfix's mojibake repair departs from ftfy 6.3.
-fn known_deviations() -> HashSet<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tokenizer_known_deviations.json");
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("deviation list")).unwrap();
-    doc["texts"]
-        .as_array()
-        .expect("texts")
-        .iter()
-        .map(|t| t.as_str().expect("string").to_string())
-        .collect()
-}
-
 fn tokenizer(kind: TokenizerKind) -> ClipTokenizer {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/tiny-clip");
     // A context far past every case: the untruncated ids are compared.
     ClipTokenizer::load(&dir, 1 << 20, kind).unwrap()
 }
 
-/// Checks `got(input) == want` on every pair but those in `known` (which must differ); panics
-/// naming the first input that does otherwise, and how many do.
-fn check_except<'a, T: PartialEq + std::fmt::Debug>(
+/// Checks `got(input) == want` on every pair; panics naming the first input that differs,
+/// and how many do.
+fn check<'a, T: PartialEq + std::fmt::Debug>(
     step: &str,
     pairs: impl Iterator<Item = (&'a str, T)>,
-    known: &HashSet<String>,
     got: impl Fn(&str) -> T,
 ) {
-    let (mut total, mut failures, mut stale) = (0, 0, 0);
-    let (mut first, mut first_stale) = (None, None);
+    let (mut total, mut failures, mut first) = (0, 0, None);
     for (input, want) in pairs {
         total += 1;
         let value = got(input);
-        if known.contains(input) {
-            if value == want {
-                stale += 1;
-                first_stale.get_or_insert(input.to_string());
-            }
-        } else if value != want {
+        if value != want {
             failures += 1;
             first.get_or_insert(format!("{input:?}: got {value:?}, Python {want:?}"));
         }
@@ -95,21 +70,6 @@ fn check_except<'a, T: PartialEq + std::fmt::Debug>(
     if let Some(first) = first {
         panic!("{step}: {failures} of {total} strings differ; the first is {first}");
     }
-    if let Some(first) = first_stale {
-        panic!(
-            "{step}: {stale} listed deviations now match (remove them from \
-             tokenizer_known_deviations.json); the first is {first:?}"
-        );
-    }
-}
-
-/// [`check_except`] with no exceptions.
-fn check<'a, T: PartialEq + std::fmt::Debug>(
-    step: &str,
-    pairs: impl Iterator<Item = (&'a str, T)>,
-    got: impl Fn(&str) -> T,
-) {
-    check_except(step, pairs, &HashSet::new(), got)
 }
 
 #[test]
@@ -131,19 +91,14 @@ fn html_unescape_equals_python() {
 fn fix_text_equals_ftfy() {
     let c = corpus();
     let pairs = c.cases.iter().map(|x| (x.text.as_str(), x.ftfy.clone()));
-    check_except("ftfy.fix_text", pairs, &known_deviations(), fix_text);
+    check("ftfy.fix_text", pairs, fix_text);
 }
 
 #[test]
 fn cleaning_equals_open_clip() {
     let c = corpus();
     let pairs = c.cases.iter().map(|x| (x.text.as_str(), x.clean.clone()));
-    check_except(
-        "open_clip cleaning",
-        pairs,
-        &known_deviations(),
-        openai_clean,
-    );
+    check("open_clip cleaning", pairs, openai_clean);
 }
 
 #[test]
@@ -151,7 +106,7 @@ fn openai_ids_equal_clip_tokenize() {
     let c = corpus();
     let tok = tokenizer(TokenizerKind::Openai);
     let pairs = c.cases.iter().map(|x| (x.text.as_str(), x.openai.clone()));
-    check_except("--tokenizer openai ids", pairs, &known_deviations(), |t| {
+    check("--tokenizer openai ids", pairs, |t| {
         tok.encode(t, false).unwrap()
     });
 }
