@@ -6,6 +6,7 @@
 //! exceptions.
 
 use fedclip::tokenizer::clean::{fix_text, html_unescape, openai_clean};
+use fedclip::tokenizer::ftfy::fix_encoding;
 use fedclip::tokenizer::{ClipTokenizer, TokenizerKind};
 use serde::Deserialize;
 use std::io::Read;
@@ -27,10 +28,28 @@ struct Case {
     hf: Vec<u32>,
 }
 
+/// An entity case: the fields of [`Case`] but `hf`.
 #[derive(Deserialize)]
 struct UnescapeCase {
     text: String,
     unescape: String,
+    ftfy: String,
+    clean: String,
+    openai: Vec<u32>,
+}
+
+/// tests/fixtures/ftfy_encoding_steps.json: corpus strings by the kind of step ftfy's
+/// encoding repair takes on them.
+#[derive(Deserialize)]
+struct EncodingSteps {
+    cases: Vec<EncodingStep>,
+}
+
+#[derive(Deserialize)]
+struct EncodingStep {
+    kind: String,
+    text: String,
+    fixed: String,
 }
 
 fn corpus() -> Corpus {
@@ -92,6 +111,11 @@ fn fix_text_equals_ftfy() {
     let c = corpus();
     let pairs = c.cases.iter().map(|x| (x.text.as_str(), x.ftfy.clone()));
     check("ftfy.fix_text", pairs, fix_text);
+    let pairs = c
+        .unescape_cases
+        .iter()
+        .map(|x| (x.text.as_str(), x.ftfy.clone()));
+    check("ftfy.fix_text (entity table)", pairs, fix_text);
 }
 
 #[test]
@@ -99,6 +123,11 @@ fn cleaning_equals_open_clip() {
     let c = corpus();
     let pairs = c.cases.iter().map(|x| (x.text.as_str(), x.clean.clone()));
     check("open_clip cleaning", pairs, openai_clean);
+    let pairs = c
+        .unescape_cases
+        .iter()
+        .map(|x| (x.text.as_str(), x.clean.clone()));
+    check("open_clip cleaning (entity table)", pairs, openai_clean);
 }
 
 #[test]
@@ -109,6 +138,62 @@ fn openai_ids_equal_clip_tokenize() {
     check("--tokenizer openai ids", pairs, |t| {
         tok.encode(t, false).unwrap()
     });
+    let pairs = c
+        .unescape_cases
+        .iter()
+        .map(|x| (x.text.as_str(), x.openai.clone()));
+    check("--tokenizer openai ids (entity table)", pairs, |t| {
+        tok.encode(t, false).unwrap()
+    });
+}
+
+/// Every kind of step of ftfy's encoding repair, on strings that take it: `fix_encoding`
+/// alone equals Python's. The fixture must cover each kind, so a regenerated one cannot
+/// quietly lose a path.
+#[test]
+fn fix_encoding_paths_equal_ftfy() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ftfy_encoding_steps.json");
+    let steps: EncodingSteps =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("steps fixture")).unwrap();
+    let encodings = [
+        "latin-1",
+        "sloppy-windows-1252",
+        "sloppy-windows-1251",
+        "sloppy-windows-1250",
+        "sloppy-windows-1253",
+        "sloppy-windows-1254",
+        "sloppy-windows-1257",
+        "iso-8859-2",
+        "macroman",
+        "cp437",
+    ];
+    let others = [
+        "transcode:restore_byte_a0",
+        "transcode:replace_lossy_sequences",
+        "transcode:fix_c1_controls",
+        "decode:utf-8",
+        "decode:utf-8-variants",
+        "decode:windows-1252",
+        "apply:decode_inconsistent_utf8",
+    ];
+    let required = encodings.iter().map(|e| format!("encode:{e}"));
+    for kind in required.chain(others.iter().map(|k| k.to_string())) {
+        assert!(
+            steps.cases.iter().any(|c| c.kind == kind),
+            "no fixture case takes {kind}"
+        );
+    }
+    for kind in others.iter().map(|k| k.to_string()).chain(
+        encodings.iter().map(|e| format!("encode:{e}")),
+    ) {
+        let pairs = steps
+            .cases
+            .iter()
+            .filter(|c| c.kind == kind)
+            .map(|c| (c.text.as_str(), c.fixed.clone()));
+        check(&format!("ftfy.fix_encoding ({kind})"), pairs, fix_encoding);
+    }
 }
 
 #[test]
