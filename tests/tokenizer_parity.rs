@@ -184,9 +184,11 @@ fn fix_encoding_paths_equal_ftfy() {
             "no fixture case takes {kind}"
         );
     }
-    for kind in others.iter().map(|k| k.to_string()).chain(
-        encodings.iter().map(|e| format!("encode:{e}")),
-    ) {
+    for kind in others
+        .iter()
+        .map(|k| k.to_string())
+        .chain(encodings.iter().map(|e| format!("encode:{e}")))
+    {
         let pairs = steps
             .cases
             .iter()

@@ -124,7 +124,13 @@ fn cesu8_at(bytes: &[u8], pos: usize) -> bool {
         && groups_match(
             bytes,
             pos + 1,
-            &[lead_surrogate, continuation, is_ed, trail_surrogate, continuation],
+            &[
+                lead_surrogate,
+                continuation,
+                is_ed,
+                trail_surrogate,
+                continuation,
+            ],
         )
 }
 
@@ -149,7 +155,10 @@ mod tests {
         // U+1F600 as a CESU-8 surrogate pair.
         let pair = b"x\xed\xa0\xbd\xed\xb8\x80y";
         assert_eq!(decode_utf8_variants(pair).as_deref(), Some("x\u{1F600}y"));
-        assert_eq!(decode_utf8_variants("é\u{D7FF}".as_bytes()).as_deref(), Some("é\u{D7FF}"));
+        assert_eq!(
+            decode_utf8_variants("é\u{D7FF}".as_bytes()).as_deref(),
+            Some("é\u{D7FF}")
+        );
         assert_eq!(decode_utf8_variants(b"\xed\xa0\x80"), None);
         assert_eq!(decode_utf8_variants(b"\xed\xb0\x80 and more"), None);
         assert_eq!(decode_utf8_variants(b"\xc0"), None);
@@ -161,10 +170,19 @@ mod tests {
     #[test]
     fn charmaps_encode_only_what_they_decode() {
         let latin1 = CHARMAPS.iter().position(|c| c.name == "latin-1").unwrap();
-        let sloppy = CHARMAPS.iter().position(|c| c.name == "sloppy-windows-1252").unwrap();
-        assert_eq!(charmap_encode("Ã©\u{1a}", latin1), Some(vec![0xC3, 0xA9, 0x1A]));
+        let sloppy = CHARMAPS
+            .iter()
+            .position(|c| c.name == "sloppy-windows-1252")
+            .unwrap();
+        assert_eq!(
+            charmap_encode("Ã©\u{1a}", latin1),
+            Some(vec![0xC3, 0xA9, 0x1A])
+        );
         assert_eq!(charmap_encode("€", latin1), None);
-        assert_eq!(charmap_encode("â€\u{fffd}", sloppy), Some(vec![0xE2, 0x80, 0x1A]));
+        assert_eq!(
+            charmap_encode("â€\u{fffd}", sloppy),
+            Some(vec![0xE2, 0x80, 0x1A])
+        );
         assert_eq!(charmap_encode("\u{1a}", sloppy), None);
         assert_eq!(charmap_encode("\u{81}", sloppy), Some(vec![0x81]));
     }

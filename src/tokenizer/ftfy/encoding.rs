@@ -117,7 +117,10 @@ mod tests {
     fn one_layer_of_mojibake_is_undone() {
         assert_eq!(fix_encoding("sÃ³"), "só");
         assert_eq!(fix_encoding("voilÃ le travail"), "voilà le travail");
-        assert_eq!(fix_encoding("â€œ like this â€\u{fffd}"), "“ like this \u{fffd}");
+        assert_eq!(
+            fix_encoding("â€œ like this â€\u{fffd}"),
+            "“ like this \u{fffd}"
+        );
         assert_eq!(fix_encoding("plain ascii"), "plain ascii");
     }
 }

@@ -189,7 +189,10 @@ mod tests {
 
     #[test]
     fn lossy_sequences_become_replacement_characters() {
-        assert_eq!(replace_lossy_sequences(b"\xe2\x80\x1a!"), "\u{fffd}!".as_bytes());
+        assert_eq!(
+            replace_lossy_sequences(b"\xe2\x80\x1a!"),
+            "\u{fffd}!".as_bytes()
+        );
         assert_eq!(replace_lossy_sequences(b"\xc3?"), "\u{fffd}".as_bytes());
         assert_eq!(replace_lossy_sequences(b"a\x1ab"), "a\u{fffd}b".as_bytes());
     }
@@ -210,7 +213,13 @@ mod tests {
         assert_eq!(fix_character_width("ＬＯＵＤ　ｶﾀ"), "LOUD カタ");
         assert_eq!(uncurl_quotes("“here’s”"), "\"here's\"");
         assert_eq!(fix_line_breaks("a\r\nb\rc\u{2028}d\u{85}"), "a\nb\nc\nd\n");
-        assert_eq!(remove_terminal_escapes("\u{1b}[36;44mblue\u{1b}[0m"), "blue");
-        assert_eq!(remove_control_chars("a\u{0}\u{7f}\t\u{feff}b\u{200d}"), "a\tb\u{200d}");
+        assert_eq!(
+            remove_terminal_escapes("\u{1b}[36;44mblue\u{1b}[0m"),
+            "blue"
+        );
+        assert_eq!(
+            remove_control_chars("a\u{0}\u{7f}\t\u{feff}b\u{200d}"),
+            "a\tb\u{200d}"
+        );
     }
 }
