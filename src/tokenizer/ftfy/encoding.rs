@@ -44,12 +44,11 @@ fn fix_encoding_step(text: &str) -> String {
     }
     // ftfy checks for "windows-1252" among the encodings that fit, which it never tries (only
     // the sloppy form), so latin-1 text is always read as strict windows-1252 here.
-    if latin1_possible {
-        if let Some(fixed) = latin1_as_windows_1252(text) {
-            if fixed != text {
-                return fixed;
-            }
-        }
+    if latin1_possible
+        && let Some(fixed) = latin1_as_windows_1252(text)
+        && fixed != text
+    {
+        return fixed;
     }
     if has_c1_control(text) {
         return fix_c1_controls(text);
