@@ -2,16 +2,13 @@
 //! tests/reference/make_tokenizer_fixtures.py): each cleaning step equals its Python original
 //! (html.unescape, ftfy 6.3's fix_text, open_clip's whole cleaning), `--tokenizer openai` gives
 //! OpenAI's `clip.tokenize` ids and `--tokenizer hf` those of `CLIPTokenizerFast`. A failure
-//! names the first string that differs.
-//!
-//! Known gap: the strings in tests/fixtures/tokenizer_known_deviations.json, whose mojibake
-//! plsfix repairs as an older ftfy did. They must still differ (so the list shrinks
-//! when plsfix catches up); every other string must match.
+//! names the first string that differs. Every string must match; there is no list of
+//! exceptions.
 
 use fedclip::tokenizer::clean::{fix_text, html_unescape, openai_clean};
+use fedclip::tokenizer::ftfy::fix_encoding;
 use fedclip::tokenizer::{ClipTokenizer, TokenizerKind};
 use serde::Deserialize;
-use std::collections::HashSet;
 use std::io::Read;
 use std::path::Path;
 
@@ -31,10 +28,28 @@ struct Case {
     hf: Vec<u32>,
 }
 
+/// An entity case: the fields of [`Case`] but `hf`.
 #[derive(Deserialize)]
 struct UnescapeCase {
     text: String,
     unescape: String,
+    ftfy: String,
+    clean: String,
+    openai: Vec<u32>,
+}
+
+/// tests/fixtures/ftfy_encoding_steps.json: corpus strings by the kind of step ftfy's
+/// encoding repair takes on them.
+#[derive(Deserialize)]
+struct EncodingSteps {
+    cases: Vec<EncodingStep>,
+}
+
+#[derive(Deserialize)]
+struct EncodingStep {
+    kind: String,
+    text: String,
+    fixed: String,
 }
 
 fn corpus() -> Corpus {
@@ -48,45 +63,24 @@ fn corpus() -> Corpus {
     serde_json::from_str(&json).expect("corpus JSON")
 }
 
-/// Inputs on which plsfix's mojibake repair departs from ftfy 6.3.
-fn known_deviations() -> HashSet<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tokenizer_known_deviations.json");
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("deviation list")).unwrap();
-    doc["texts"]
-        .as_array()
-        .expect("texts")
-        .iter()
-        .map(|t| t.as_str().expect("string").to_string())
-        .collect()
-}
-
 fn tokenizer(kind: TokenizerKind) -> ClipTokenizer {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/tiny-clip");
     // A context far past every case: the untruncated ids are compared.
     ClipTokenizer::load(&dir, 1 << 20, kind).unwrap()
 }
 
-/// Checks `got(input) == want` on every pair but those in `known` (which must differ); panics
-/// naming the first input that does otherwise, and how many do.
-fn check_except<'a, T: PartialEq + std::fmt::Debug>(
+/// Checks `got(input) == want` on every pair; panics naming the first input that differs,
+/// and how many do.
+fn check<'a, T: PartialEq + std::fmt::Debug>(
     step: &str,
     pairs: impl Iterator<Item = (&'a str, T)>,
-    known: &HashSet<String>,
     got: impl Fn(&str) -> T,
 ) {
-    let (mut total, mut failures, mut stale) = (0, 0, 0);
-    let (mut first, mut first_stale) = (None, None);
+    let (mut total, mut failures, mut first) = (0, 0, None);
     for (input, want) in pairs {
         total += 1;
         let value = got(input);
-        if known.contains(input) {
-            if value == want {
-                stale += 1;
-                first_stale.get_or_insert(input.to_string());
-            }
-        } else if value != want {
+        if value != want {
             failures += 1;
             first.get_or_insert(format!("{input:?}: got {value:?}, Python {want:?}"));
         }
@@ -95,21 +89,6 @@ fn check_except<'a, T: PartialEq + std::fmt::Debug>(
     if let Some(first) = first {
         panic!("{step}: {failures} of {total} strings differ; the first is {first}");
     }
-    if let Some(first) = first_stale {
-        panic!(
-            "{step}: {stale} listed deviations now match (remove them from \
-             tokenizer_known_deviations.json); the first is {first:?}"
-        );
-    }
-}
-
-/// [`check_except`] with no exceptions.
-fn check<'a, T: PartialEq + std::fmt::Debug>(
-    step: &str,
-    pairs: impl Iterator<Item = (&'a str, T)>,
-    got: impl Fn(&str) -> T,
-) {
-    check_except(step, pairs, &HashSet::new(), got)
 }
 
 #[test]
@@ -131,19 +110,24 @@ fn html_unescape_equals_python() {
 fn fix_text_equals_ftfy() {
     let c = corpus();
     let pairs = c.cases.iter().map(|x| (x.text.as_str(), x.ftfy.clone()));
-    check_except("ftfy.fix_text", pairs, &known_deviations(), fix_text);
+    check("ftfy.fix_text", pairs, fix_text);
+    let pairs = c
+        .unescape_cases
+        .iter()
+        .map(|x| (x.text.as_str(), x.ftfy.clone()));
+    check("ftfy.fix_text (entity table)", pairs, fix_text);
 }
 
 #[test]
 fn cleaning_equals_open_clip() {
     let c = corpus();
     let pairs = c.cases.iter().map(|x| (x.text.as_str(), x.clean.clone()));
-    check_except(
-        "open_clip cleaning",
-        pairs,
-        &known_deviations(),
-        openai_clean,
-    );
+    check("open_clip cleaning", pairs, openai_clean);
+    let pairs = c
+        .unescape_cases
+        .iter()
+        .map(|x| (x.text.as_str(), x.clean.clone()));
+    check("open_clip cleaning (entity table)", pairs, openai_clean);
 }
 
 #[test]
@@ -151,9 +135,67 @@ fn openai_ids_equal_clip_tokenize() {
     let c = corpus();
     let tok = tokenizer(TokenizerKind::Openai);
     let pairs = c.cases.iter().map(|x| (x.text.as_str(), x.openai.clone()));
-    check_except("--tokenizer openai ids", pairs, &known_deviations(), |t| {
+    check("--tokenizer openai ids", pairs, |t| {
         tok.encode(t, false).unwrap()
     });
+    let pairs = c
+        .unescape_cases
+        .iter()
+        .map(|x| (x.text.as_str(), x.openai.clone()));
+    check("--tokenizer openai ids (entity table)", pairs, |t| {
+        tok.encode(t, false).unwrap()
+    });
+}
+
+/// Every kind of step of ftfy's encoding repair, on strings that take it: `fix_encoding`
+/// alone equals Python's. The fixture must cover each kind, so a regenerated one cannot
+/// quietly lose a path.
+#[test]
+fn fix_encoding_paths_equal_ftfy() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ftfy_encoding_steps.json");
+    let steps: EncodingSteps =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("steps fixture")).unwrap();
+    let encodings = [
+        "latin-1",
+        "sloppy-windows-1252",
+        "sloppy-windows-1251",
+        "sloppy-windows-1250",
+        "sloppy-windows-1253",
+        "sloppy-windows-1254",
+        "sloppy-windows-1257",
+        "iso-8859-2",
+        "macroman",
+        "cp437",
+    ];
+    let others = [
+        "transcode:restore_byte_a0",
+        "transcode:replace_lossy_sequences",
+        "transcode:fix_c1_controls",
+        "decode:utf-8",
+        "decode:utf-8-variants",
+        "decode:windows-1252",
+        "apply:decode_inconsistent_utf8",
+    ];
+    let required = encodings.iter().map(|e| format!("encode:{e}"));
+    for kind in required.chain(others.iter().map(|k| k.to_string())) {
+        assert!(
+            steps.cases.iter().any(|c| c.kind == kind),
+            "no fixture case takes {kind}"
+        );
+    }
+    for kind in others
+        .iter()
+        .map(|k| k.to_string())
+        .chain(encodings.iter().map(|e| format!("encode:{e}")))
+    {
+        let pairs = steps
+            .cases
+            .iter()
+            .filter(|c| c.kind == kind)
+            .map(|c| (c.text.as_str(), c.fixed.clone()));
+        check(&format!("ftfy.fix_encoding ({kind})"), pairs, fix_encoding);
+    }
 }
 
 #[test]

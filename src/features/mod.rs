@@ -163,12 +163,14 @@ impl CacheKeys {
 
 /// The text store key. `hf` is what fedclip did before the choice existed, so its key is the
 /// one those caches were written under; `openai` adds its cleaning, whose tag must change
-/// whenever the cleaning's output does (e.g. when a known ftfy deviation is fixed).
+/// whenever the cleaning's output does. `ftfy-6.3.1-exact`: fedclip's own ftfy, equal to
+/// Python's on the whole parity corpus (the earlier `ftfy-6.3` tag was plsfix's, which
+/// repaired some mojibake otherwise).
 fn text_key(weights: &str, tokenizer_files: &str, kind: TokenizerKind) -> String {
     let key = format!("fedclip-text-features/1;weights={weights};tokenizer={tokenizer_files}");
     match kind {
         TokenizerKind::Hf => key,
-        TokenizerKind::Openai => key + ";cleaning=openai-clip-ftfy-6.3",
+        TokenizerKind::Openai => key + ";cleaning=openai-clip-ftfy-6.3.1-exact",
     }
 }
 

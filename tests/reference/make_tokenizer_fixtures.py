@@ -18,8 +18,18 @@ Each case of `cases` holds, for one input string `text`:
   openai    [49406] + SimpleTokenizer().encode(text) + [49407]   (what clip.tokenize holds), with
             OpenAI's names for the two special tokens (see `openai_tokenizer`)
   hf        CLIPTokenizerFast(weights/tiny-clip)(text).input_ids (no ftfy, no unescaping)
-`unescape_cases` holds `text` and `unescape` only: every HTML5 entity name, with and without its
+`unescape_cases` holds the same fields but `hf`, for every HTML5 entity name, with and without its
 semicolon, and numeric references around every boundary of Python's html.unescape rules.
+
+The last 212 cases are mojibake of other kinds (`extra_mojibake`, its own seed, so the cases before
+it do not move): random accented, Greek, Cyrillic, symbol and emoji text through every encoding ftfy
+tries, lossy windows-1252 (U+FFFD), A0 bytes turned spaces, CESU-8 and Java's C0 80, mojibake beside
+clean text, over several lines.
+
+It also writes tests/fixtures/ftfy_encoding_steps.json: for each kind of step of
+`ftfy.fix_encoding_and_explain` (every encoding, `restore_byte_a0`, `replace_lossy_sequences`,
+`utf-8-variants`, `decode_inconsistent_utf8`, latin-1 read as windows-1252, `fix_c1_controls`), up
+to four corpus strings whose repair takes it, with `ftfy.fix_encoding`'s result and the plan.
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ from transformers import CLIPTokenizerFast
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "tests" / "fixtures" / "tokenizer_corpus.json.gz"
+STEPS_OUT = REPO / "tests" / "fixtures" / "ftfy_encoding_steps.json"
 TINY_CLIP = REPO / "weights" / "tiny-clip"
 SOT, EOT = 49406, 49407
 SEED = 14
@@ -213,7 +224,92 @@ def generate_corpus() -> list[str]:
         if rng.random() < 0.3:
             text = text.upper() if rng.random() < 0.5 else text.title()
         corpus.append(text)
-    return corpus
+    return corpus + extra_mojibake(random.Random(SEED * 1000 + 1))
+
+
+EXTRA_POOL = (
+    [chr(c) for c in range(0xC0, 0x180)] + list("ΑΒΓΔΕΖΗΘαβγδεζηθλμπσςωάέήίόύώ")
+    + list("АБВГДЕЖЗИКЛМНОПабвгдежзиклмнопрстуфхцчшщъыьэюяёЁђћ") + list("€£¥©®™°±²³µ¶·¼½¾×÷")
+    + list("–—‘’“”„†‡•…‰‹›") + ["😀", "🍜", "👍🏽", "𝔘", "漢", "字", "한", "ひ", "\xa0", "\u200b"]
+)
+ALL_CODECS = MOJIBAKE_CODECS + ["sloppy-windows-1253", "sloppy-windows-1254", "sloppy-windows-1257"]
+
+
+def cesu8(text: str) -> bytes:
+    """UTF-8, but astral characters as surrogate pairs (CESU-8) and U+0000 as C0 80 (Java)."""
+    out = b""
+    for c in text:
+        if c == "\0":
+            out += b"\xc0\x80"
+        elif ord(c) > 0xFFFF:
+            v = ord(c) - 0x10000
+            pair = chr(0xD800 + (v >> 10)) + chr(0xDC00 + (v & 0x3FF))
+            out += pair.encode("utf-8", "surrogatepass")
+        else:
+            out += c.encode("utf-8")
+    return out
+
+
+def extra_mojibake(rng: random.Random) -> list[str]:
+    """Mojibake the main corpus has little of, for ftfy's less common repair paths."""
+    out = []
+    for i in range(200):
+        words = ["".join(rng.choice(EXTRA_POOL) for _ in range(rng.randint(1, 6)))
+                 for _ in range(rng.randint(1, 4))]
+        text = " ".join(w if rng.random() < 0.6 else prompt(rng, HARD) for w in words)
+        kind = i % 8
+        codec = rng.choice(ALL_CODECS)
+        if kind == 0:
+            out.append(mojibake(rng, text))
+        elif kind == 1:
+            out.append(text.encode("utf-8").decode("windows-1252", errors="replace"))
+        elif kind == 2:
+            bad = text.encode("utf-8").decode(rng.choice(["latin-1", "sloppy-windows-1252"]))
+            out.append(bad.replace("\xa0", " "))
+        elif kind == 3:
+            extra = rng.choice(["😀", "🍜", "𝔘", "\0", "👍🏽"])
+            raw = cesu8(sprinkle(rng, text, [extra], rng.randint(1, 2)))
+            out.append(raw.decode(rng.choice(["latin-1", "sloppy-windows-1252"])))
+        elif kind == 4:
+            bad = text.encode("utf-8").decode(rng.choice(["latin-1", "sloppy-windows-1252"]))
+            out.append(prompt(rng, HARD) + " " + bad + " " + rng.choice(HARD))
+        elif kind == 5:
+            try:
+                out.append(text.encode("utf-8").decode(codec))
+            except UnicodeDecodeError:
+                out.append(text.encode("utf-8").decode("latin-1"))
+        elif kind == 6:
+            lines = [mojibake(rng, prompt(rng, HARD)) for _ in range(rng.randint(2, 3))]
+            out.append(rng.choice(["\n", "\r\n", "\n<b>"]).join(lines))
+        else:
+            out.append(sprinkle(rng, mojibake(rng, text), CONTROLS[-40:], rng.randint(1, 3)))
+    # One string through each encoding, in letters that tell the encodings apart.
+    for codec in ALL_CODECS + ["iso-8859-2"]:
+        text = rng.choice(["Москва", "Ελλάδα", "İstanbul Ğ", "Łódź"]) + " " + rng.choice(HARD)
+        try:
+            out.append(text.encode("utf-8").decode(codec))
+        except UnicodeDecodeError:
+            out.append(text.encode("utf-8").decode("latin-1"))
+    return out
+
+
+def step_kinds(plan: list[tuple[str, str]]) -> set[str]:
+    """The kinds of step one repair plan takes: `encode:<encoding>`, `transcode:<fix>`,
+    `decode:<codec>`, `apply:decode_inconsistent_utf8`."""
+    return {f"{op}:{name}" for op, name in plan}
+
+
+def encoding_step_cases(texts: list[str]) -> list[dict]:
+    """Up to four strings for each kind of step fix_encoding_and_explain takes on the corpus."""
+    picked: dict[str, list[dict]] = {}
+    for text in texts:
+        result = ftfy.fix_encoding_and_explain(text)
+        for kind in sorted(step_kinds(result.explanation)):
+            cases = picked.setdefault(kind, [])
+            if len(cases) < 4 and all(c["text"] != text for c in cases):
+                cases.append({"text": text, "fixed": ftfy.fix_encoding(text),
+                              "plan": [list(step) for step in result.explanation]})
+    return [dict(kind=k, **c) for k, cases in sorted(picked.items()) for c in cases]
 
 
 def unescape_corpus() -> list[str]:
@@ -276,7 +372,19 @@ def main() -> None:
             "openai": openai,
             "hf": tok(text, truncation=False)["input_ids"],
         })
-    unescape_cases = [{"text": t, "unescape": html.unescape(t)} for t in unescape_corpus()]
+    unescape_cases = [{
+        "text": t,
+        "unescape": html.unescape(t),
+        "ftfy": ftfy.fix_text(t),
+        "clean": _clean_lower(t),
+        "openai": [SOT] + st.encode(t) + [EOT],
+    } for t in unescape_corpus()]
+    steps = encoding_step_cases([c["text"] for c in cases])
+    STEPS_OUT.write_text(json.dumps({
+        "made_by": "tests/reference/make_tokenizer_fixtures.py",
+        "ftfy": ftfy.__version__,
+        "cases": steps,
+    }, ensure_ascii=False, indent=1) + "\n")
     doc = {
         "made_by": "tests/reference/make_tokenizer_fixtures.py",
         "versions": {
@@ -297,6 +405,8 @@ def main() -> None:
     print(f"wrote {OUT.relative_to(REPO)}: {len(cases)} cases ({changed} changed by cleaning, "
           f"{sum(c['openai'] != c['hf'] for c in cases)} with other ids than CLIPTokenizerFast), "
           f"{len(unescape_cases)} unescape cases, {len(buf.getvalue()) // 1024} KiB")
+    print(f"wrote {STEPS_OUT.relative_to(REPO)}: {len(steps)} cases of "
+          f"{len({c['kind'] for c in steps})} step kinds")
     print(f"tokenizer.json on the cleaned text differs from SimpleTokenizer on "
           f"{bpe_after_clean_differs} cases")
 
