@@ -15,6 +15,7 @@ pub mod embed;
 pub mod encode;
 pub mod features;
 pub mod federated;
+pub mod heads;
 pub mod io;
 pub mod model;
 pub mod paths;

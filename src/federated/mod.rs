@@ -12,6 +12,7 @@ pub mod bad_images;
 pub mod checkpoint;
 pub mod config;
 pub mod evaluate;
+pub mod family;
 pub mod features;
 pub mod finetune;
 pub mod outputs;
@@ -24,7 +25,8 @@ pub mod train;
 
 pub use crate::bundled::is_bundled_model;
 pub use config::{
-    Aggregate, LossName, Method, OptimizerName, RunConfig, ServerOptConfig, ServerOptName,
+    Aggregate, LossName, Method, MethodOptions, OptimizerName, RunConfig, ServerOptConfig,
+    ServerOptName,
 };
 
 use crate::cuda::Gpu;
