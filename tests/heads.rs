@@ -85,9 +85,15 @@ fn optimizer(v: &Value) -> OptimizerConfig {
     }
 }
 
-/// Every |got − want| within `tol(i)`; the message names the quantity and the entry.
+/// Every |got − want| within `tol(i)`; the message names the quantity and the entry. Prints
+/// the largest difference (`--nocapture`), the figure the README quotes.
 fn assert_close(what: &str, got: &[f64], want: &[f64], tol: impl Fn(usize) -> f64) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let worst = (got.iter().zip(want))
+        .map(|(g, w)| (g - w).abs())
+        .fold(0.0, f64::max);
+    let scale = want.iter().fold(0.0, |m: f64, w| m.max(w.abs()));
+    eprintln!("{what}: max |diff| {worst:.2e} (max |reference| {scale:.2e})");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert!(
             (g - w).abs() <= tol(i),
