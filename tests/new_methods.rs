@@ -134,7 +134,7 @@ fn bytes_each_way_are_the_families_sizes() {
     assert_eq!(u(&s, "bytes_down"), 0);
     let up = u(&s, "bytes_up");
     assert!(
-        up > 0 && up % (4 * d + 4) == 0,
+        up > 0 && up.is_multiple_of(4 * d + 4),
         "tip-adapter up {up}: whole samples of 4d + 4"
     );
     assert_eq!(s["bytes_up_per_round"], serde_json::json!([up]));

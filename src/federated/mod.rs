@@ -4,7 +4,8 @@
 //!
 //! A run is five stages, one module each: [`plan`] (flags, data, splits, run directory
 //! with [`rundir`], resume) → [`features`] (encoder + cache, [`bad_images`] found first) → [`rounds`] (the loop over a
-//! [`strategy::Strategy`], with [`train`] the shared local update and [`evaluate`] the
+//! [`strategy::Strategy`], its [`family`] (which trainer and classifier its parameters
+//! need), [`train`] the shared local update and [`evaluate`] the
 //! per-round metrics; [`checkpoint`] the state) → [`outputs`] (adapters, plot, summary).
 
 pub mod aggregate;
