@@ -390,8 +390,19 @@ fn methods_run_on_the_same_cache() {
 
 #[test]
 fn resume_of_tip_adapter_f_keeps_every_clients_keys() {
-    // The global parameters (the union of the caches) are longer than one client's row.
-    resume_equals_uninterrupted("state", &["--method", "tip-adapter-f"]);
+    // The global parameters (the union of the caches) are longer than one client's row, and
+    // with sampling the server's record of which caches it holds must survive the kill.
+    resume_equals_uninterrupted(
+        "state",
+        &[
+            "--method",
+            "tip-adapter-f",
+            "--clients-per-domain",
+            "2",
+            "--sample-fraction",
+            "0.5",
+        ],
+    );
 }
 
 #[test]
