@@ -40,7 +40,7 @@ pub trait Head<T: Real>: Send + Sync {
     /// Class logits [B, C] of `features` [B, d] with `params` (a row; Tip's cache also takes
     /// the union of several).
     fn logits(&self, params: &[T], features: &[T]) -> Vec<T>;
-    /// The named tensors of parameters of length `len`: (name, shape, range), for adapter files.
+    /// The named tensors of one row: (name, shape, range in the row), for adapter files.
     fn tensors(&self) -> Vec<(String, Vec<usize>, Range<usize>)>;
     /// The `layout` metadata of adapter files.
     fn layout(&self) -> String;
@@ -52,6 +52,7 @@ pub trait Classifier: Send + Sync {
     fn param_count(&self) -> usize;
     /// Predicted class per row of `features` [B, d]; `None` is CLIP zero-shot.
     fn predict(&self, params: Option<&[f32]>, features: &[f32]) -> Result<Vec<u32>>;
+    /// The named tensors of one row (see [`Head::tensors`]).
     fn tensors(&self) -> Vec<(String, Vec<usize>, Range<usize>)>;
     fn layout(&self) -> String;
 }
