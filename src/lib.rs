@@ -3,7 +3,7 @@
 //! Pipeline stages, one module each:
 //! weights (config + safetensors) → model (CPU encoders; `cuda` for the GPU) → preprocess /
 //! tokenizer (inputs) → encode (one encoder over either engine) → features (the cache) →
-//! adapter (the K-client trainer) → the jobs: `embed` (`fedclip embed`) and `federated`
+//! adapter (the K-client trainer; `heads` for the other method families) → the jobs: `embed` (`fedclip embed`) and `federated`
 //! (`fedclip run`). `io` (atomic files) is a leaf used by all; no job imports another.
 
 pub mod adapter;
@@ -15,6 +15,7 @@ pub mod embed;
 pub mod encode;
 pub mod features;
 pub mod federated;
+pub mod heads;
 pub mod io;
 pub mod model;
 pub mod paths;

@@ -4,7 +4,8 @@ use fedclip::bundled::{BUNDLED_MODEL, bundled_data, bundled_model};
 use fedclip::device::Device;
 use fedclip::embed::{self, EmbedRequest};
 use fedclip::federated::{
-    self, Aggregate, LossName, Method, OptimizerName, RunConfig, ServerOptConfig, ServerOptName,
+    self, Aggregate, LossName, Method, MethodOptions, OptimizerName, RunConfig, ServerOptConfig,
+    ServerOptName,
 };
 use fedclip::preprocess::DEFAULT_MAX_IMAGE_PIXELS;
 use fedclip::tokenizer::TokenizerKind;
@@ -97,6 +98,15 @@ struct RunArgs {
     /// FedAdam / FedYogi τ (adaptivity).
     #[arg(long, default_value_t = 1e-3)]
     server_tau: f64,
+    /// CLIP-Adapter's residual ratio α: f = α·A(x) + (1 − α)·x (with --method clip-adapter).
+    #[arg(long, default_value_t = 0.2)]
+    clip_adapter_ratio: f64,
+    /// Tip-Adapter's weight α of the cache logits (with --method tip-adapter, tip-adapter-f).
+    #[arg(long, default_value_t = 1.0)]
+    tip_alpha: f64,
+    /// Tip-Adapter's sharpness β of the affinities exp(−β(1 − x·key)).
+    #[arg(long, default_value_t = 5.5)]
+    tip_beta: f64,
     /// Seed of the numpy-identical splits, the adapter initialisation and batch orders.
     #[arg(long, default_value_t = 0)]
     seed: u32,
@@ -252,10 +262,9 @@ fn run_command(mut a: RunArgs) -> Result<()> {
         .map_or("data".into(), |n| n.to_string_lossy().into_owned());
     // A server optimiser other than plain averaging joins the method's name: fedclip+fedadam.
     let method = match a.server_opt {
-        ServerOptName::Fedavg => format!("{:?}", a.method),
-        opt => format!("{:?}+{opt:?}", a.method),
-    }
-    .to_lowercase();
+        ServerOptName::Fedavg => a.method.name(),
+        opt => format!("{}+{}", a.method.name(), format!("{opt:?}").to_lowercase()),
+    };
     let out = match a.out {
         Some(out) => out,
         None => default_out(
@@ -293,6 +302,11 @@ fn run_command(mut a: RunArgs) -> Result<()> {
             tau: a.server_tau,
         },
         finetune_local_steps: a.finetune_local_steps,
+        method_options: MethodOptions {
+            clip_adapter_ratio: a.clip_adapter_ratio,
+            tip_alpha: a.tip_alpha,
+            tip_beta: a.tip_beta,
+        },
         seed: a.seed,
         clients_per_domain: a.clients_per_domain,
         dirichlet_alpha: a.dirichlet_alpha,

@@ -46,6 +46,7 @@ fn config(root: &Path, out: &Path, cache: &Path) -> RunConfig {
         aggregate: Aggregate::Uniform,
         server_opt: Default::default(),
         finetune_local_steps: 0,
+        method_options: Default::default(),
         seed: 0,
         clients_per_domain: 1,
         dirichlet_alpha: 0.5,
@@ -85,7 +86,40 @@ fn run_on_gpu_matches_cpu() {
     assert_eq!(cuda.summary.images_extracted, 20);
     let read =
         |dir: &str| std::fs::read_to_string(tmp.path().join(dir).join("metrics.csv")).unwrap();
-    let (a, b) = (read("cpu"), read("gpu"));
+    assert_close_metrics(&read("cpu"), &read("gpu"));
+}
+
+/// The families of `src/heads/` on a GPU take their features from the GPU encoder and train
+/// on the CPU engine: the same rows as the CPU run, accuracies and losses within what fp16
+/// features move.
+#[test]
+fn new_methods_on_gpu_train_on_the_cpu_engine() {
+    let Some(gpu) = fedclip::cuda::test_gpu() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    small_dataset(&root);
+    for method in [
+        Method::LinearProbe,
+        Method::ClipAdapter,
+        Method::TipAdapterF,
+    ] {
+        let name = method.name();
+        let (c, g) = (format!("{name}-cpu"), format!("{name}-gpu"));
+        let mut cfg = config(&root, &tmp.path().join(&c), &tmp.path().join("c1"));
+        cfg.method = method;
+        run_on(&cfg, false, None).unwrap();
+        cfg.out = tmp.path().join(&g);
+        cfg.cache_dir = tmp.path().join("c2");
+        run_on(&cfg, false, Some(gpu.clone())).unwrap();
+        let read =
+            |dir: &str| std::fs::read_to_string(tmp.path().join(dir).join("metrics.csv")).unwrap();
+        assert_close_metrics(&read(&c), &read(&g));
+    }
+}
+
+fn assert_close_metrics(a: &str, b: &str) {
     assert_eq!(a.lines().count(), b.lines().count());
     for (x, y) in a.lines().skip(1).zip(b.lines().skip(1)) {
         let (fx, fy): (Vec<&str>, Vec<&str>) = (x.split(',').collect(), y.split(',').collect());

@@ -92,6 +92,36 @@ fn comparable_summary(text: &str) -> String {
         .collect()
 }
 
+/// The byte counts added when bytes were split into the two ways (the only fields added to
+/// these fixtures since they were committed): each way sums its rounds, one entry per round
+/// run, and the two ways add up to the `bytes_communicated` the fixtures always had.
+fn check_bytes_split(name: &str, summary: &str) {
+    let s: serde_json::Value = serde_json::from_str(summary).unwrap();
+    let int = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{name}: no {k}"));
+    assert_eq!(
+        int("bytes_down") + int("bytes_up"),
+        int("bytes_communicated"),
+        "{name}: bytes_down + bytes_up"
+    );
+    for way in ["down", "up"] {
+        let rounds: Vec<u64> = (s[format!("bytes_{way}_per_round")].as_array())
+            .unwrap_or_else(|| panic!("{name}: no bytes_{way}_per_round"))
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            rounds.len() as u64,
+            int("rounds_run"),
+            "{name}: rounds of {way}"
+        );
+        assert_eq!(
+            rounds.iter().sum::<u64>(),
+            int(&format!("bytes_{way}")),
+            "{name}: {way}"
+        );
+    }
+}
+
 fn outputs(run: &Path) -> Vec<(&'static str, Vec<u8>)> {
     let read = |f: &str| std::fs::read(run.join(f)).ok();
     let mut files = vec![(
@@ -158,6 +188,9 @@ fn every_method_reproduces_its_committed_outputs() {
             .count();
         assert_eq!(committed, got.len(), "{name}: files written vs committed");
         for (f, bytes) in &got {
+            if *f == "summary.json" {
+                check_bytes_split(name, std::str::from_utf8(bytes).unwrap());
+            }
             let want = std::fs::read(fixtures.join(f))
                 .unwrap_or_else(|e| panic!("{name}/{f}: {e} (FEDCLIP_BLESS=1 writes it)"));
             assert!(

@@ -387,3 +387,36 @@ fn methods_run_on_the_same_cache() {
         assert_eq!(has_loss, method != "zeroshot", "{method}: {metrics}");
     }
 }
+
+#[test]
+fn resume_of_tip_adapter_f_keeps_every_clients_keys() {
+    // The global parameters (the union of the caches) are longer than one client's row, and
+    // with sampling the server's record of which caches it holds must survive the kill.
+    resume_equals_uninterrupted(
+        "state",
+        &[
+            "--method",
+            "tip-adapter-f",
+            "--clients-per-domain",
+            "2",
+            "--sample-fraction",
+            "0.5",
+        ],
+    );
+}
+
+#[test]
+fn resume_of_clip_adapter_keeps_its_moments_and_the_server_optimisers() {
+    resume_equals_uninterrupted(
+        "state",
+        &[
+            "--method",
+            "clip-adapter",
+            "--keep-optimizer-state",
+            "--server-opt",
+            "fedadam",
+            "--server-lr",
+            "0.01",
+        ],
+    );
+}

@@ -31,9 +31,11 @@ mod params;
 mod real;
 
 pub use cpu::CpuAdapters;
+pub(crate) use optim::step as optimizer_step;
 pub use optim::{OptimizerConfig, OptimizerKind};
-pub use params::{AdapterParams, param_count};
+pub use params::{AdapterParams, param_count, seeded_unit_stream};
 pub use real::Real;
+pub(crate) use real::all_finite;
 
 use anyhow::{Result, bail, ensure};
 
@@ -194,6 +196,31 @@ pub trait AdapterBackend {
     fn write_all_params(&mut self, params: &[f32]) -> Result<()>;
     /// Predicted class per row of `features` [B, d] with client k's adapter.
     fn predict(&self, k: usize, features: &[f32]) -> Result<Vec<u32>>;
+
+    // Flat rows: what the rounds loop uses, so that trainers of other parameter shapes
+    // (`crate::heads`) fit. The defaults go through [`AdapterParams`], for the attention
+    // adapter's engines.
+
+    /// Values per client row (P).
+    fn param_count(&self) -> usize {
+        param_count(self.dim())
+    }
+    /// Client `k`'s parameters as one flat row of [`AdapterBackend::param_count`] values.
+    fn client_row(&self, k: usize) -> Result<Vec<f32>> {
+        Ok(self.client_params(k)?.into_vec())
+    }
+    /// Overwrites client `k`'s row (optimiser state is kept).
+    fn set_client_row(&mut self, k: usize, row: &[f32]) -> Result<()> {
+        let params = AdapterParams::from_flat(self.dim(), row.to_vec())?;
+        self.set_client_params(k, &params)
+    }
+    /// [`AdapterBackend::set_proximal`] with the anchor as a flat row.
+    fn set_proximal_row(&mut self, mu: f32, anchor: Option<&[f32]>) -> Result<()> {
+        let anchor = anchor
+            .map(|a| AdapterParams::from_flat(self.dim(), a.to_vec()))
+            .transpose()?;
+        self.set_proximal(mu, anchor.as_ref())
+    }
 }
 
 /// Checks what a K-client trainer is built from and returns the logit scale s = exp(logit_scale).

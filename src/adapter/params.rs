@@ -131,6 +131,13 @@ impl AdapterParams<f32> {
     }
 }
 
+/// Uniform draws in [0, 1) from the seeded generator of [`AdapterParams::init`], for other
+/// families' initialisations.
+pub fn seeded_unit_stream(seed: u64) -> impl FnMut() -> f64 {
+    let mut rng = SplitMix64(seed);
+    move || rng.unit()
+}
+
 /// SplitMix64: a small, well-mixed, seedable generator.
 struct SplitMix64(u64);
 

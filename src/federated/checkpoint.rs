@@ -1,6 +1,7 @@
 //! `state.safetensors`: everything a resumed run needs to continue exactly where the last
 //! finished round left it, the strategy's own server tensors included.
 
+use super::strategy::Bytes;
 use crate::adapter::OptimizerState;
 use crate::io::write_safetensors;
 use anyhow::{Context, Result};
@@ -23,7 +24,10 @@ pub struct State {
     /// (round, mean val accuracy, deployed parameters) of the best round so far.
     pub best: Option<(u32, f64, Vec<f32>)>,
     pub seconds_training: f64,
-    pub bytes: u64,
+    /// Bytes moved so far, each way.
+    pub bytes: Bytes,
+    /// Each finished round's bytes; `None` for a run checkpointed before they were kept.
+    pub bytes_per_round: Option<Vec<Bytes>>,
     /// Kept across rounds only with `--keep-optimizer-state`, so only then checkpointed.
     pub optimizer: Option<OptimizerState>,
     /// The strategy's server tensors ([`super::strategy::Strategy::state`]).
@@ -31,6 +35,15 @@ pub struct State {
 }
 
 impl State {
+    /// Adds one finished round's bytes.
+    pub fn count_bytes(&mut self, round: Bytes) {
+        self.bytes.down += round.down;
+        self.bytes.up += round.up;
+        if let Some(v) = &mut self.bytes_per_round {
+            v.push(round);
+        }
+    }
+
     pub fn save(&self, dir: &Path) -> Result<()> {
         let mut meta = HashMap::new();
         meta.insert("rounds_done".to_string(), self.rounds_done.to_string());
@@ -38,7 +51,16 @@ impl State {
             "seconds_training".to_string(),
             self.seconds_training.to_string(),
         );
-        meta.insert("bytes".to_string(), self.bytes.to_string());
+        meta.insert("bytes".to_string(), self.bytes.total().to_string());
+        meta.insert("bytes_down".to_string(), self.bytes.down.to_string());
+        meta.insert("bytes_up".to_string(), self.bytes.up.to_string());
+        if let Some(v) = &self.bytes_per_round {
+            let pairs: Vec<[u64; 2]> = v.iter().map(|b| [b.down, b.up]).collect();
+            meta.insert(
+                "bytes_per_round".to_string(),
+                serde_json::to_string(&pairs)?,
+            );
+        }
         let server: Vec<(String, &[f32])> = self
             .server
             .iter()
@@ -106,6 +128,27 @@ impl State {
             }),
             None => None,
         };
+        let total: u64 = num("bytes")?.parse().with_context(|| bad("bytes"))?;
+        let bytes = match (meta.get("bytes_down"), meta.get("bytes_up")) {
+            (Some(d), Some(u)) => Bytes {
+                down: d.parse().with_context(|| bad("bytes_down"))?,
+                up: u.parse().with_context(|| bad("bytes_up"))?,
+            },
+            // Saved before the two ways were counted apart: every method then sent as much
+            // down as up, so half each is exact.
+            _ => Bytes {
+                down: total / 2,
+                up: total - total / 2,
+            },
+        };
+        let bytes_per_round = match meta.get("bytes_per_round") {
+            Some(text) => {
+                let pairs: Vec<[u64; 2]> =
+                    serde_json::from_str(text).with_context(|| bad("bytes_per_round"))?;
+                Some(pairs.iter().map(|&[down, up]| Bytes { down, up }).collect())
+            }
+            None => None,
+        };
         let mut server = Vec::new();
         for name in st.names() {
             if let Some(short) = name.strip_prefix(SERVER_PREFIX) {
@@ -124,7 +167,8 @@ impl State {
             seconds_training: num("seconds_training")?
                 .parse()
                 .with_context(|| bad("seconds_training"))?,
-            bytes: num("bytes")?.parse().with_context(|| bad("bytes"))?,
+            bytes,
+            bytes_per_round,
             server,
         })
     }

@@ -20,6 +20,52 @@ pub enum Method {
     Local,
     /// FedCLIP with FedProx's proximal term μ/2 ‖θ − θ_global‖² in the local loss.
     Fedprox,
+    /// A linear classifier on the normalised image features, initialised from the class
+    /// prompts (round 0 is zero-shot), averaged each round.
+    #[serde(rename = "linear-probe")]
+    LinearProbe,
+    /// CLIP-Adapter (Gao et al. 2021): a residual bottleneck MLP on the image feature,
+    /// averaged each round.
+    #[serde(rename = "clip-adapter")]
+    ClipAdapter,
+    /// Tip-Adapter (Zhang et al. 2022): a training-free cache of the clients' features.
+    #[serde(rename = "tip-adapter")]
+    TipAdapter,
+    /// Tip-Adapter-F: each client fine-tunes its cache keys.
+    #[serde(rename = "tip-adapter-f")]
+    TipAdapterF,
+}
+
+impl Method {
+    /// The name `--method` takes (and `summary.json` reports).
+    pub fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value()
+            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
+    }
+}
+
+/// The hyper-parameters of the method families beyond the attention adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MethodOptions {
+    /// CLIP-Adapter's residual ratio α in `f = α A(x) + (1 − α) x` (`--clip-adapter-ratio`).
+    pub clip_adapter_ratio: f64,
+    /// Tip-Adapter's residual weight α of the cache logits (`--tip-alpha`).
+    pub tip_alpha: f64,
+    /// Tip-Adapter's sharpness β in `exp(−β (1 − x̂ Kᵀ))` (`--tip-beta`).
+    pub tip_beta: f64,
+}
+
+impl Default for MethodOptions {
+    /// CLIP-Adapter's 0.2 (the paper's code); Tip-Adapter's α = 1, β = 5.5 (the paper's
+    /// ImageNet setting; its configs start a validation search from other values).
+    fn default() -> Self {
+        MethodOptions {
+            clip_adapter_ratio: 0.2,
+            tip_alpha: 1.0,
+            tip_beta: 5.5,
+        }
+    }
 }
 
 /// How the server averages client adapters.
@@ -128,6 +174,9 @@ pub struct RunConfig {
     /// Personalization after training: local steps from the final global parameters (0: off).
     #[serde(default)]
     pub finetune_local_steps: u32,
+    /// CLIP-Adapter's and Tip-Adapter's settings (absent in runs made before they existed).
+    #[serde(default)]
+    pub method_options: MethodOptions,
     pub seed: u32,
     pub clients_per_domain: usize,
     pub dirichlet_alpha: f64,
@@ -227,6 +276,24 @@ impl RunConfig {
                 self.dirichlet_alpha,
                 self.dirichlet_alpha > 0.0,
                 "positive",
+            ),
+            (
+                "--clip-adapter-ratio",
+                self.method_options.clip_adapter_ratio,
+                (0.0..=1.0).contains(&self.method_options.clip_adapter_ratio),
+                "in [0, 1]",
+            ),
+            (
+                "--tip-alpha",
+                self.method_options.tip_alpha,
+                self.method_options.tip_alpha >= 0.0,
+                "zero or positive",
+            ),
+            (
+                "--tip-beta",
+                self.method_options.tip_beta,
+                self.method_options.tip_beta >= 0.0,
+                "zero or positive",
             ),
             (
                 "--sample-fraction",

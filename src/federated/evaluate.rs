@@ -6,15 +6,15 @@ use super::checkpoint::State;
 use super::features::{ClientData, SplitData};
 use super::report::MetricRow;
 use super::strategy::{Deploy, Strategy};
-use crate::adapter::{AdapterParams, TextFeatures, predict};
+use crate::heads::Classifier;
 use anyhow::Result;
 
 /// What the evaluation of one round reads.
 pub struct Evaluation<'a> {
     pub clients: &'a [ClientData],
     pub trainees: &'a [usize],
-    pub texts: &'a TextFeatures<f32>,
-    pub dim: usize,
+    /// The strategy family's predictions.
+    pub classifier: &'a dyn Classifier,
 }
 
 impl Evaluation<'_> {
@@ -28,25 +28,17 @@ impl Evaluation<'_> {
         state: &State,
         losses: &[Vec<f32>],
     ) -> Result<(Vec<MetricRow>, f64)> {
-        let p = state.global.len();
-        let global = AdapterParams::from_flat(self.dim, state.global.clone())?;
-        let local_mean = AdapterParams::from_flat(self.dim, mean_of_rows(&state.clients, p))?;
+        let p = self.classifier.param_count();
+        let local_mean = mean_of_rows(&state.clients, p);
         let mut rows = Vec::new();
         let mut val_sum = (0.0, 0usize);
         for (c, client) in self.clients.iter().enumerate() {
             let slot = self.trainees.iter().position(|&t| t == c);
-            let own;
             let params = match strategy.configure_evaluate(slot) {
                 Deploy::Zeroshot => None,
-                Deploy::Global => Some(&global),
-                Deploy::MeanOfLocal => Some(&local_mean),
-                Deploy::Own(s) => {
-                    own = AdapterParams::from_flat(
-                        self.dim,
-                        state.clients[s * p..(s + 1) * p].to_vec(),
-                    )?;
-                    Some(&own)
-                }
+                Deploy::Global => Some(&state.global[..]),
+                Deploy::MeanOfLocal => Some(&local_mean[..]),
+                Deploy::Own(s) => Some(&state.clients[s * p..(s + 1) * p]),
             };
             let mean_loss = slot
                 .map(|s| &losses[s])
@@ -60,7 +52,7 @@ impl Evaluation<'_> {
                 if data.is_empty() {
                     continue;
                 }
-                let acc = accuracy(params, data, self.texts)?;
+                let acc = accuracy(self.classifier, params, data)?;
                 if split == "val" && !client.held_out {
                     val_sum = (val_sum.0 + acc, val_sum.1 + 1);
                 }
@@ -79,15 +71,15 @@ impl Evaluation<'_> {
 }
 
 /// Accuracy of `params` (None: zero-shot) on one split.
-fn accuracy(
-    params: Option<&AdapterParams<f32>>,
+pub fn accuracy(
+    classifier: &dyn Classifier,
+    params: Option<&[f32]>,
     split: &SplitData,
-    texts: &TextFeatures<f32>,
 ) -> Result<f64> {
     if split.is_empty() {
         return Ok(f64::NAN);
     }
-    let pred = predict(params, &split.features, texts)?;
+    let pred = classifier.predict(params, &split.features)?;
     let right = pred
         .iter()
         .zip(&split.labels)

@@ -6,10 +6,11 @@
 //! Step j of client k uses batch `j mod S` (S = ⌈train / batch⌉) of pass `⌊j / S⌋`, whose
 //! order is `RandomState::from_key([seed, 4, k, pass]).permutation(train)`.
 
+use super::evaluate::accuracy;
 use super::features::{ClientData, SplitData};
 use super::rounds::Rounds;
 use super::strategy::Deployed;
-use crate::adapter::{AdapterParams, ClientBatch, TextFeatures, predict};
+use crate::adapter::ClientBatch;
 use crate::data::rng::RandomState;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
@@ -21,7 +22,8 @@ pub const TAG_FINETUNE: u32 = 4;
 pub fn check(steps: u32, deployed: Deployed) -> Result<()> {
     if steps > 0 && deployed != Deployed::Global {
         bail!(
-            "--finetune-local-steps needs a method with a global model (fedclip, fedprox); \
+            "--finetune-local-steps needs a method with a global model (fedclip, fedprox, \
+             linear-probe, clip-adapter); \
              this one deploys none to start from"
         );
     }
@@ -48,12 +50,11 @@ impl Rounds<'_> {
     /// global parameters.
     pub fn finetune(&mut self, steps: u32) -> Result<BTreeMap<String, f64>> {
         let dim = self.features.dim;
-        let global = AdapterParams::from_flat(dim, self.state.global.clone())?;
         for s in 0..self.trainees.len() {
-            self.backend.set_client_params(s, &global)?;
+            self.backend.set_client_row(s, &self.state.global)?;
         }
         self.backend.reset();
-        self.backend.set_proximal(0.0, None)?;
+        self.backend.set_proximal_row(0.0, None)?;
         let clients: Vec<&ClientData> = (self.trainees.iter())
             .map(|&c| &self.features.clients[c])
             .collect();
@@ -74,10 +75,10 @@ impl Rounds<'_> {
         let mut out = BTreeMap::new();
         for (s, c) in clients.iter().enumerate() {
             if !c.test.is_empty() {
-                let own = self.backend.client_params(s)?;
+                let own = self.backend.client_row(s)?;
                 out.insert(
                     c.name.clone(),
-                    accuracy(&own, &c.test, &self.features.texts)?,
+                    accuracy(&*self.classifier, Some(&own), &c.test)?,
                 );
             }
         }
@@ -91,18 +92,4 @@ fn gather(split: &SplitData, rows: &[usize], dim: usize) -> (Vec<f32>, Vec<u32>)
         .flat_map(|&i| split.features[i * dim..(i + 1) * dim].iter().copied())
         .collect();
     (features, rows.iter().map(|&i| split.labels[i]).collect())
-}
-
-fn accuracy(
-    params: &AdapterParams<f32>,
-    split: &SplitData,
-    texts: &TextFeatures<f32>,
-) -> Result<f64> {
-    let pred = predict(Some(params), &split.features, texts)?;
-    let right = pred
-        .iter()
-        .zip(&split.labels)
-        .filter(|(p, y)| p == y)
-        .count();
-    Ok(right as f64 / split.len() as f64)
 }

@@ -4,7 +4,8 @@
 //!
 //! A run is five stages, one module each: [`plan`] (flags, data, splits, run directory
 //! with [`rundir`], resume) → [`features`] (encoder + cache, [`bad_images`] found first) → [`rounds`] (the loop over a
-//! [`strategy::Strategy`], with [`train`] the shared local update and [`evaluate`] the
+//! [`strategy::Strategy`], its [`family`] (which trainer and classifier its parameters
+//! need), [`train`] the shared local update and [`evaluate`] the
 //! per-round metrics; [`checkpoint`] the state) → [`outputs`] (adapters, plot, summary).
 
 pub mod aggregate;
@@ -12,6 +13,7 @@ pub mod bad_images;
 pub mod checkpoint;
 pub mod config;
 pub mod evaluate;
+pub mod family;
 pub mod features;
 pub mod finetune;
 pub mod outputs;
@@ -24,7 +26,8 @@ pub mod train;
 
 pub use crate::bundled::is_bundled_model;
 pub use config::{
-    Aggregate, LossName, Method, OptimizerName, RunConfig, ServerOptConfig, ServerOptName,
+    Aggregate, LossName, Method, MethodOptions, OptimizerName, RunConfig, ServerOptConfig,
+    ServerOptName,
 };
 
 use crate::cuda::Gpu;

@@ -7,8 +7,8 @@ use super::plan::Plan;
 use super::report::{self, MetricRow, Summary};
 use super::rounds::Rounds;
 use super::strategy::Deployed;
-use crate::adapter::param_count;
 use crate::bundled::is_bundled_model;
+use crate::heads::Classifier;
 use crate::io::{write_atomic, write_safetensors};
 use anyhow::Result;
 use std::collections::{BTreeMap, HashMap};
@@ -23,7 +23,7 @@ pub fn write(
     finetuned: Option<BTreeMap<String, f64>>,
 ) -> Result<Summary> {
     let out = &cfg.out;
-    let dim = features.dim;
+    let classifier = &*rounds.classifier;
     let names: Vec<&str> = match rounds.strategy.deployed() {
         Deployed::EachClient => (rounds.trainees.iter())
             .map(|&c| features.clients[c].name.as_str())
@@ -32,13 +32,23 @@ pub fn write(
     };
     if rounds.strategy.deployed() != Deployed::Nothing {
         let last = rounds.deployed_params();
-        write_adapter(&out.join("adapter-last.safetensors"), dim, &last, &names)?;
+        write_adapter(
+            &out.join("adapter-last.safetensors"),
+            classifier,
+            &last,
+            &names,
+        )?;
         if let Some((_, _, best)) = &rounds.state.best {
-            write_adapter(&out.join("adapter-best.safetensors"), dim, best, &names)?;
+            write_adapter(
+                &out.join("adapter-best.safetensors"),
+                classifier,
+                best,
+                &names,
+            )?;
         }
     }
     let rows = report::read_metrics(&out.join("metrics.csv"))?;
-    let method = format!("{:?}", cfg.method).to_lowercase();
+    let method = cfg.method.name();
     let title = format!(
         "{method} on {} (held out: {})",
         (plan.dataset.root.file_name()).map_or("data".into(), |n| n.to_string_lossy()),
@@ -100,8 +110,14 @@ fn summarise(
         seconds_training: state.seconds_training,
         images_extracted: features.extracted,
         images_from_cache: features.from_cache,
-        bytes_communicated: state.bytes,
-        adapter_parameters: param_count(features.dim),
+        bytes_communicated: state.bytes.total(),
+        bytes_down: state.bytes.down,
+        bytes_up: state.bytes.up,
+        bytes_down_per_round: (state.bytes_per_round.as_ref())
+            .map(|v| v.iter().map(|b| b.down).collect()),
+        bytes_up_per_round: (state.bytes_per_round.as_ref())
+            .map(|v| v.iter().map(|b| b.up).collect()),
+        adapter_parameters: rounds.classifier.param_count(),
         clients: clients.len(),
         model: cfg.model.display().to_string(),
         model_weights_random: is_bundled_model(&cfg.model),
@@ -112,11 +128,17 @@ fn summarise(
     }
 }
 
-/// FedCLIP adapters as PyTorch names them, one set per row of `params`, prefixed by the
-/// client's name when there are several.
-fn write_adapter(path: &Path, dim: usize, params: &[f32], clients: &[&str]) -> Result<()> {
-    let p = param_count(dim);
-    let d = dim;
+/// The deployed parameters under their family's tensor names (the attention adapter as
+/// PyTorch names FedCLIP's), one set per row of `params`, prefixed by the client's name when
+/// there are several.
+fn write_adapter(
+    path: &Path,
+    classifier: &dyn Classifier,
+    params: &[f32],
+    clients: &[&str],
+) -> Result<()> {
+    let p = classifier.param_count();
+    let parts = classifier.tensors();
     let mut tensors: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
     for (k, chunk) in params.chunks_exact(p).enumerate() {
         let prefix = if clients.len() > 1 {
@@ -124,22 +146,19 @@ fn write_adapter(path: &Path, dim: usize, params: &[f32], clients: &[&str]) -> R
         } else {
             String::new()
         };
-        let (w1, rest) = chunk.split_at(d * d);
-        let (b1, rest) = rest.split_at(d);
-        let (w2, b2) = rest.split_at(d * d);
-        tensors.push((format!("{prefix}attention.0.weight"), vec![d, d], w1));
-        tensors.push((format!("{prefix}attention.0.bias"), vec![d], b1));
-        tensors.push((format!("{prefix}attention.2.weight"), vec![d, d], w2));
-        tensors.push((format!("{prefix}attention.2.bias"), vec![d], b2));
+        for (name, shape, range) in &parts {
+            tensors.push((
+                format!("{prefix}{name}"),
+                shape.clone(),
+                &chunk[range.clone()],
+            ));
+        }
     }
     let refs: Vec<(&str, Vec<usize>, &[f32])> = tensors
         .iter()
         .map(|(n, s, d)| (n.as_str(), s.clone(), *d))
         .collect();
     let mut meta = HashMap::new();
-    meta.insert(
-        "layout".into(),
-        "FedCLIP adapter: Linear(d,d) → Tanh → Linear(d,d) → Softmax; PyTorch [out, in]".into(),
-    );
+    meta.insert("layout".into(), classifier.layout());
     write_safetensors(path, &refs, meta)
 }

@@ -187,8 +187,18 @@ pub struct Summary {
     pub seconds_training: f64,
     pub images_extracted: usize,
     pub images_from_cache: usize,
-    /// Adapter parameters sent client→server and server→client, in bytes (f32).
+    /// Parameters sent server→client and client→server, in bytes (f32; Tip-Adapter's labels
+    /// as 4-byte indices). Both ways together (`bytes_down + bytes_up`), as before the two were counted apart.
     pub bytes_communicated: u64,
+    /// Server → clients, all rounds.
+    pub bytes_down: u64,
+    /// Clients → server, all rounds.
+    pub bytes_up: u64,
+    /// Per round (absent for a run resumed from a checkpoint made before rounds were kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_down_per_round: Option<Vec<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_up_per_round: Option<Vec<u64>>,
     pub adapter_parameters: usize,
     pub clients: usize,
     pub model: String,

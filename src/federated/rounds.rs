@@ -6,14 +6,15 @@
 use super::checkpoint::{STATE_FILE, State};
 use super::config::RunConfig;
 use super::evaluate::Evaluation;
+use super::family;
 use super::features::Features;
 use super::report;
-use super::strategy::{ClientUpdates, Deployed, Strategy};
+use super::strategy::{Bytes, ClientUpdates, Deployed, Sizes, Strategy};
 use super::train::local_epochs;
-use crate::adapter::{AdapterBackend, AdapterParams, CpuAdapters, param_count};
-use crate::cuda::CudaAdapters;
+use crate::adapter::AdapterBackend;
 use crate::data::split::Splits;
 use crate::encode::Engine;
+use crate::heads::Classifier;
 use anyhow::{Result, ensure};
 use std::path::Path;
 use std::time::Instant;
@@ -37,6 +38,8 @@ pub struct Rounds<'a> {
     /// Client index of each trainer slot.
     pub trainees: Vec<usize>,
     pub(super) backend: Box<dyn AdapterBackend>,
+    /// Predictions and tensor names of the strategy's family.
+    pub classifier: Box<dyn Classifier>,
     pub strategy: Box<dyn Strategy>,
     pub state: State,
 }
@@ -57,20 +60,17 @@ impl<'a> Rounds<'a> {
             !trainees.is_empty(),
             "every domain is held out: no client to train"
         );
-        let dim = features.dim;
-        let init = AdapterParams::<f32>::init(dim, cfg.seed as u64);
-        let config = cfg.train_config(features.logit_scale);
+        let family::Trainable {
+            mut backend,
+            classifier,
+            global,
+        } = family::build(strategy.family(), cfg, features, &trainees, engine)?;
         let k = trainees.len();
-        let texts = features.texts.clone();
-        let mut backend: Box<dyn AdapterBackend> = match engine {
-            Engine::Cuda(g) => Box::new(CudaAdapters::new(g, k, &init, texts, config)?),
-            Engine::Cpu => Box::new(CpuAdapters::new(k, &init, texts, config)?),
-        };
-        let p = param_count(dim);
+        let p = backend.param_count();
         let state = match saved {
             Some(s) => {
                 ensure!(
-                    s.global.len() == p && s.clients.len() == k * p,
+                    s.global.len() == global.len() && s.clients.len() == k * p,
                     "{}: saved adapters do not fit this run",
                     cfg.out.join(STATE_FILE).display()
                 );
@@ -83,11 +83,12 @@ impl<'a> Rounds<'a> {
             }
             None => State {
                 rounds_done: 0,
-                global: init.as_slice().to_vec(),
+                global,
                 clients: backend.read_all_params()?,
                 best: None,
                 seconds_training: 0.0,
-                bytes: 0,
+                bytes: Bytes::default(),
+                bytes_per_round: Some(Vec::new()),
                 optimizer: None,
                 server: strategy.state(),
             },
@@ -98,6 +99,7 @@ impl<'a> Rounds<'a> {
             features,
             trainees,
             backend,
+            classifier,
             strategy,
             state,
         })
@@ -110,16 +112,15 @@ impl<'a> Rounds<'a> {
             report::open_metrics(&out.join("metrics.csv"), self.state.rounds_done + 1)?;
         let total = self.strategy.rounds(self.cfg.rounds);
         let trainees = self.trainees.clone();
-        let eval = Evaluation {
-            clients: &self.features.clients,
-            trainees: &trainees,
-            texts: &self.features.texts,
-            dim: self.features.dim,
-        };
         for round in self.state.rounds_done..total {
             let t0 = Instant::now();
             let losses = self.train_round(round)?;
             self.state.seconds_training += t0.elapsed().as_secs_f64();
+            let eval = Evaluation {
+                clients: &self.features.clients,
+                trainees: &trainees,
+                classifier: &*self.classifier,
+            };
             let (rows, mean_val) = eval.round(round, &*self.strategy, &self.state, &losses)?;
             report::append_rows(&mut metrics, &rows)?;
             crash_point(round, "metrics");
@@ -147,32 +148,30 @@ impl<'a> Rounds<'a> {
             .strategy
             .configure_train(round, sampled, &self.state.global)
         else {
+            self.state.count_bytes(Bytes::default());
             return Ok(vec![Vec::new(); k]);
         };
-        let dim = self.features.dim;
         if let Some(start) = &plan.start {
-            let start = AdapterParams::from_flat(dim, start.clone())?;
             for &s in &plan.slots {
-                self.backend.set_client_params(s, &start)?;
+                self.backend.set_client_row(s, start)?;
             }
         }
         if !self.cfg.keep_optimizer_state {
             self.backend.reset();
         }
-        let anchor = plan
-            .anchor
-            .as_ref()
-            .map(|a| AdapterParams::from_flat(dim, a.clone()))
-            .transpose()?;
-        self.backend.set_proximal(plan.mu, anchor.as_ref())?;
-        let losses = local_epochs(
-            &mut *self.backend,
-            self.cfg,
-            round,
-            &plan.slots,
-            &self.features.clients,
-            &self.trainees,
-        )?;
+        self.backend
+            .set_proximal_row(plan.mu, plan.anchor.as_deref())?;
+        let losses = match self.strategy.local_epochs(self.cfg.local_epochs) {
+            0 => vec![Vec::new(); k],
+            _ => local_epochs(
+                &mut *self.backend,
+                self.cfg,
+                round,
+                &plan.slots,
+                &self.features.clients,
+                &self.trainees,
+            )?,
+        };
         self.state.clients = self.backend.read_all_params()?;
         if self.cfg.keep_optimizer_state {
             self.state.optimizer = Some(self.backend.optimizer_state());
@@ -180,7 +179,7 @@ impl<'a> Rounds<'a> {
         let train_sizes: Vec<usize> = (self.trainees.iter())
             .map(|&c| self.features.clients[c].train.len())
             .collect();
-        let p = param_count(dim);
+        let p = self.backend.param_count();
         let updates = ClientUpdates {
             slots: &plan.slots,
             params: &self.state.clients,
@@ -193,7 +192,12 @@ impl<'a> Rounds<'a> {
         {
             self.state.global = global;
         }
-        self.state.bytes += self.strategy.bytes_communicated(&plan, p);
+        let sizes = Sizes {
+            param_count: p,
+            dim: self.features.dim,
+            train_sizes: &train_sizes,
+        };
+        self.state.count_bytes(self.strategy.bytes(&plan, &sizes));
         Ok(losses)
     }
 

@@ -1,8 +1,9 @@
 //! FedCLIP's server: every sampled client starts from the global adapter, the server takes
 //! the (uniform or size-weighted) mean (McMahan et al. 2017). With μ this is FedProx
 //! (Li et al. 2020): the same, plus the proximal term towards the round's global adapter.
+//! The linear probe and CLIP-Adapter are FedAvg over their own parameters ([`FedAvg::of`]).
 
-use super::{ClientUpdates, Deploy, Deployed, RoundPlan, Strategy};
+use super::{Bytes, ClientUpdates, Deploy, Deployed, Family, RoundPlan, Sizes, Strategy};
 use crate::federated::aggregate::{client_weights, weighted_mean};
 use crate::federated::config::Aggregate;
 use anyhow::Result;
@@ -11,6 +12,7 @@ pub struct FedAvg {
     aggregate: Aggregate,
     /// FedProx's μ; `None` is plain FedAvg.
     proximal_mu: Option<f32>,
+    family: Family,
 }
 
 impl FedAvg {
@@ -18,7 +20,13 @@ impl FedAvg {
         FedAvg {
             aggregate,
             proximal_mu,
+            family: Family::Attention,
         }
+    }
+
+    /// FedAvg over the parameters of `family` instead of the attention adapter.
+    pub fn of(self, family: Family) -> Self {
+        FedAvg { family, ..self }
     }
 }
 
@@ -52,9 +60,17 @@ impl Strategy for FedAvg {
         )))
     }
 
-    /// The global adapter down to each sampled client, then its update back up.
-    fn bytes_communicated(&self, plan: &RoundPlan, param_count: usize) -> u64 {
-        2 * (plan.slots.len() * param_count * 4) as u64
+    /// The global parameters down to each sampled client, then its update back up.
+    fn bytes(&self, plan: &RoundPlan, sizes: &Sizes) -> Bytes {
+        let each_way = (plan.slots.len() * sizes.param_count * 4) as u64;
+        Bytes {
+            down: each_way,
+            up: each_way,
+        }
+    }
+
+    fn family(&self) -> Family {
+        self.family
     }
 
     fn configure_evaluate(&self, _slot: Option<usize>) -> Deploy {

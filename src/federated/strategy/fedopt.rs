@@ -13,7 +13,7 @@
 //! Each element is computed in f64 from the f32 state and stored back as f32, so a
 //! checkpoint of m and v resumes bit for bit.
 
-use super::{ClientUpdates, Deploy, Deployed, RoundPlan, Strategy};
+use super::{Bytes, ClientUpdates, Deploy, Deployed, Family, RoundPlan, Sizes, Strategy};
 use crate::federated::config::{ServerOptConfig, ServerOptName};
 use anyhow::{Result, bail, ensure};
 
@@ -113,13 +113,23 @@ impl Strategy for FedOpt {
         updates: &ClientUpdates,
     ) -> Result<Option<Vec<f32>>> {
         let Some(mean) = self.inner.aggregate_train(round, global, updates)? else {
-            bail!("--server-opt needs a method whose server aggregates (fedclip, fedprox)");
+            bail!(
+                "--server-opt needs a method whose server averages (fedclip, fedprox, linear-probe, clip-adapter)"
+            );
         };
         Ok(Some(self.step(round, global, &mean)))
     }
 
-    fn bytes_communicated(&self, plan: &RoundPlan, param_count: usize) -> u64 {
-        self.inner.bytes_communicated(plan, param_count)
+    fn bytes(&self, plan: &RoundPlan, sizes: &Sizes) -> Bytes {
+        self.inner.bytes(plan, sizes)
+    }
+
+    fn local_epochs(&self, requested: u32) -> u32 {
+        self.inner.local_epochs(requested)
+    }
+
+    fn family(&self) -> Family {
+        self.inner.family()
     }
 
     fn configure_evaluate(&self, slot: Option<usize>) -> Deploy {

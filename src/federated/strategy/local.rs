@@ -2,7 +2,7 @@
 //! nothing is averaged or communicated. A client outside the federation (a held-out domain)
 //! deploys the mean of the clients' adapters.
 
-use super::{ClientUpdates, Deploy, Deployed, RoundPlan, Strategy};
+use super::{Bytes, ClientUpdates, Deploy, Deployed, RoundPlan, Sizes, Strategy};
 use anyhow::Result;
 
 pub struct Local;
@@ -31,8 +31,8 @@ impl Strategy for Local {
         Ok(None)
     }
 
-    fn bytes_communicated(&self, _plan: &RoundPlan, _param_count: usize) -> u64 {
-        0
+    fn bytes(&self, _plan: &RoundPlan, _sizes: &Sizes) -> Bytes {
+        Bytes::default()
     }
 
     fn configure_evaluate(&self, slot: Option<usize>) -> Deploy {

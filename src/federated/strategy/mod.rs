@@ -11,11 +11,13 @@
 mod fedavg;
 mod fedopt;
 mod local;
+mod tip_adapter;
 mod zeroshot;
 
 pub use fedavg::FedAvg;
 pub use fedopt::FedOpt;
 pub use local::Local;
+pub use tip_adapter::TipAdapter;
 pub use zeroshot::Zeroshot;
 
 use super::config::{Method, RunConfig, ServerOptName};
@@ -41,6 +43,46 @@ pub struct ClientUpdates<'a> {
     pub param_count: usize,
     /// Training samples per slot, for weighted aggregation.
     pub train_sizes: &'a [usize],
+}
+
+/// Bytes one round moves: server → client (`down`) and client → server (`up`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bytes {
+    pub down: u64,
+    pub up: u64,
+}
+
+impl Bytes {
+    pub fn total(self) -> u64 {
+        self.down + self.up
+    }
+}
+
+/// What [`Strategy::bytes`] counts with.
+pub struct Sizes<'a> {
+    /// Values in one client's row (P).
+    pub param_count: usize,
+    /// Image feature width d.
+    pub dim: usize,
+    /// Training samples per trainer slot.
+    pub train_sizes: &'a [usize],
+}
+
+/// Which parameters a method trains (its trainer and classifier, `super::family`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Family {
+    /// FedCLIP's attention adapter (also zero-shot, which trains none).
+    Attention,
+    /// A linear classifier [C, d] + [C] on the normalised image features.
+    LinearProbe,
+    /// CLIP-Adapter's residual bottleneck with ratio α.
+    ClipAdapter { ratio: f64 },
+    /// Tip-Adapter's cache; `train_keys` for Tip-Adapter-F.
+    TipCache {
+        alpha: f64,
+        beta: f64,
+        train_keys: bool,
+    },
 }
 
 /// What one client is evaluated with.
@@ -82,8 +124,26 @@ pub trait Strategy {
         global: &[f32],
         updates: &ClientUpdates,
     ) -> Result<Option<Vec<f32>>>;
-    /// Bytes sent this round, both ways together (f32 parameters).
-    fn bytes_communicated(&self, plan: &RoundPlan, param_count: usize) -> u64;
+    /// Bytes sent this round each way.
+    fn bytes(&self, plan: &RoundPlan, sizes: &Sizes) -> Bytes;
+    /// Bytes sent this round, both ways together, for a family whose bytes depend on the
+    /// row length alone (every method but Tip-Adapter, which needs the clients' sizes).
+    fn bytes_communicated(&self, plan: &RoundPlan, param_count: usize) -> u64 {
+        let sizes = Sizes {
+            param_count,
+            dim: 0,
+            train_sizes: &[],
+        };
+        self.bytes(plan, &sizes).total()
+    }
+    /// Local epochs per round for `--local-epochs requested` (0: nothing is stepped).
+    fn local_epochs(&self, requested: u32) -> u32 {
+        requested
+    }
+    /// The parameters this method trains.
+    fn family(&self) -> Family {
+        Family::Attention
+    }
     /// What a client deploys; `slot` is its trainer slot, `None` for a held-out client.
     fn configure_evaluate(&self, slot: Option<usize>) -> Deploy;
     fn deployed(&self) -> Deployed;
@@ -109,17 +169,25 @@ pub fn build(cfg: &RunConfig) -> Result<Box<dyn Strategy>> {
         Method::Fedprox => Box::new(FedAvg::new(cfg.aggregate, Some(cfg.mu as f32))),
         Method::Local => Box::new(Local),
         Method::Zeroshot => Box::new(Zeroshot),
+        Method::LinearProbe => Box::new(FedAvg::new(cfg.aggregate, None).of(Family::LinearProbe)),
+        Method::ClipAdapter => Box::new(FedAvg::new(cfg.aggregate, None).of(Family::ClipAdapter {
+            ratio: cfg.method_options.clip_adapter_ratio,
+        })),
+        Method::TipAdapter | Method::TipAdapterF => Box::new(TipAdapter::new(
+            cfg.method_options,
+            cfg.method == Method::TipAdapterF,
+        )),
     };
     let server = cfg.server_opt;
     if server.opt == ServerOptName::Fedavg {
         return Ok(base);
     }
     if base.deployed() != Deployed::Global {
-        let name = |d: &dyn std::fmt::Debug| format!("{d:?}").to_lowercase();
         bail!(
-            "--server-opt {} needs a method with a global model (fedclip, fedprox), not --method {}",
-            name(&server.opt),
-            name(&cfg.method)
+            "--server-opt {} needs a method with a global model (fedclip, fedprox, linear-probe, \
+             clip-adapter), not --method {}",
+            format!("{:?}", server.opt).to_lowercase(),
+            cfg.method.name()
         );
     }
     check_server_opt(&server)?;

@@ -1,6 +1,6 @@
 //! CLIP zero-shot: no adapter, nothing trained or sent; one evaluation round.
 
-use super::{ClientUpdates, Deploy, Deployed, RoundPlan, Strategy};
+use super::{Bytes, ClientUpdates, Deploy, Deployed, RoundPlan, Sizes, Strategy};
 use anyhow::Result;
 
 pub struct Zeroshot;
@@ -28,8 +28,8 @@ impl Strategy for Zeroshot {
         Ok(None)
     }
 
-    fn bytes_communicated(&self, _plan: &RoundPlan, _param_count: usize) -> u64 {
-        0
+    fn bytes(&self, _plan: &RoundPlan, _sizes: &Sizes) -> Bytes {
+        Bytes::default()
     }
 
     fn configure_evaluate(&self, _slot: Option<usize>) -> Deploy {

@@ -1,0 +1,115 @@
+//! The trainer, the classifier and the round-0 parameters of a strategy's [`Family`]: the
+//! attention adapter on the selected engine, or a [`crate::heads`] family on the CPU.
+//!
+//! The new families train on the CPU engine only: with `--device cuda` the features still
+//! come from the GPU encoder, and the rounds run on the CPU with a one-time note.
+
+use super::config::RunConfig;
+use super::features::Features;
+use super::strategy::Family;
+use crate::adapter::{AdapterBackend, AdapterParams, CpuAdapters, TextFeatures};
+use crate::cuda::CudaAdapters;
+use crate::encode::Engine;
+use crate::heads::{
+    AttentionClassifier, Classifier, ClipAdapter, Head, HeadClassifier, HeadTrainer, LinearProbe,
+    TipCache, tip_cache_row,
+};
+use anyhow::Result;
+
+/// What the rounds train and evaluate.
+pub struct Trainable {
+    pub backend: Box<dyn AdapterBackend>,
+    pub classifier: Box<dyn Classifier>,
+    /// The global parameters before round 1.
+    pub global: Vec<f32>,
+}
+
+/// The family's trainer with one row per training client (`trainees`), its classifier and
+/// the global parameters of round 0.
+pub fn build(
+    family: Family,
+    cfg: &RunConfig,
+    features: &Features,
+    trainees: &[usize],
+    engine: &Engine,
+) -> Result<Trainable> {
+    let (dim, texts) = (features.dim, features.texts.clone());
+    let k = trainees.len();
+    let config = cfg.train_config(features.logit_scale);
+    if family == Family::Attention {
+        let init = AdapterParams::<f32>::init(dim, cfg.seed as u64);
+        let backend: Box<dyn AdapterBackend> = match engine {
+            Engine::Cuda(g) => Box::new(CudaAdapters::new(g, k, &init, texts.clone(), config)?),
+            Engine::Cpu => Box::new(CpuAdapters::new(k, &init, texts.clone(), config)?),
+        };
+        let classifier = Box::new(AttentionClassifier { dim, texts });
+        return Ok(Trainable {
+            backend,
+            classifier,
+            global: init.into_vec(),
+        });
+    }
+    if matches!(engine, Engine::Cuda(_)) {
+        eprintln!(
+            "note: --method {} trains on the CPU engine (its features came from the GPU)",
+            cfg.method.name()
+        );
+    }
+    let scale = features.logit_scale;
+    let opt = config.optimizer;
+    match family {
+        Family::Attention => unreachable!("handled above"),
+        Family::LinearProbe => {
+            let init = LinearProbe::init(&texts, scale);
+            let head = LinearProbe::new(dim, texts.classes());
+            trainable(head, init.repeat(k), init, texts, opt)
+        }
+        Family::ClipAdapter { ratio } => {
+            let init = ClipAdapter::<f32>::init(dim, cfg.seed as u64);
+            let head = ClipAdapter::new(texts.clone(), scale, ratio as f32);
+            trainable(head, init.repeat(k), init, texts, opt)
+        }
+        Family::TipCache {
+            alpha,
+            beta,
+            train_keys,
+        } => {
+            let train = |c: usize| &features.clients[c].train;
+            let capacity = trainees.iter().map(|&c| train(c).len()).max().unwrap_or(0);
+            let rows: Vec<f32> = (trainees.iter())
+                .flat_map(|&c| {
+                    let t = train(c);
+                    tip_cache_row(&t.features, &t.labels, dim, texts.classes(), capacity)
+                })
+                .collect();
+            let head = TipCache::new(
+                texts.clone(),
+                scale,
+                alpha as f32,
+                beta as f32,
+                capacity,
+                train_keys,
+            );
+            // The union of the clients' caches is their rows concatenated.
+            trainable(head, rows.clone(), rows, texts, opt)
+        }
+    }
+}
+
+fn trainable<H: Head<f32> + Clone + 'static>(
+    head: H,
+    rows: Vec<f32>,
+    global: Vec<f32>,
+    texts: TextFeatures<f32>,
+    optimizer: crate::adapter::OptimizerConfig,
+) -> Result<Trainable> {
+    // Cross-entropy is defined for one sample, so no batch is skipped (the attention
+    // adapter's contrastive loss needs two).
+    let backend = Box::new(HeadTrainer::new(head.clone(), rows, optimizer, 1)?);
+    let classifier = Box::new(HeadClassifier { head, texts });
+    Ok(Trainable {
+        backend,
+        classifier,
+        global,
+    })
+}
