@@ -1,20 +1,23 @@
-//! Time per federated round on the CPU, at K = 3 and K = 1,000 clients, for the methods that
-//! train (`benches/torch_rounds.py` times PyTorch on the same round).
+//! Time per federated round on the CPU, at K = 3 and K = 1,000 clients, for fedclip and
+//! clip-adapter (`benches/torch_rounds.py` times PyTorch on the same rounds).
 //!
 //! One round is what `fedclip run` computes per round on cached features: every client starts
 //! from the global parameters with a fresh optimiser, one local epoch over its 64 training
 //! samples (two steps of batch 32), a uniform FedAvg, then every client's train, val and test
 //! split (64 + 16 + 16 samples) evaluated with the new global parameters. Features are
-//! synthetic (d = 512, C = 7, a class signal plus noise). The checkpoint a run writes after
+//! synthetic (d = 512, C = 7, a class signal plus noise). fedclip trains the attention adapter
+//! with the reference's contrastive loss and Adam(5e-5, wd 0.2); clip-adapter its bottleneck
+//! (α = 0.2) with cross-entropy and the same Adam, on the `HeadTrainer` its run uses. The checkpoint a run writes after
 //! each round is file I/O and not included (at K = 1,000 its state file is K × P × 4 bytes).
 //!
-//! `cargo bench --bench rounds_cpu [-- K ...]` (default K = 3 and 1000).
+//! `cargo bench --bench rounds_cpu [-- fedclip|clip-adapter] [-- K ...]` (default: both
+//! methods, K = 3 and 1000).
 
 use fedclip::adapter::{
     AdapterBackend, AdapterParams, ClientBatch, CpuAdapters, TextFeatures, TrainConfig,
-    param_count, predict,
 };
 use fedclip::federated::aggregate::weighted_mean;
+use fedclip::heads::{AttentionClassifier, Classifier, ClipAdapter, HeadClassifier, HeadTrainer};
 use std::time::Instant;
 
 const D: usize = 512;
@@ -69,18 +72,17 @@ impl RoundTimes {
     }
 }
 
-fn fedclip_round(
-    backend: &mut CpuAdapters,
+fn round(
+    backend: &mut dyn AdapterBackend,
+    classifier: &dyn Classifier,
     global: &mut Vec<f32>,
     clients: &[Client],
-    texts: &TextFeatures<f32>,
 ) -> (RoundTimes, f64) {
     let k = clients.len();
-    let p = param_count(D);
+    let p = backend.param_count();
     let t0 = Instant::now();
-    let start = AdapterParams::from_flat(D, global.clone()).unwrap();
     for s in 0..k {
-        backend.set_client_params(s, &start).unwrap();
+        backend.set_client_row(s, global).unwrap();
     }
     backend.reset();
     for step in 0..TRAIN.div_ceil(BATCH) {
@@ -99,12 +101,11 @@ fn fedclip_round(
     let slots: Vec<usize> = (0..k).collect();
     *global = weighted_mean(&params, p, &slots, &vec![1.0; k]);
     let t2 = Instant::now();
-    let deployed = AdapterParams::from_flat(D, global.clone()).unwrap();
     let mut right = 0usize;
     let mut seen = 0usize;
     for c in clients {
         for (f, y) in [&c.train, &c.val, &c.test] {
-            let pred = predict(Some(&deployed), f, texts).unwrap();
+            let pred = classifier.predict(Some(global), f).unwrap();
             right += pred.iter().zip(y).filter(|(a, b)| a == b).count();
             seen += y.len();
         }
@@ -123,7 +124,43 @@ fn median_by_total(mut v: Vec<RoundTimes>) -> RoundTimes {
     v[v.len() / 2]
 }
 
-fn bench_fedclip(k: usize, rng: &mut Rng, texts_raw: &[f32]) {
+/// The trainer, classifier and round-0 parameters of `method` for `k` clients.
+fn setup(
+    method: &str,
+    k: usize,
+    texts: &TextFeatures<f32>,
+) -> (Box<dyn AdapterBackend>, Box<dyn Classifier>, Vec<f32>) {
+    let config = TrainConfig::default();
+    match method {
+        "fedclip" => {
+            let init = AdapterParams::init(D, 0);
+            let backend = CpuAdapters::new(k, &init, texts.clone(), config).unwrap();
+            let classifier = AttentionClassifier {
+                dim: D,
+                texts: texts.clone(),
+            };
+            (
+                Box::new(backend),
+                Box::new(classifier),
+                init.as_slice().to_vec(),
+            )
+        }
+        "clip-adapter" => {
+            let init = ClipAdapter::<f32>::init(D, 0);
+            let head = ClipAdapter::new(texts.clone(), config.logit_scale, 0.2);
+            let backend =
+                HeadTrainer::new(head.clone(), init.repeat(k), config.optimizer, 1).unwrap();
+            let classifier = HeadClassifier {
+                head,
+                texts: texts.clone(),
+            };
+            (Box::new(backend), Box::new(classifier), init)
+        }
+        other => panic!("unknown method {other} (fedclip, clip-adapter)"),
+    }
+}
+
+fn bench(method: &str, k: usize, rng: &mut Rng, texts_raw: &[f32]) {
     let texts = TextFeatures::new(texts_raw, C, D).unwrap();
     let clients: Vec<Client> = (0..k)
         .map(|_| Client {
@@ -132,23 +169,21 @@ fn bench_fedclip(k: usize, rng: &mut Rng, texts_raw: &[f32]) {
             test: samples(rng, texts_raw, EVAL),
         })
         .collect();
-    let init = AdapterParams::init(D, 0);
-    let mut backend = CpuAdapters::new(k, &init, texts.clone(), TrainConfig::default()).unwrap();
-    let mut global = init.as_slice().to_vec();
+    let (mut backend, classifier, mut global) = setup(method, k, &texts);
     let reps = if k <= 10 { 30 } else { 5 };
-    fedclip_round(&mut backend, &mut global, &clients, &texts); // warm-up
+    round(&mut *backend, &*classifier, &mut global, &clients); // warm-up
     let mut acc = 0.0;
     let times: Vec<RoundTimes> = (0..reps)
         .map(|_| {
-            let (t, a) = fedclip_round(&mut backend, &mut global, &clients, &texts);
+            let (t, a) = round(&mut *backend, &*classifier, &mut global, &clients);
             acc = a;
             t
         })
         .collect();
     let m = median_by_total(times);
     println!(
-        "fedclip rounds cpu, method fedclip, K={k}: {:.4} s/round (train {:.4}, aggregate {:.4}, \
-         evaluate {:.4}; median of {reps}, {} threads; accuracy after {} rounds {:.3})",
+        "fedclip rounds cpu, method {method}, K={k}: {:.4} s/round (train {:.4}, aggregate \
+         {:.4}, evaluate {:.4}; median of {reps}, {} threads; accuracy after {} rounds {:.3})",
         m.total(),
         m.train,
         m.aggregate,
@@ -160,14 +195,21 @@ fn bench_fedclip(k: usize, rng: &mut Rng, texts_raw: &[f32]) {
 }
 
 fn main() {
-    let ks: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let ks: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let ks = if ks.is_empty() { vec![3, 1000] } else { ks };
+    let methods: Vec<&str> = ["fedclip", "clip-adapter"]
+        .into_iter()
+        .filter(|m| {
+            !args.iter().any(|a| a == "fedclip" || a == "clip-adapter")
+                || args.iter().any(|a| a == m)
+        })
+        .collect();
     let mut rng = Rng(7);
     let texts_raw: Vec<f32> = (0..C * D).map(|_| rng.normal()).collect();
     for k in ks {
-        bench_fedclip(k, &mut rng, &texts_raw);
+        for method in &methods {
+            bench(method, k, &mut rng, &texts_raw);
+        }
     }
 }

@@ -1,5 +1,6 @@
-"""PyTorch (eager, CPU) time per federated round, the same round as `cargo bench --bench
-rounds_cpu`: K clients start from the global FedCLIP adapter with a fresh Adam, one local epoch
+"""PyTorch (eager, CPU) time per federated round, the same rounds as `cargo bench --bench
+rounds_cpu` (fedclip, then clip-adapter: its bottleneck d → d/4 → d without biases, ReLU,
+α = 0.2, cross-entropy over the class prompts at scale 100, the same Adam): K clients start from the global FedCLIP adapter with a fresh Adam, one local epoch
 over 64 training samples (two steps of batch 32, the reference's contrastive loss), a uniform
 FedAvg of the parameters, then every client's train/val/test split (64 + 16 + 16 samples)
 evaluated with the new global adapter. d = 512, C = 7, synthetic features.
@@ -47,6 +48,88 @@ def contrastive(img, t, scale):
 
 def adapter():
     return nn.Sequential(nn.Linear(D, D), nn.Tanh(), nn.Linear(D, D), nn.Softmax(dim=1))
+
+
+RATIO = 0.2
+
+
+class ClipAdapter(nn.Module):
+    """CLIP-Adapter's residual bottleneck (Gao et al. 2021)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(D, D // 4, bias=False), nn.ReLU(),
+                                nn.Linear(D // 4, D, bias=False), nn.ReLU())
+
+    def forward(self, x):
+        return RATIO * self.fc(x) + (1 - RATIO) * x
+
+
+def clip_adapter_loss(model, x, y, text_n, scale):
+    f = model(x)
+    f = f / f.norm(dim=-1, keepdim=True)
+    return nn.functional.cross_entropy(scale * f @ text_n.t(), y)
+
+
+def clip_adapter_round(global_model, clients, text_n, scale):
+    t0 = time.perf_counter()
+    states = []
+    for train_x, train_y, _, _ in clients:
+        model = copy.deepcopy(global_model)
+        opt = torch.optim.Adam(model.parameters(), **ADAM)
+        for s in range(0, TRAIN, BATCH):
+            loss = clip_adapter_loss(model, train_x[s:s + BATCH], train_y[s:s + BATCH], text_n,
+                                     scale)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        states.append(model.state_dict())
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        avg = {n: torch.stack([s[n] for s in states]).mean(0) for n in states[0]}
+        global_model.load_state_dict(avg)
+    t2 = time.perf_counter()
+    with torch.no_grad():
+        for train_x, _, val_x, test_x in clients:
+            for x in (train_x, val_x, test_x):
+                f = global_model(x)
+                (f / f.norm(dim=-1, keepdim=True) @ text_n.t()).argmax(-1)
+    t3 = time.perf_counter()
+    return t1 - t0, t2 - t1, t3 - t2
+
+
+def clip_adapter_batched_round(params, global_params, train_x, train_y, evals, text_n, scale):
+    def fwd(ps, x):
+        w1, w2 = ps
+        a = torch.relu(torch.relu(x @ w1.transpose(-1, -2)) @ w2.transpose(-1, -2))
+        f = RATIO * a + (1 - RATIO) * x
+        return f / f.norm(dim=-1, keepdim=True)
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for p, g in zip(params, global_params):
+            p.copy_(g.expand_as(p))
+    opt = torch.optim.Adam(params, **ADAM)
+    k = train_x.shape[0]
+    for s in range(0, TRAIN, BATCH):
+        x, y = train_x[:, s:s + BATCH], train_y[:, s:s + BATCH]
+        logits = scale * fwd(params, x) @ text_n.t()
+        # Sum over clients of each client's mean loss: gradients stay per client.
+        loss = nn.functional.cross_entropy(logits.reshape(-1, C), y.reshape(-1),
+                                           reduction="sum") / x.shape[1]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        new_global = [p.mean(0) for p in params]
+    t2 = time.perf_counter()
+    with torch.no_grad():
+        for x in evals:
+            (fwd(new_global, x) @ text_n.t()).argmax(-1)
+    t3 = time.perf_counter()
+    assert k == train_x.shape[0]
+    return (t1 - t0, t2 - t1, t3 - t2), new_global
 
 
 def predict(att_fn, feats, text_n):
@@ -125,10 +208,10 @@ def batched_round(stacked, train_x, train_y, evals, text_n, scale):
     return t1 - t0, t2 - t1, t3 - t2
 
 
-def report(name, k, times, reps):
+def report(name, k, times, reps, method="fedclip"):
     times.sort(key=sum)
     tr, ag, ev = times[len(times) // 2]
-    print(f"torch rounds cpu, method fedclip ({name}), K={k}: {tr + ag + ev:.4f} s/round "
+    print(f"torch rounds cpu, method {method} ({name}), K={k}: {tr + ag + ev:.4f} s/round "
           f"(train {tr:.4f}, aggregate {ag:.4f}, evaluate {ev:.4f}; median of {reps}, "
           f"{torch.get_num_threads()} threads)", flush=True)
 
@@ -158,6 +241,18 @@ def main():
         batched_round(stacked, train_x, train_y, evals, text_n, scale)
         report("batched", k, [batched_round(stacked, train_x, train_y, evals, text_n, scale)
                               for _ in range(reps)], reps)
+        del stacked
+        model = ClipAdapter()
+        clip_adapter_round(model, clients, text_n, scale)
+        report("loop", k, [clip_adapter_round(model, clients, text_n, scale)
+                           for _ in range(reps)], reps, "clip-adapter")
+        g = [model.fc[0].weight.detach().clone(), model.fc[2].weight.detach().clone()]
+        params = [p.unsqueeze(0).repeat(k, 1, 1).requires_grad_() for p in g]
+        times = []
+        for _ in range(reps + 1):
+            t, g = clip_adapter_batched_round(params, g, train_x, train_y, evals, text_n, scale)
+            times.append(t)
+        report("batched", k, times[1:], reps, "clip-adapter")
 
 
 if __name__ == "__main__":
