@@ -48,10 +48,7 @@ impl Evaluation<'_> {
                     Some(&own)
                 }
             };
-            let mean_loss = slot
-                .map(|s| &losses[s])
-                .filter(|l| !l.is_empty())
-                .map(|l| l.iter().map(|&v| v as f64).sum::<f64>() / l.len() as f64);
+            let mean_loss = slot.and_then(|s| mean_loss(&losses[s]));
             for (split, data) in [
                 ("train", &client.train),
                 ("val", &client.val),
@@ -78,8 +75,15 @@ impl Evaluation<'_> {
     }
 }
 
+/// The mean of a client's step losses this round (the `loss` of its train row), or None
+/// when it did not step.
+pub fn mean_loss(losses: &[f32]) -> Option<f64> {
+    (!losses.is_empty())
+        .then(|| losses.iter().map(|&v| v as f64).sum::<f64>() / losses.len() as f64)
+}
+
 /// Accuracy of `params` (None: zero-shot) on one split.
-fn accuracy(
+pub fn accuracy(
     params: Option<&AdapterParams<f32>>,
     split: &SplitData,
     texts: &TextFeatures<f32>,
