@@ -194,6 +194,9 @@ def main(grid: Grid, context: Context) -> None:
     wanted = str(context.run_config.get("test-domain", ""))
     test_domains = _test_domains(grid, nodes, wanted)
     config = options(context.run_config, None, test_domains)
+    if not context.run_config.get("data"):
+        # The data is on the silos; the run directory's config names no folder of the server.
+        config["data"] = "silos"
     if not context.run_config.get("out"):
         config["out"] = str(fedclip.free_run_dir(
             os.path.join("runs", f"flower-{config['method']}-seed{config['seed']}")))

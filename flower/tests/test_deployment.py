@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -95,12 +96,24 @@ class Deployment:
                 break
             time.sleep(1)  # the SuperLink may not listen yet
         assert run.returncode == 0, run.stdout + run.stderr
+        run_id = re.search(r"run (\d+)", run.stdout + run.stderr)
+        assert run_id, run.stdout + run.stderr
+        checked = time.monotonic()
         while not (out / "summary.json").exists():
             for p in self.processes:
                 assert p.poll() is None, f"{p.args[0]} exited with {p.returncode}"
             assert time.monotonic() < deadline, f"no result in time; logs in {self.root}"
+            if time.monotonic() - checked > 10:  # the ServerApp's log shows a failure
+                log = self.server_log(run_id.group(1))
+                assert "Traceback" not in log, log
+                checked = time.monotonic()
             time.sleep(0.5)
         time.sleep(0.5)
+
+    def server_log(self, run_id: str) -> str:
+        shown = subprocess.run([str(BIN / "flwr"), "log", run_id, "local", "--show"],
+                               capture_output=True, text=True, env=self.env, timeout=60)
+        return shown.stdout + shown.stderr
 
 
 @pytest.fixture(scope="module")
