@@ -1,8 +1,8 @@
 """One silo: its own data folder (`data` in the node config: one or more domain folders) and
 its own feature cache (`cache-dir`). It answers three messages:
 
-* `query`, step `domains`: its domains and classes; step `clients`: its clients under the
-  server's held-out domains, after extracting every file once (first contact; the cache
+* `query`, step `domains`: its domains; step `clients`: its domains, classes and clients
+  under the server's held-out domains, after extracting every file once (first contact; the cache
   answers later messages);
 * `train`: the local epochs of `fedclip run` for one trainer slot, from the parameters sent;
 * `evaluate`: the accuracy of the parameters sent (or zero-shot) on each of its splits.
@@ -72,10 +72,7 @@ def _held_out(msg: Message) -> List[str]:
 def query(msg: Message, context: Context) -> Message:
     step = msg.content["config"]["step"]
     if step == "domains":
-        config = _config(context, [])
-        splits = fedclip.Splits(dumps(config))
-        reply = ConfigRecord({"domains": fedclip.domains(config["data"]),
-                              "classes": splits.classes})
+        reply = ConfigRecord({"domains": fedclip.domains(_config(context, [])["data"])})
         return Message(RecordDict({"info": reply}), reply_to=msg)
     config, clients, splits = _clients(context, _held_out(msg))
     model, store = _store(config, _device(context))
@@ -86,6 +83,8 @@ def query(msg: Message, context: Context) -> Message:
         extracted, from_cache = extracted + stats.computed, from_cache + stats.hits
     store.text_features(splits.prompts, config["extract_batch"])
     reply = ConfigRecord({
+        "domains": fedclip.domains(config["data"]),
+        "classes": splits.classes,
         "names": [name for name, _, _ in clients],
         "held-out": [held for _, held, _ in clients],
         "train-sizes": [len(s[0][2]) if not held else 0 for _, held, s in clients],

@@ -41,37 +41,66 @@ class Federation:
     seconds_extracting: float = 0.0
 
 
+REPLY_TIMEOUT_S = 3600.0
+
+
+def _exchange(grid: Grid, messages: List[Message]) -> List[Message]:
+    """Sends `messages` and returns their replies in the same order, raising a node's error.
+    (`Grid.send_and_receive`, polled every 0.2 s instead of every 3 s.)"""
+    ids = [i for i in grid.push_messages(messages)]
+    pending, replies = set(ids), {}
+    deadline = time.monotonic() + REPLY_TIMEOUT_S
+    while pending:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(pending)} of {len(ids)} nodes did not answer in "
+                               f"{REPLY_TIMEOUT_S:.0f} s")
+        for reply in grid.pull_messages(list(pending)):
+            replies[reply.metadata.reply_to_message_id] = reply
+            pending.discard(reply.metadata.reply_to_message_id)
+        if pending:
+            time.sleep(0.2)
+    ordered = [replies[i] for i in ids]
+    for reply in ordered:
+        if reply.has_error():
+            raise RuntimeError(f"node {reply.metadata.src_node_id}: {reply.error}")
+    return ordered
+
+
 def _ask(grid: Grid, nodes, content: Dict, message_type: str) -> List[Message]:
     messages = [Message(RecordDict({"config": ConfigRecord(content)}), dst_node_id=n,
                         message_type=message_type) for n in nodes]
-    replies = list(grid.send_and_receive(messages))
-    for reply in replies:
-        if reply.has_error():
-            raise RuntimeError(f"node {reply.metadata.src_node_id}: {reply.error}")
-    return replies
+    return _exchange(grid, messages)
 
 
 def _test_domains(grid: Grid, nodes, wanted: str) -> List[str]:
-    """The held-out domains: `test-domain`, else the first domain in sorted order (as
-    `fedclip run`); the silos must agree on the classes."""
-    domains, classes = {}, {}
+    """The held-out domains: `test-domain`, else the first domain in sorted order over every
+    silo's domains (as `fedclip run`), which asks the silos."""
+    if wanted:
+        return [wanted]
+    domains = []
     for reply in _ask(grid, nodes, {"step": "domains"}, "query"):
-        info = reply.content["info"]
-        for d in info["domains"]:
-            domains[d] = reply.metadata.src_node_id
-        classes[reply.metadata.src_node_id] = list(info["classes"])
+        domains.extend(reply.content["info"]["domains"])
+    return sorted(domains)[:1]
+
+
+def _check_silos(replies: List[Message], test_domains: List[str]) -> None:
+    """The silos must agree on the classes, and one must hold each held-out domain."""
+    classes = {r.metadata.src_node_id: list(r.content["info"]["classes"]) for r in replies}
     if len({tuple(c) for c in classes.values()}) != 1:
         raise ValueError(f"the silos' class folders differ: {classes}")
-    if wanted and wanted not in domains:
-        raise ValueError(f"--test-domain {wanted}: no silo holds it (domains: {sorted(domains)})")
-    return [wanted] if wanted else sorted(domains)[:1]
+    held = {d for r in replies for d in r.content["info"]["domains"]}
+    for d in test_domains:
+        if d not in held:
+            raise ValueError(f"test-domain {d}: no silo holds it (domains: {sorted(held)})")
 
 
 def _federation(grid: Grid, nodes, test_domains: List[str]) -> Federation:
     fed = Federation(test_domains=test_domains)
     found = []
     dims = set()
-    for reply in _ask(grid, nodes, {"step": "clients", "test-domains": test_domains}, "query"):
+    replies = _ask(grid, nodes, {"step": "clients", "test-domains": test_domains}, "query")
+    _check_silos(replies, test_domains)
+    for reply in replies:
         info = reply.content["info"]
         node = reply.metadata.src_node_id
         for name, held, size in zip(info["names"], info["held-out"], info["train-sizes"]):
@@ -115,25 +144,10 @@ def _train(grid, fed, plan, glob, params, round) -> Tuple[List[np.ndarray], floa
                                 message_type="train"))
     losses: List[np.ndarray] = [np.zeros(0, np.float32)] * k
     t0 = time.monotonic()
-    replies = list(grid.send_and_receive(messages))
-    for reply, s in zip(_in_order(replies, messages), plan.slots):
+    for reply, s in zip(_exchange(grid, messages), plan.slots):
         params[s] = from_record(reply.content["arrays"])
         losses[s] = reply.content["losses"]["losses"].numpy()
     return losses, time.monotonic() - t0
-
-
-def _in_order(replies: List[Message], messages: List[Message]) -> List[Message]:
-    """The replies in the order of the messages they answer; a node error is raised."""
-    by_id = {r.metadata.reply_to_message_id: r for r in replies}
-    ordered = []
-    for m in messages:
-        reply = by_id.get(m.metadata.message_id)
-        if reply is None:
-            raise RuntimeError(f"node {m.metadata.dst_node_id} did not answer")
-        if reply.has_error():
-            raise RuntimeError(f"node {reply.metadata.src_node_id}: {reply.error}")
-        ordered.append(reply)
-    return ordered
 
 
 def _deployed(strategy, fed, c, glob, params) -> Optional[np.ndarray]:
@@ -161,7 +175,7 @@ def _evaluate(grid, fed, strategy, glob, params, losses, round) -> Tuple[list, f
             content["arrays"] = to_record(deployed, fed.dim)
         messages.append(Message(RecordDict(content), dst_node_id=fed.nodes[c],
                                 message_type="evaluate"))
-    replies = _in_order(list(grid.send_and_receive(messages)), messages)
+    replies = _exchange(grid, messages)
     rows, val_sum, val_n = [], 0.0, 0
     for c, reply in enumerate(replies):
         scores = reply.content["scores"]

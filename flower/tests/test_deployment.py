@@ -103,7 +103,7 @@ class Deployment:
             for p in self.processes:
                 assert p.poll() is None, f"{p.args[0]} exited with {p.returncode}"
             assert time.monotonic() < deadline, f"no result in time; logs in {self.root}"
-            if time.monotonic() - checked > 10:  # the ServerApp's log shows a failure
+            if time.monotonic() - checked > 30:  # the ServerApp's log shows a failure
                 log = self.server_log(run_id.group(1))
                 assert "Traceback" not in log, log
                 checked = time.monotonic()
@@ -162,19 +162,17 @@ COUNTS = TIMINGS + ("images_extracted", "images_from_cache")
 
 
 def test_flower_server_optimiser_kept_state_and_sampling(deployment, tmp_path):
-    options = dict(rounds=3, batch=16, lr=1e-3, seed=2, sample_fraction=0.67,
-                   keep_optimizer_state=True, aggregate="weighted")
-    want = reference(tmp_path, server_opt="fedadam", **options)
-    deployment.run(tmp_path / "flower", **{"server-opt": "fedadam", "sample-fraction": 0.67,
-                                           "keep-optimizer-state": True,
-                                           "aggregate": "weighted", "rounds": 3, "batch": 16,
-                                           "lr": 1e-3, "seed": 2})
+    options = dict(rounds=2, batch=16, lr=1e-3, seed=2, sample_fraction=0.67,
+                   keep_optimizer_state=True, aggregate="weighted", server_opt="fedadam")
+    want = reference(tmp_path, **options)
+    deployment.run(tmp_path / "flower", **{k.replace("_", "-"): v for k, v in options.items()},
+                   **{"test-domain": "art_painting"})
     assert_same_run(tmp_path / "flower", want, COUNTS)
 
 
-@pytest.mark.parametrize("method", ["local", "zeroshot", "fedprox"])
-def test_flower_other_methods(deployment, tmp_path, method):
-    options = dict(rounds=2, batch=16, lr=1e-3, seed=3, method=method)
+@pytest.mark.parametrize("method, rounds", [("local", 2), ("zeroshot", 1), ("fedprox", 1)])
+def test_flower_other_methods(deployment, tmp_path, method, rounds):
+    options = dict(rounds=rounds, batch=16, lr=1e-3, seed=3, method=method)
     want = reference(tmp_path, **options)
-    deployment.run(tmp_path / "flower", **options)
+    deployment.run(tmp_path / "flower", **options, **{"test-domain": "art_painting"})
     assert_same_run(tmp_path / "flower", want, COUNTS)
