@@ -16,7 +16,7 @@ use fedclip::features::FeatureCache;
 use fedclip::federated::{self, RunConfig};
 use fedclip::tokenizer::TokenizerKind;
 use numpy::{PyArray1, PyArray2, PyArrayMethods};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use std::path::PathBuf;
 
@@ -122,6 +122,13 @@ impl Model {
         batch: usize,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         check_batch(batch)?;
+        // As `fedclip embed --images` checks its arguments, with its message.
+        if let Some(missing) = paths.iter().find(|p| !p.exists()) {
+            return Err(PyOSError::new_err(format!(
+                "{}: no such image file or directory",
+                missing.display()
+            )));
+        }
         let entries: Vec<ImageEntry> = paths.iter().map(|p| ImageEntry::from_path(p)).collect();
         let out = py
             .detach(|| self.encoder.encode_images(&entries, batch, false))
