@@ -191,6 +191,18 @@ def _evaluate(grid, fed, strategy, glob, params, losses, round) -> Tuple[list, f
     return rows, val_sum / max(val_n, 1)
 
 
+KNOWN_DEPLOYS = {"zeroshot", "global", "own", "mean_of_local"}
+
+
+def _check_method(strategy, method: str) -> None:
+    """Refuses, naming it, a method whose adapters the app does not know how to move."""
+    kinds = {strategy.configure_evaluate(0)[0], strategy.configure_evaluate(None)[0]}
+    if not kinds <= KNOWN_DEPLOYS or strategy.deployed() not in {"nothing", "global",
+                                                                  "each_client"}:
+        raise ValueError(f"method {method!r} is not supported on Flower yet (it deploys "
+                         f"{sorted(kinds)}, its run keeps {strategy.deployed()!r})")
+
+
 def _nodes(grid: Grid, wanted: int, timeout_s: float = 600.0) -> List[int]:
     deadline = time.monotonic() + timeout_s
     nodes = list(grid.get_node_ids())
@@ -216,6 +228,7 @@ def main(grid: Grid, context: Context) -> None:
             os.path.join("runs", f"flower-{config['method']}-seed{config['seed']}")))
     check_supported(config)
     strategy = fedclip.Strategy(dumps(config))
+    _check_method(strategy, config["method"])
     fed = _federation(grid, nodes, test_domains)
     run_dir = fedclip.RunDir(dumps(config))
     summary = rounds(grid, config, strategy, fed, run_dir)

@@ -144,7 +144,10 @@ impl RunDir {
 
     /// Appends `(round, client, split, accuracy, samples, loss or None)` rows (`round`
     /// 1-based, as the file says) to `metrics.csv`.
-    fn append_rows(&mut self, rows: Vec<(u32, String, String, f64, usize, Option<f64>)>) -> PyResult<()> {
+    fn append_rows(
+        &mut self,
+        rows: Vec<(u32, String, String, f64, usize, Option<f64>)>,
+    ) -> PyResult<()> {
         let rows = rows
             .into_iter()
             .map(|(round, client, split, accuracy, samples, loss)| {
