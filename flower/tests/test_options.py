@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import sys
 import tomllib
@@ -37,3 +38,23 @@ def test_what_flower_cannot_run_is_refused_naming_it(option, value, named):
     config = fedclip.run_config(data="/silo/data", test_domains=[], **{option: value})
     with pytest.raises(ValueError, match=named):
         check_supported(config)
+
+
+class UnknownDeploy:
+    """A strategy whose clients deploy something the app cannot send (a future method)."""
+
+    def configure_evaluate(self, slot=None):
+        return ("class_cache", None)
+
+    def deployed(self):
+        return "global"
+
+
+def test_a_method_the_app_cannot_move_is_refused_naming_it():
+    from fedclip_flower.server_app import _check_method
+
+    with pytest.raises(ValueError, match="method 'tip-adapter' is not supported on Flower yet"):
+        _check_method(UnknownDeploy(), "tip-adapter")
+    for method in ["fedclip", "fedprox", "local", "zeroshot"]:
+        config = fedclip.run_config(data="/silo/data", test_domains=[], method=method)
+        _check_method(fedclip.Strategy(json.dumps(config)), method)
