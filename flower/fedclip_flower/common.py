@@ -1,10 +1,10 @@
-"""What both apps share: the run options from the Flower run config, and adapter arrays
-under the names `adapter-*.safetensors` uses."""
+"""What both apps share: the run options from the Flower run config, the options Flower
+cannot run yet, and adapter arrays under the names `adapter-*.safetensors` uses."""
 
 from __future__ import annotations
 
 import json
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
@@ -15,29 +15,58 @@ import fedclip
 NAMES = ["attention.0.weight", "attention.0.bias", "attention.2.weight", "attention.2.bias"]
 
 
-def options(run_config: Dict[str, Any], node_config: Dict[str, Any] | None = None) -> Dict[str, Any]:
-    """`fedclip.run_config(...)` from the app's run config (`kebab-case` keys) and, on a
-    SuperNode, its node config (`data`, `model` and `cache-dir` may be set per node)."""
+def options(
+    run_config: Dict[str, Any],
+    node_config: Optional[Dict[str, Any]] = None,
+    test_domains: Optional[List[str]] = None,
+) -> Dict[str, Any]:
+    """`fedclip.run_config(...)` from the app's run config (`kebab-case` keys, the CLI's
+    flags) and, on a SuperNode, its node config (`data`, `model`, `cache-dir` and `device`
+    may be set per node). `test_domains` are the held-out domains the server decided."""
     merged = {**run_config, **{k: v for k, v in (node_config or {}).items() if v != ""}}
-    test_domain = merged.get("test-domain", "")
+    server_lr = float(merged.get("server-lr", 0.0))
     return fedclip.run_config(
-        data=merged["data"],
-        model=merged["model"],
-        test_domains=[test_domain] if test_domain else None,
+        data=merged["data"] or ".",
+        model=merged["model"] or fedclip.BUNDLED_MODEL,
+        test_domains=test_domains if test_domains is not None else [],
         method=merged["method"],
         rounds=int(merged["rounds"]),
         local_epochs=int(merged["local-epochs"]),
         batch=int(merged["batch"]),
         lr=float(merged["lr"]),
         weight_decay=float(merged["weight-decay"]),
+        optimizer=merged.get("optimizer", "adam"),
+        keep_optimizer_state=bool(merged.get("keep-optimizer-state", False)),
+        loss=merged.get("loss", "contrastive"),
         mu=float(merged["mu"]),
         aggregate=merged["aggregate"],
         server_opt=merged["server-opt"],
+        server_lr=server_lr if server_lr > 0 else None,
+        server_momentum=float(merged.get("server-momentum", 0.9)),
+        server_beta1=float(merged.get("server-beta1", 0.9)),
+        server_beta2=float(merged.get("server-beta2", 0.99)),
+        server_tau=float(merged.get("server-tau", 1e-3)),
         seed=int(merged["seed"]),
         sample_fraction=float(merged["sample-fraction"]),
+        prompt_template=merged.get("prompt-template", "a picture of a {}"),
+        extract_batch=int(merged.get("extract-batch", 64)),
+        tokenizer=merged.get("tokenizer", "openai"),
         cache_dir=merged.get("cache-dir", "runs/feature-cache"),
-        out=merged["out"],
+        out=merged.get("out") or "runs/flower",
     )
+
+
+def check_supported(config: Dict[str, Any]) -> None:
+    """Refuses, naming the option, what the Flower app cannot run yet."""
+    if config["clients_per_domain"] != 1:
+        # Each silo is one domain's folder; splitting a domain into Dirichlet clients
+        # draws from the whole dataset's domain order, which a silo does not know.
+        raise ValueError(f"clients-per-domain {config['clients_per_domain']} is not supported "
+                         "on Flower yet: each silo holds one client (its domain folder)")
+    if config["finetune_local_steps"] != 0:
+        raise ValueError("finetune-local-steps is not supported on Flower yet")
+    if config["skip_bad"] or config["drop_empty_clients"]:
+        raise ValueError("skip-bad and drop-empty-clients are not supported on Flower yet")
 
 
 def to_record(flat: np.ndarray, dim: int) -> ArrayRecord:

@@ -1,88 +1,289 @@
-"""The server: fedclip's strategy for the run's `method` and `server-opt` (uniform averaging
-by default, as `fedclip run` and the FedCLIP reference; Flower's own FedAvg would weight by
-example count), the run's client sampling, and the final global adapter written as
-`adapter-last.safetensors` in `out`."""
+"""The server: `fedclip run`'s rounds over Flower messages. fedclip's strategy for the run's
+`method` and `server-opt` (uniform averaging by default, as `fedclip run` and the FedCLIP
+reference; Flower's own FedAvg would weight by example count), the run's client sampling,
+the same evaluation of every client and split each round (each silo scores its own data),
+and the same run directory: config.json, metrics.csv, the adapters, accuracy.svg and
+summary.json, written by fedclip's own code (`fedclip.RunDir`)."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from safetensors.numpy import save_file
 
 import fedclip
 
-from .common import NAMES, dumps, from_record, options, to_record
+from .common import check_supported, dumps, from_record, options, to_record
 
 app = ServerApp()
 
 
-def _slots(grid: Grid, nodes) -> tuple:
-    """Trainer slot → (node id, training samples), and the adapter's d, asked of every node."""
-    asks = [Message(RecordDict({"q": ConfigRecord({})}), dst_node_id=n, message_type="query")
-            for n in nodes]
-    found, dims = {}, set()
-    for reply in grid.send_and_receive(asks):
+@dataclass
+class Federation:
+    """Every client in `fedclip run`'s order (domain order), the node holding it, and the
+    trainer slots (client indices of the training clients)."""
+
+    names: List[str] = field(default_factory=list)
+    held_out: List[bool] = field(default_factory=list)
+    nodes: List[int] = field(default_factory=list)
+    train_sizes: Dict[int, int] = field(default_factory=dict)
+    trainees: List[int] = field(default_factory=list)
+    test_domains: List[str] = field(default_factory=list)
+    dim: int = 0
+    images_extracted: int = 0
+    images_from_cache: int = 0
+    seconds_extracting: float = 0.0
+
+
+REPLY_TIMEOUT_S = 3600.0
+
+
+def _exchange(grid: Grid, messages: List[Message]) -> List[Message]:
+    """Sends `messages` and returns their replies in the same order, raising a node's error.
+    (`Grid.send_and_receive`, polled every 0.2 s instead of every 3 s.)"""
+    ids = [i for i in grid.push_messages(messages)]
+    pending, replies = set(ids), {}
+    deadline = time.monotonic() + REPLY_TIMEOUT_S
+    while pending:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(pending)} of {len(ids)} nodes did not answer in "
+                               f"{REPLY_TIMEOUT_S:.0f} s")
+        for reply in grid.pull_messages(list(pending)):
+            replies[reply.metadata.reply_to_message_id] = reply
+            pending.discard(reply.metadata.reply_to_message_id)
+        if pending:
+            time.sleep(0.2)
+    ordered = [replies[i] for i in ids]
+    for reply in ordered:
         if reply.has_error():
             raise RuntimeError(f"node {reply.metadata.src_node_id}: {reply.error}")
+    return ordered
+
+
+def _ask(grid: Grid, nodes, content: Dict, message_type: str) -> List[Message]:
+    messages = [Message(RecordDict({"config": ConfigRecord(content)}), dst_node_id=n,
+                        message_type=message_type) for n in nodes]
+    return _exchange(grid, messages)
+
+
+def _test_domains(grid: Grid, nodes, wanted: str) -> List[str]:
+    """The held-out domains: `test-domain`, else the first domain in sorted order over every
+    silo's domains (as `fedclip run`), which asks the silos."""
+    if wanted:
+        return [wanted]
+    domains = []
+    for reply in _ask(grid, nodes, {"step": "domains"}, "query"):
+        domains.extend(reply.content["info"]["domains"])
+    return sorted(domains)[:1]
+
+
+def _check_silos(replies: List[Message], test_domains: List[str]) -> None:
+    """The silos must agree on the classes, and one must hold each held-out domain."""
+    classes = {r.metadata.src_node_id: list(r.content["info"]["classes"]) for r in replies}
+    if len({tuple(c) for c in classes.values()}) != 1:
+        raise ValueError(f"the silos' class folders differ: {classes}")
+    held = {d for r in replies for d in r.content["info"]["domains"]}
+    for d in test_domains:
+        if d not in held:
+            raise ValueError(f"test-domain {d}: no silo holds it (domains: {sorted(held)})")
+
+
+def _federation(grid: Grid, nodes, test_domains: List[str]) -> Federation:
+    fed = Federation(test_domains=test_domains)
+    found = []
+    dims = set()
+    replies = _ask(grid, nodes, {"step": "clients", "test-domains": test_domains}, "query")
+    _check_silos(replies, test_domains)
+    for reply in replies:
         info = reply.content["info"]
-        found[int(info["slot"])] = (reply.metadata.src_node_id, int(info["num-examples"]))
+        node = reply.metadata.src_node_id
+        for name, held, size in zip(info["names"], info["held-out"], info["train-sizes"]):
+            found.append((name, bool(held), node, int(size)))
         dims.add(int(info["dim"]))
+        fed.images_extracted += int(info["images-extracted"])
+        fed.images_from_cache += int(info["images-from-cache"])
+        fed.seconds_extracting += float(info["seconds-extracting"])
     if len(dims) != 1:
         raise RuntimeError(f"the nodes' models disagree on the feature size: {sorted(dims)}")
-    return found, dims.pop()
+    names = [f[0] for f in found]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two silos hold the same domain: {sorted(names)}")
+    for c, (name, held, node, size) in enumerate(sorted(found)):
+        fed.names.append(name)
+        fed.held_out.append(held)
+        fed.nodes.append(node)
+        if not held:
+            fed.train_sizes[len(fed.trainees)] = size
+            fed.trainees.append(c)
+    if not fed.trainees:
+        raise ValueError("every domain is held out: no client to train")
+    fed.dim = dims.pop()
+    return fed
 
 
-def _save(out: str, glob: np.ndarray, dim: int) -> None:
-    os.makedirs(out, exist_ok=True)
-    parts = np.split(np.asarray(glob, np.float32), np.cumsum([dim * dim, dim, dim * dim]))
-    shapes = [(dim, dim), (dim,), (dim, dim), (dim,)]
-    tensors = {n: np.ascontiguousarray(p.reshape(s)) for n, p, s in zip(NAMES, parts, shapes)}
-    save_file(tensors, os.path.join(out, "adapter-last.safetensors"))
+def _train(grid, fed, plan, glob, params, round) -> Tuple[List[np.ndarray], float]:
+    """Sends each planned slot its start (the plan's, or its own adapter) and FedProx's
+    anchor; stores what comes back in `params`. Returns each slot's step losses."""
+    k = len(fed.trainees)
+    messages = []
+    for s in plan.slots:
+        start = plan.start if plan.start is not None else params[s]
+        content = {"config": ConfigRecord({
+            "round": round, "slot": s, "slots": k, "mu": float(plan.mu),
+            "client": fed.names[fed.trainees[s]], "test-domains": fed.test_domains}),
+            "arrays": to_record(start, fed.dim)}
+        if plan.anchor is not None:
+            content["anchor"] = to_record(plan.anchor, fed.dim)
+        messages.append(Message(RecordDict(content), dst_node_id=fed.nodes[fed.trainees[s]],
+                                message_type="train"))
+    losses: List[np.ndarray] = [np.zeros(0, np.float32)] * k
+    t0 = time.monotonic()
+    for reply, s in zip(_exchange(grid, messages), plan.slots):
+        params[s] = from_record(reply.content["arrays"])
+        losses[s] = reply.content["losses"]["losses"].numpy()
+    return losses, time.monotonic() - t0
+
+
+def _deployed(strategy, fed, c, glob, params) -> Optional[np.ndarray]:
+    """The adapter client `c` deploys (None: zero-shot), as `fedclip run` evaluates it."""
+    slot = fed.trainees.index(c) if c in fed.trainees else None
+    kind, own = strategy.configure_evaluate(slot)
+    if kind == "zeroshot":
+        return None
+    if kind == "global":
+        return glob
+    if kind == "own":
+        return params[own]
+    return fedclip.mean_of_rows(params)
+
+
+def _evaluate(grid, fed, strategy, glob, params, losses, round) -> Tuple[list, float]:
+    """Round `round`'s metrics.csv rows (every client, its silo scoring it) and the mean
+    validation accuracy over training clients, the best-round criterion."""
+    messages = []
+    for c, name in enumerate(fed.names):
+        content = {"config": ConfigRecord({"client": name, "round": round,
+                                           "test-domains": fed.test_domains})}
+        deployed = _deployed(strategy, fed, c, glob, params)
+        if deployed is not None:
+            content["arrays"] = to_record(deployed, fed.dim)
+        messages.append(Message(RecordDict(content), dst_node_id=fed.nodes[c],
+                                message_type="evaluate"))
+    replies = _exchange(grid, messages)
+    rows, val_sum, val_n = [], 0.0, 0
+    for c, reply in enumerate(replies):
+        scores = reply.content["scores"]
+        slot = fed.trainees.index(c) if c in fed.trainees else None
+        loss = fedclip.mean_loss(list(losses[slot])) if slot is not None else None
+        n = int(scores["rows"])
+        for split, acc, samples in list(zip(scores["splits"], scores["accuracy"],
+                                            scores["samples"]))[:n]:
+            if split == "val" and not fed.held_out[c]:
+                val_sum, val_n = val_sum + acc, val_n + 1
+            rows.append((round + 1, fed.names[c], split, float(acc), int(samples),
+                         loss if split == "train" else None))
+    return rows, val_sum / max(val_n, 1)
+
+
+KNOWN_DEPLOYS = {"zeroshot", "global", "own", "mean_of_local"}
+
+
+def _check_method(strategy, method: str) -> None:
+    """Refuses, naming it, a method whose adapters the app does not know how to move."""
+    kinds = {strategy.configure_evaluate(0)[0], strategy.configure_evaluate(None)[0]}
+    if not kinds <= KNOWN_DEPLOYS or strategy.deployed() not in {"nothing", "global",
+                                                                  "each_client"}:
+        raise ValueError(f"method {method!r} is not supported on Flower yet (it deploys "
+                         f"{sorted(kinds)}, its run keeps {strategy.deployed()!r})")
+
+
+def _nodes(grid: Grid, wanted: int, timeout_s: float = 600.0) -> List[int]:
+    deadline = time.monotonic() + timeout_s
+    nodes = list(grid.get_node_ids())
+    while len(nodes) < wanted:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(nodes)} of num-nodes {wanted} SuperNodes connected")
+        time.sleep(0.5)
+        nodes = list(grid.get_node_ids())
+    return nodes
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    config = options(context.run_config)
+    nodes = _nodes(grid, int(context.run_config.get("num-nodes", 1)))
+    wanted = str(context.run_config.get("test-domain", ""))
+    test_domains = _test_domains(grid, nodes, wanted)
+    config = options(context.run_config, None, test_domains)
+    if not context.run_config.get("data"):
+        # The data is on the silos; the run directory's config names no folder of the server.
+        config["data"] = "silos"
+    if not context.run_config.get("out"):
+        config["out"] = str(fedclip.free_run_dir(
+            os.path.join("runs", f"flower-{config['method']}-seed{config['seed']}")))
+    check_supported(config)
     strategy = fedclip.Strategy(dumps(config))
-    if strategy.deployed() != "global":
-        # A ClientApp keeps nothing between messages, so each round must start from the
-        # global adapter the server sends (fedclip, fedprox; any server optimiser).
-        raise ValueError(f"method {config['method']!r} is not supported on Flower yet: "
-                         "use fedclip or fedprox")
-    nodes = list(grid.get_node_ids())
-    while len(nodes) < int(context.run_config.get("num-nodes", 1)):
-        nodes = list(grid.get_node_ids())
-    slots, dim = _slots(grid, nodes)
-    k = len(slots)
-    if sorted(slots) != list(range(k)):
-        raise RuntimeError(f"partition ids must be 0..{k - 1}, got {sorted(slots)}")
-    train_sizes = [slots[s][1] for s in range(k)]
-    glob = fedclip.initial_parameters(dim, config["seed"])
+    _check_method(strategy, config["method"])
+    fed = _federation(grid, nodes, test_domains)
+    run_dir = fedclip.RunDir(dumps(config))
+    summary = rounds(grid, config, strategy, fed, run_dir)
+    print(f"fedclip on Flower: {run_dir.out}: best round {summary['best_round']}", flush=True)
+
+
+def rounds(grid, config, strategy, fed, run_dir) -> dict:
+    """`fedclip run`'s loop: plan, local updates on the silos, aggregation, evaluation of
+    every client, the best round; then the adapters and the summary."""
+    k = len(fed.trainees)
+    glob = fedclip.initial_parameters(fed.dim, config["seed"])
     params = np.tile(glob, (k, 1))
-    for round in range(strategy.rounds(config["rounds"])):
+    train_sizes = [fed.train_sizes[s] for s in range(k)]
+    best, bytes_per_round, seconds_training, done = None, [], 0.0, 0
+    total = strategy.rounds(config["rounds"])
+    for round in range(total):
         sampled = fedclip.sample_clients(k, config["sample_fraction"], config["seed"], round)
         plan = strategy.configure_train(round, sampled, glob)
-        if plan is None:
-            continue
-        messages = [
-            Message(RecordDict({"config": ConfigRecord({"round": round}),
-                                "arrays": to_record(glob, dim)}),
-                    dst_node_id=slots[s][0], message_type="train")
-            for s in plan.slots
-        ]
-        by_node = {slots[s][0]: s for s in plan.slots}
-        for reply in grid.send_and_receive(messages):
-            if reply.has_error():
-                raise RuntimeError(f"node {reply.metadata.src_node_id}: {reply.error}")
-            params[by_node[reply.metadata.src_node_id]] = from_record(reply.content["arrays"])
-        new = strategy.aggregate_train(round, glob, params, plan.slots, train_sizes)
-        if new is not None:
-            glob = new
-        print(f"round {round + 1}: {len(plan.slots)} clients", flush=True)
-    _save(config["out"], glob, dim)
-    with open(os.path.join(config["out"], "config.json"), "w") as f:
-        json.dump(config, f, indent=2)
+        losses = [np.zeros(0, np.float32)] * k
+        round_bytes = (0, 0)
+        if plan is not None:
+            losses, seconds = _train(grid, fed, plan, glob, params, round)
+            seconds_training += seconds
+            new = strategy.aggregate_train(round, glob, params, plan.slots, train_sizes)
+            if new is not None:
+                glob = new
+            round_bytes = strategy.bytes(plan, params.shape[1])
+        bytes_per_round.append(round_bytes)
+        rows, mean_val = _evaluate(grid, fed, strategy, glob, params, losses, round)
+        run_dir.append_rows(rows)
+        if best is None or mean_val > best[1]:
+            best = (round + 1, mean_val, _deploy(strategy, glob, params))
+        done = round + 1
+        print(f"round {round + 1}/{total}: mean val accuracy {100 * mean_val:.2f}%", flush=True)
+    names = _adapter_names(strategy, fed)
+    if names:
+        run_dir.write_adapter("adapter-last.safetensors", _deploy(strategy, glob, params), names)
+        run_dir.write_adapter("adapter-best.safetensors", best[2], names)
+    text = run_dir.finish(
+        list(zip(fed.names, fed.held_out)), fed.trainees, done, best[:2], fed.dim,
+        fed.images_extracted, fed.images_from_cache, bytes_per_round,
+        seconds_extracting=fed.seconds_extracting, seconds_training=seconds_training)
+    return json.loads(text)
+
+
+def _deploy(strategy, glob, params) -> np.ndarray:
+    """What the run deploys now, `[R, P]`: every client's adapter, or the global one."""
+    if strategy.deployed() == "each_client":
+        return params.copy()
+    return np.asarray(glob, np.float32)[None, :].copy()
+
+
+def _adapter_names(strategy, fed) -> List[str]:
+    if strategy.deployed() == "nothing":
+        return []
+    if strategy.deployed() == "each_client":
+        return [fed.names[c] for c in fed.trainees]
+    return ["global"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, Dict, Optional, Sequence, Union
 
 from ._fedclip import (
@@ -30,8 +31,13 @@ from ._fedclip import (
     Stats,
     Strategy,
     default_server_lr,
+    RunDir,
     domains,
+    evaluate_splits,
+    free_run_dir,
     initial_parameters,
+    mean_loss,
+    mean_of_rows,
     run_json,
     sample_clients,
 )
@@ -44,12 +50,17 @@ __all__ = [
     "FeatureStore",
     "Model",
     "RoundPlan",
+    "RunDir",
     "Splits",
     "Stats",
     "Strategy",
     "default_server_lr",
     "domains",
+    "evaluate_splits",
+    "free_run_dir",
     "initial_parameters",
+    "mean_loss",
+    "mean_of_rows",
     "run",
     "run_config",
     "sample_clients",
@@ -97,7 +108,8 @@ def run_config(
 
     Every option is the CLI flag of the same name (`--local-epochs` is `local_epochs`), with
     the same default; `test_domains=None` holds out the first domain in sorted order and
-    `out=None` is `runs/<method>-<dataset>-<held-out domains>-seed<seed>`, and
+    `out=None` is `runs/<method>[+<server_opt>]-<dataset>-<held-out domains>-seed<seed>`
+    (`run` then takes the next free `-2`, `-3`, … as the CLI does), and
     `server_lr=None` is the server optimiser's default η, as the CLI does.
     """
     data = os.fspath(data)
@@ -107,7 +119,9 @@ def run_config(
         raise ValueError("test_domains must be a list of domain names, not a string")
     if out is None:
         name = os.path.basename(os.path.normpath(data)) or "data"
-        out = os.path.join("runs", f"{method}-{name}-{'+'.join(test_domains)}-seed{seed}")
+        # As the CLI: a server optimiser other than plain averaging joins the method's name.
+        label = method if server_opt == "fedavg" else f"{method}+{server_opt}"
+        out = os.path.join("runs", f"{label}-{name}-{'+'.join(test_domains)}-seed{seed}")
     return {
         "data": data,
         "model": os.fspath(model),
@@ -150,6 +164,14 @@ def run_config(
 def run(*, resume: bool = False, device: str = "auto", **options: Any) -> Dict[str, Any]:
     """Runs (or with `resume=True` continues) `fedclip run` with these options (see
     `run_config`) and returns its summary.json as a dict. The run directory is written
-    exactly as the CLI writes it."""
+    exactly as the CLI writes it. Without `out`, as the CLI: the default name if it holds
+    nothing, else the next free `-2`, `-3`, … (with `resume`, the last of them), with a
+    note on stderr saying which."""
     config = run_config(**options)
+    if options.get("out") is None:
+        base = config["out"]
+        config["out"] = os.fspath(free_run_dir(base, resume))
+        if config["out"] != base:
+            print(f"note: {base} already holds a run; "
+                  f"{'resuming' if resume else 'writing to'} {config['out']}", file=sys.stderr)
     return json.loads(run_json(json.dumps(config), resume, device))

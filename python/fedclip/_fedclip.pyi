@@ -81,6 +81,8 @@ class Client:
     name: str
     domain: str
     held_out: bool
+    files: Tuple[List[str], List[int]]
+    """Every file assigned to the client in dataset order (what `fedclip run` extracts)."""
     train: Tuple[List[str], List[int]]
     val: Tuple[List[str], List[int]]
     test: Tuple[List[str], List[int]]
@@ -105,6 +107,14 @@ class Splits:
 class RoundPlan:
     """What the sampled clients do this round (Rust `RoundPlan`)."""
 
+    def __init__(
+        self,
+        slots: Sequence[int],
+        start: Optional[npt.NDArray[np.float32]] = None,
+        anchor: Optional[npt.NDArray[np.float32]] = None,
+        mu: float = 0.0,
+    ) -> None:
+        """A plan made elsewhere (a Flower silo's row of the server's plan)."""
     @property
     def slots(self) -> List[int]: ...
     @property
@@ -138,6 +148,8 @@ class Strategy:
     def deployed(self) -> str:
         """"nothing", "global" or "each_client"."""
     def bytes_communicated(self, plan: RoundPlan, param_count: int) -> int: ...
+    def bytes(self, plan: RoundPlan, param_count: int) -> Tuple[int, int]:
+        """`(down, up)`: bytes server → clients and clients → server this round."""
     def state(self) -> Dict[str, npt.NDArray[np.float32]]: ...
     def load_state(self, saved: Dict[str, npt.NDArray[np.float32]]) -> None:
         """Restores what `state()` returned."""
@@ -164,6 +176,14 @@ class Clients:
     def train_sizes(self) -> List[int]: ...
     def local_update(self, round: int, plan: RoundPlan) -> List[List[float]]:
         """The local epochs of `round` for `plan.slots`; each slot's step losses."""
+    def optimizer_state(
+        self,
+    ) -> Tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], List[int]]:
+        """Adam's `(m [K·P], v [K·P], steps [K])`, what `keep_optimizer_state` carries."""
+    def set_optimizer_state(
+        self, m: npt.NDArray[np.float32], v: npt.NDArray[np.float32], steps: Sequence[int]
+    ) -> None:
+        """Restores what `optimizer_state()` returned."""
     def get_parameters(self) -> npt.NDArray[np.float32]:
         """`[K, P]`."""
     def set_parameters(self, params: npt.NDArray[np.float32]) -> None: ...
@@ -171,3 +191,51 @@ class Clients:
 
 def sample_clients(n: int, fraction: float, seed: int, round: int) -> List[int]:
     """Trainer slots `fedclip run` samples for `round` (0-based) out of n training clients."""
+
+def evaluate_splits(
+    texts: npt.NDArray[np.float32],
+    splits: Sequence[Tuple[str, npt.NDArray[np.float32], npt.NDArray[np.uint32]]],
+    params: Optional[npt.NDArray[np.float32]] = None,
+) -> List[Tuple[str, float, int]]:
+    """`(split, accuracy, samples)` of each non-empty `(split, features, labels)` with the
+    adapter `params` (None: zero-shot), as `fedclip run` scores a metrics.csv row."""
+
+def mean_loss(losses: Sequence[float]) -> Optional[float]:
+    """A train row's `loss`: the mean of the step losses (None: no step)."""
+
+def mean_of_rows(params: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The mean of `[K, P]` rows (what `local` deploys on held-out clients)."""
+
+def free_run_dir(base: PathLike, resume: bool = False) -> str:
+    """`base` if it holds nothing, else the first free `base-2`, `base-3`, … (with
+    `resume`, the last that holds a run), as `fedclip run` without `--out`."""
+
+class RunDir:
+    """A run directory written by `fedclip run`'s own code for rounds run elsewhere (the
+    Flower server): claimed, with config.json and an empty metrics.csv, on creation."""
+
+    def __init__(self, config_json: str) -> None: ...
+    @property
+    def out(self) -> str: ...
+    def append_rows(
+        self, rows: Sequence[Tuple[int, str, str, float, int, Optional[float]]]
+    ) -> None:
+        """`(round, client, split, accuracy, samples, loss)` rows, round 1-based."""
+    def write_adapter(
+        self, file: str, params: npt.NDArray[np.float32], names: Sequence[str]
+    ) -> None:
+        """`<out>/<file>` with the rows of `params` `[R, P]` (named when R > 1)."""
+    def finish(
+        self,
+        clients: Sequence[Tuple[str, bool]],
+        trainees: Sequence[int],
+        rounds_done: int,
+        best: Optional[Tuple[int, float]],
+        dim: int,
+        images_extracted: int,
+        images_from_cache: int,
+        bytes_per_round: Sequence[Tuple[int, int]],
+        seconds_extracting: float = 0.0,
+        seconds_training: float = 0.0,
+    ) -> str:
+        """Writes accuracy.svg and summary.json; returns summary.json's text."""

@@ -6,14 +6,16 @@
 
 use crate::errors::{Kind, to_py};
 use crate::{matrix, parse_device};
-use fedclip::adapter::{AdapterBackend, AdapterParams, CpuAdapters, TextFeatures, param_count};
+use fedclip::adapter::{
+    AdapterBackend, AdapterParams, CpuAdapters, OptimizerState, TextFeatures, param_count,
+};
 use fedclip::cuda::CudaAdapters;
 use fedclip::data::split::{SplitConfig, make_splits};
 use fedclip::data::{Dataset, PromptTemplate};
 use fedclip::encode::Engine;
 use fedclip::federated::RunConfig;
 use fedclip::federated::features::{ClientData, SplitData};
-use fedclip::federated::strategy::{self, ClientUpdates, Deploy, Deployed, RoundPlan};
+use fedclip::federated::strategy::{self, ClientUpdates, Deploy, Deployed, RoundPlan, Sizes};
 use fedclip::federated::train::local_epochs;
 use numpy::{PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
@@ -35,6 +37,9 @@ struct Client {
     name: String,
     domain: String,
     held_out: bool,
+    /// Every file assigned to the client, in dataset order (its splits, plus the at most two
+    /// files the split's rounding leaves out); what `fedclip run` extracts.
+    files: (Vec<String>, Vec<u32>),
     train: (Vec<String>, Vec<u32>),
     val: (Vec<String>, Vec<u32>),
     test: (Vec<String>, Vec<u32>),
@@ -84,6 +89,7 @@ impl Splits {
                     name: c.name.clone(),
                     domain: domain.name.clone(),
                     held_out: c.held_out,
+                    files: files(&c.files),
                     train: files(&c.train),
                     val: files(&c.val),
                     test: files(&c.test),
@@ -140,6 +146,26 @@ pub struct PyRoundPlan {
 
 #[pymethods]
 impl PyRoundPlan {
+    /// A plan made elsewhere (a Flower silo gets its row of the server's plan this way).
+    #[new]
+    #[pyo3(signature = (slots, start = None, anchor = None, mu = 0.0))]
+    fn new(
+        slots: Vec<usize>,
+        start: Option<PyReadonlyArray1<f32>>,
+        anchor: Option<PyReadonlyArray1<f32>>,
+        mu: f32,
+    ) -> PyResult<PyRoundPlan> {
+        let owned = |a: Option<PyReadonlyArray1<f32>>| -> PyResult<Option<Vec<f32>>> {
+            a.map(|a| Ok(a.as_slice()?.to_vec())).transpose()
+        };
+        let plan = RoundPlan {
+            slots,
+            start: owned(start)?,
+            anchor: owned(anchor)?,
+            mu,
+        };
+        Ok(PyRoundPlan { plan })
+    }
     /// Trainer slots of the sampled clients.
     #[getter]
     fn slots(&self) -> Vec<usize> {
@@ -282,6 +308,17 @@ impl Strategy {
     /// Bytes both ways this round for `plan` (f32 parameters).
     fn bytes_communicated(&self, plan: &PyRoundPlan, param_count: usize) -> u64 {
         self.inner.bytes_communicated(&plan.plan, param_count)
+    }
+
+    /// `(down, up)`: bytes server → clients and clients → server this round for `plan`.
+    fn bytes(&self, plan: &PyRoundPlan, param_count: usize) -> (u64, u64) {
+        let sizes = Sizes {
+            param_count,
+            dim: 0,
+            train_sizes: &[],
+        };
+        let b = self.inner.bytes(&plan.plan, &sizes);
+        (b.down, b.up)
     }
 
     /// Server tensors (e.g. a server optimiser's moments) by name.
@@ -427,6 +464,39 @@ impl Clients {
             local_epochs(&mut **backend, cfg, round, &plan.slots, data, &trainees)
         })
         .map_err(|e| to_py(e, Kind::Engine))
+    }
+
+    /// The trainer's Adam moments `(m [K·P], v [K·P], steps [K])`, what
+    /// `keep_optimizer_state` carries from round to round.
+    fn optimizer_state<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> (
+        Bound<'py, PyArray1<f32>>,
+        Bound<'py, PyArray1<f32>>,
+        Vec<u64>,
+    ) {
+        let s = self.backend.optimizer_state();
+        (
+            PyArray1::from_vec(py, s.m),
+            PyArray1::from_vec(py, s.v),
+            s.steps,
+        )
+    }
+
+    /// Restores what `optimizer_state()` returned.
+    fn set_optimizer_state(
+        &mut self,
+        m: PyReadonlyArray1<f32>,
+        v: PyReadonlyArray1<f32>,
+        steps: Vec<u64>,
+    ) -> PyResult<()> {
+        let state = OptimizerState {
+            m: m.as_slice()?.to_vec(),
+            v: v.as_slice()?.to_vec(),
+            steps,
+        };
+        self.backend.set_optimizer_state(&state).map_err(value_err)
     }
 
     /// Every slot's parameters, `[K, P]`.

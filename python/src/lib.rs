@@ -6,8 +6,9 @@
 
 mod errors;
 mod federation;
+mod report;
 
-use errors::{Kind, to_py};
+use errors::{Kind, images_to_py, to_py};
 use fedclip::bundled;
 use fedclip::device::Device;
 use fedclip::encode::{Encoder, Engine, ImageEntry};
@@ -15,7 +16,7 @@ use fedclip::features::FeatureCache;
 use fedclip::federated::{self, RunConfig};
 use fedclip::tokenizer::TokenizerKind;
 use numpy::{PyArray1, PyArray2, PyArrayMethods};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use std::path::PathBuf;
 
@@ -121,10 +122,17 @@ impl Model {
         batch: usize,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         check_batch(batch)?;
+        // As `fedclip embed --images` checks its arguments, with its message.
+        if let Some(missing) = paths.iter().find(|p| !p.exists()) {
+            return Err(PyOSError::new_err(format!(
+                "{}: no such image file or directory",
+                missing.display()
+            )));
+        }
         let entries: Vec<ImageEntry> = paths.iter().map(|p| ImageEntry::from_path(p)).collect();
         let out = py
             .detach(|| self.encoder.encode_images(&entries, batch, false))
-            .map_err(|e| to_py(e, Kind::Input))?;
+            .map_err(|e| images_to_py(e, &paths))?;
         matrix(py, out.embeds, self.image_dim())
     }
 
@@ -205,7 +213,7 @@ impl FeatureStore {
                     Ok(m.encoder.encode_images(&entries, batch, false)?.embeds)
                 })
             })
-            .map_err(|e| to_py(e, Kind::Input))?;
+            .map_err(|e| images_to_py(e, &paths))?;
         Ok((matrix(py, feats, m.image_dim())?, stats.into()))
     }
 
@@ -315,6 +323,7 @@ fn _fedclip(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(default_server_lr, m)?)?;
     m.add_function(wrap_pyfunction!(sample_clients, m)?)?;
     federation::register(m)?;
+    report::register(m)?;
     m.add(
         "BUNDLED_MODEL",
         bundled_path(bundled::bundled_model(), bundled::BUNDLED_MODEL),

@@ -30,10 +30,18 @@ def test_corrupt_image_is_valueerror_with_the_cli_message(cli, tmp_path):
     assert str(bad) in want
 
 
-def test_missing_image_is_valueerror_naming_it(tmp_path):
-    # Unreadable images are gathered into one input error listing every bad file.
-    with pytest.raises(ValueError, match="nope.png"):
-        fedclip.Model(MODEL, device="cpu").encode_images([tmp_path / "nope.png"])
+def test_missing_image_is_oserror_with_the_cli_message(cli, tmp_path):
+    # The encoder gathers unusable images into one message; a missing one makes it OSError.
+    missing = tmp_path / "nope.png"
+    want = cli_error(run_cli(cli, "embed", "--model", str(MODEL), "--device", "cpu",
+                             "--images", str(missing), "--out", str(tmp_path / "o.safetensors")))
+    with pytest.raises(OSError) as e:
+        fedclip.Model(MODEL, device="cpu").encode_images([missing])
+    assert str(e.value) == want
+    assert str(missing) in want
+    store = fedclip.FeatureStore(tmp_path / "cache", fedclip.Model(MODEL, device="cpu"))
+    with pytest.raises(OSError, match="nope.png"):
+        store.image_features([missing])
 
 
 def test_bad_run_option_is_valueerror_with_the_cli_message(cli, tmp_path):

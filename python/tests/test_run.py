@@ -89,3 +89,22 @@ def test_run_options_are_the_cli_flags_with_its_defaults(cli):
     flags = set(cli) | {"test_domains", "out", "keep_optimizer_state", "server_lr", "device",
                         "data", "model", "drop_empty_clients", "skip_bad"}
     assert set(params) <= flags, set(params) - flags
+
+
+def test_run_without_out_takes_the_next_free_folder_as_the_cli(cli, tmp_path, monkeypatch):
+    # The CLI's default name, then its `-2`: the module follows the same numbering.
+    monkeypatch.chdir(tmp_path)
+    options = dict(rounds=1, server_opt="fedadam", seed=4)
+    base = tmp_path / "runs" / "fedclip+fedadam-pacs-mini-art_painting-seed4"
+    result = run_cli(cli, "run", "--data", str(DATA), "--model", str(MODEL), "--device", "cpu",
+                     "--cache-dir", str(tmp_path / "cache"), "--rounds=1",
+                     "--server-opt=fedadam", "--seed=4")
+    assert result.returncode == 0, result.stderr
+    assert (base / "summary.json").exists()
+    fedclip.run(data=DATA, model=MODEL, cache_dir=tmp_path / "cache", device="cpu", **options)
+    second = base.with_name(base.name + "-2")
+    assert (second / "summary.json").exists()
+    assert (second / "metrics.csv").read_bytes() == (base / "metrics.csv").read_bytes()
+    fedclip.run(data=DATA, model=MODEL, cache_dir=tmp_path / "cache", device="cpu",
+                resume=True, **options)  # continues -2 (already finished: nothing to add)
+    assert not base.with_name(base.name + "-3").exists()

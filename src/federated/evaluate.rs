@@ -8,6 +8,7 @@ use super::report::MetricRow;
 use super::strategy::{Deploy, Strategy};
 use crate::heads::Classifier;
 use anyhow::Result;
+use rayon::prelude::*;
 
 /// What the evaluation of one round reads.
 pub struct Evaluation<'a> {
@@ -30,44 +31,72 @@ impl Evaluation<'_> {
     ) -> Result<(Vec<MetricRow>, f64)> {
         let p = self.classifier.param_count();
         let local_mean = mean_of_rows(&state.clients, p);
-        let mut rows = Vec::new();
+        let slots: Vec<Option<usize>> = (0..self.clients.len())
+            .map(|c| self.trainees.iter().position(|&t| t == c))
+            .collect();
+        let deploys: Vec<Deploy> = (slots.iter())
+            .map(|&slot| strategy.configure_evaluate(slot))
+            .collect();
+        // Clients are scored in parallel; rows and the sum below keep client order.
+        let per_client: Vec<Vec<MetricRow>> = (self.clients.par_iter().enumerate())
+            .map(|(c, client)| {
+                let params = match deploys[c] {
+                    Deploy::Zeroshot => None,
+                    Deploy::Global => Some(&state.global[..]),
+                    Deploy::MeanOfLocal => Some(&local_mean[..]),
+                    Deploy::Own(s) => Some(&state.clients[s * p..(s + 1) * p]),
+                };
+                let mean_loss = slots[c].and_then(|s| mean_loss(&losses[s]));
+                self.client_rows(round, client, params, mean_loss)
+            })
+            .collect::<Result<_>>()?;
         let mut val_sum = (0.0, 0usize);
-        for (c, client) in self.clients.iter().enumerate() {
-            let slot = self.trainees.iter().position(|&t| t == c);
-            let params = match strategy.configure_evaluate(slot) {
-                Deploy::Zeroshot => None,
-                Deploy::Global => Some(&state.global[..]),
-                Deploy::MeanOfLocal => Some(&local_mean[..]),
-                Deploy::Own(s) => Some(&state.clients[s * p..(s + 1) * p]),
-            };
-            let mean_loss = slot
-                .map(|s| &losses[s])
-                .filter(|l| !l.is_empty())
-                .map(|l| l.iter().map(|&v| v as f64).sum::<f64>() / l.len() as f64);
-            for (split, data) in [
-                ("train", &client.train),
-                ("val", &client.val),
-                ("test", &client.test),
-            ] {
-                if data.is_empty() {
-                    continue;
-                }
-                let acc = accuracy(self.classifier, params, data)?;
-                if split == "val" && !client.held_out {
-                    val_sum = (val_sum.0 + acc, val_sum.1 + 1);
-                }
-                rows.push(MetricRow {
-                    round: round + 1,
-                    client: client.name.clone(),
-                    split,
-                    accuracy: acc,
-                    samples: data.len(),
-                    loss: if split == "train" { mean_loss } else { None },
-                });
+        for (client, rows) in self.clients.iter().zip(&per_client) {
+            for r in rows.iter().filter(|r| r.split == "val" && !client.held_out) {
+                val_sum = (val_sum.0 + r.accuracy, val_sum.1 + 1);
             }
         }
+        let rows = per_client.into_iter().flatten().collect();
         Ok((rows, val_sum.0 / val_sum.1.max(1) as f64))
     }
+}
+
+impl Evaluation<'_> {
+    /// One client's rows: each non-empty split scored with `params`.
+    fn client_rows(
+        &self,
+        round: u32,
+        client: &ClientData,
+        params: Option<&[f32]>,
+        mean_loss: Option<f64>,
+    ) -> Result<Vec<MetricRow>> {
+        let mut rows = Vec::new();
+        for (split, data) in [
+            ("train", &client.train),
+            ("val", &client.val),
+            ("test", &client.test),
+        ] {
+            if data.is_empty() {
+                continue;
+            }
+            rows.push(MetricRow {
+                round: round + 1,
+                client: client.name.clone(),
+                split,
+                accuracy: accuracy(self.classifier, params, data)?,
+                samples: data.len(),
+                loss: if split == "train" { mean_loss } else { None },
+            });
+        }
+        Ok(rows)
+    }
+}
+
+/// The mean of a client's step losses this round (the `loss` of its train row), or None
+/// when it did not step.
+pub fn mean_loss(losses: &[f32]) -> Option<f64> {
+    (!losses.is_empty())
+        .then(|| losses.iter().map(|&v| v as f64).sum::<f64>() / losses.len() as f64)
 }
 
 /// Accuracy of `params` (None: zero-shot) on one split.

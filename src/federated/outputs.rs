@@ -6,7 +6,7 @@ use super::features::Features;
 use super::plan::Plan;
 use super::report::{self, MetricRow, Summary};
 use super::rounds::Rounds;
-use super::strategy::Deployed;
+use super::strategy::{Bytes, Deployed};
 use crate::bundled::is_bundled_model;
 use crate::heads::Classifier;
 use crate::io::{write_atomic, write_safetensors};
@@ -47,15 +47,67 @@ pub fn write(
             )?;
         }
     }
+    let state = &rounds.state;
+    let totals = RunTotals {
+        clients: (features.clients.iter())
+            .map(|c| (c.name.clone(), c.held_out))
+            .collect(),
+        trainees: rounds.trainees.clone(),
+        rounds_done: state.rounds_done,
+        best: state.best.as_ref().map(|(r, v, _)| (*r, *v)),
+        adapter_parameters: rounds.classifier.param_count(),
+        seconds_extracting: features.seconds_extracting,
+        seconds_training: state.seconds_training,
+        images_extracted: features.extracted,
+        images_from_cache: features.from_cache,
+        bytes: state.bytes,
+        bytes_per_round: state.bytes_per_round.clone(),
+        skipped_images: features.skipped_images.clone(),
+    };
+    write_report(cfg, &plan.dataset.root, &totals, finetuned)
+}
+
+/// What `summary.json` says besides the settings and `metrics.csv`, wherever the rounds ran
+/// (here, or on the Flower app's server).
+#[derive(Clone, Debug)]
+pub struct RunTotals {
+    /// Every client's name and whether it is held out, in client order.
+    pub clients: Vec<(String, bool)>,
+    /// Client index of each trainer slot.
+    pub trainees: Vec<usize>,
+    pub rounds_done: u32,
+    /// The best round (1-based) and its mean validation accuracy.
+    pub best: Option<(u32, f64)>,
+    /// Values in one client's parameter row (the method family's P).
+    pub adapter_parameters: usize,
+    pub seconds_extracting: f64,
+    pub seconds_training: f64,
+    pub images_extracted: usize,
+    pub images_from_cache: usize,
+    /// Training traffic in all, and per round where the run counted it.
+    pub bytes: Bytes,
+    pub bytes_per_round: Option<Vec<Bytes>>,
+    pub skipped_images: Vec<String>,
+}
+
+/// The plot and `summary.json` from `<out>/metrics.csv` and `totals`; returns the summary.
+/// `data_root` names the dataset in the plot's title.
+pub fn write_report(
+    cfg: &RunConfig,
+    data_root: &Path,
+    totals: &RunTotals,
+    finetuned: Option<BTreeMap<String, f64>>,
+) -> Result<Summary> {
+    let out = &cfg.out;
     let rows = report::read_metrics(&out.join("metrics.csv"))?;
     let method = cfg.method.name();
     let title = format!(
         "{method} on {} (held out: {})",
-        (plan.dataset.root.file_name()).map_or("data".into(), |n| n.to_string_lossy()),
+        (data_root.file_name()).map_or("data".into(), |n| n.to_string_lossy()),
         cfg.test_domains.join(", ")
     );
     report::plot_accuracy(&out.join("accuracy.svg"), &rows, &title)?;
-    let mut summary = summarise(cfg, method, features, rounds, &rows);
+    let mut summary = summarise(cfg, method, totals, &rows);
     if let Some(acc) = finetuned {
         summary.finetune_local_steps = Some(cfg.finetune_local_steps);
         summary.mean_finetuned_test_accuracy =
@@ -70,15 +122,8 @@ pub fn write(
 }
 
 /// The summary: accuracies at the best round, bytes, timings.
-fn summarise(
-    cfg: &RunConfig,
-    method: String,
-    features: &Features,
-    rounds: &Rounds,
-    rows: &[MetricRow],
-) -> Summary {
-    let state = &rounds.state;
-    let best_round = state.best.as_ref().map(|(r, _, _)| *r);
+fn summarise(cfg: &RunConfig, method: String, totals: &RunTotals, rows: &[MetricRow]) -> Summary {
+    let best_round = totals.best.map(|(r, _)| r);
     let mut best_acc: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
     for r in rows.iter().filter(|r| Some(r.round) == best_round) {
         best_acc
@@ -87,51 +132,51 @@ fn summarise(
             .insert(r.split.to_string(), r.accuracy);
     }
     let test_of = |name: &str| best_acc.get(name).and_then(|m| m.get("test")).copied();
-    let clients = &features.clients;
-    let held_out: BTreeMap<String, f64> = (clients.iter().filter(|c| c.held_out))
-        .filter_map(|c| test_of(&c.name).map(|a| (c.name.clone(), a)))
+    let clients = &totals.clients;
+    let held_out: BTreeMap<String, f64> = (clients.iter().filter(|(_, h)| *h))
+        .filter_map(|(name, _)| test_of(name).map(|a| (name.clone(), a)))
         .collect();
-    let client_tests: Vec<f64> = (rounds.trainees.iter())
-        .filter_map(|&t| test_of(&clients[t].name))
+    let client_tests: Vec<f64> = (totals.trainees.iter())
+        .filter_map(|&t| test_of(&clients[t].0))
         .collect();
     let server_opt = (cfg.server_opt.opt != ServerOptName::Fedavg)
         .then(|| format!("{:?}", cfg.server_opt.opt).to_lowercase());
     Summary {
         method,
         server_opt,
-        rounds_run: state.rounds_done,
+        rounds_run: totals.rounds_done,
         best_round,
-        best_mean_val_accuracy: state.best.as_ref().map(|(_, v, _)| *v),
+        best_mean_val_accuracy: totals.best.map(|(_, v)| v),
         best_round_accuracy: best_acc.clone(),
         held_out_test_accuracy: held_out,
         mean_client_test_accuracy: (!client_tests.is_empty())
             .then(|| client_tests.iter().sum::<f64>() / client_tests.len() as f64),
-        seconds_extracting: features.seconds_extracting,
-        seconds_training: state.seconds_training,
-        images_extracted: features.extracted,
-        images_from_cache: features.from_cache,
-        bytes_communicated: state.bytes.total(),
-        bytes_down: state.bytes.down,
-        bytes_up: state.bytes.up,
-        bytes_down_per_round: (state.bytes_per_round.as_ref())
+        seconds_extracting: totals.seconds_extracting,
+        seconds_training: totals.seconds_training,
+        images_extracted: totals.images_extracted,
+        images_from_cache: totals.images_from_cache,
+        bytes_communicated: totals.bytes.total(),
+        bytes_down: totals.bytes.down,
+        bytes_up: totals.bytes.up,
+        bytes_down_per_round: (totals.bytes_per_round.as_ref())
             .map(|v| v.iter().map(|b| b.down).collect()),
-        bytes_up_per_round: (state.bytes_per_round.as_ref())
+        bytes_up_per_round: (totals.bytes_per_round.as_ref())
             .map(|v| v.iter().map(|b| b.up).collect()),
-        adapter_parameters: rounds.classifier.param_count(),
+        adapter_parameters: totals.adapter_parameters,
         clients: clients.len(),
         model: cfg.model.display().to_string(),
         model_weights_random: is_bundled_model(&cfg.model),
         finetune_local_steps: None,
         finetuned_test_accuracy: None,
         mean_finetuned_test_accuracy: None,
-        skipped_images: features.skipped_images.clone(),
+        skipped_images: totals.skipped_images.clone(),
     }
 }
 
 /// The deployed parameters under their family's tensor names (the attention adapter as
 /// PyTorch names FedCLIP's), one set per row of `params`, prefixed by the client's name when
 /// there are several.
-fn write_adapter(
+pub fn write_adapter(
     path: &Path,
     classifier: &dyn Classifier,
     params: &[f32],

@@ -1,0 +1,60 @@
+"""The app's run options: the CLI's defaults, and a clear error for what Flower cannot run."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import tomllib
+
+import pytest
+
+import fedclip
+
+FLOWER = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(FLOWER))
+from fedclip_flower.common import check_supported, options  # noqa: E402
+
+
+def app_config() -> dict:
+    with open(FLOWER / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["tool"]["flwr"]["app"]["config"]
+
+
+def test_app_defaults_are_the_cli_defaults():
+    # Apart from `rounds` (3 in the app, 200 in the CLI) and where things go.
+    got = options(app_config(), {"data": "/silo/data", "cache-dir": "/silo/cache"}, ["photo"])
+    want = fedclip.run_config(data="/silo/data", model=fedclip.BUNDLED_MODEL, rounds=3,
+                              test_domains=["photo"], cache_dir="/silo/cache", out="runs/flower")
+    assert got == want
+
+
+@pytest.mark.parametrize("option, value, named", [
+    ("clients_per_domain", 2, "clients-per-domain"),
+    ("finetune_local_steps", 5, "finetune-local-steps"),
+    ("skip_bad", True, "skip-bad"),
+])
+def test_what_flower_cannot_run_is_refused_naming_it(option, value, named):
+    config = fedclip.run_config(data="/silo/data", test_domains=[], **{option: value})
+    with pytest.raises(ValueError, match=named):
+        check_supported(config)
+
+
+class UnknownDeploy:
+    """A strategy whose clients deploy something the app cannot send (a future method)."""
+
+    def configure_evaluate(self, slot=None):
+        return ("class_cache", None)
+
+    def deployed(self):
+        return "global"
+
+
+def test_a_method_the_app_cannot_move_is_refused_naming_it():
+    from fedclip_flower.server_app import _check_method
+
+    with pytest.raises(ValueError, match="method 'tip-adapter' is not supported on Flower yet"):
+        _check_method(UnknownDeploy(), "tip-adapter")
+    for method in ["fedclip", "fedprox", "local", "zeroshot"]:
+        config = fedclip.run_config(data="/silo/data", test_domains=[], method=method)
+        _check_method(fedclip.Strategy(json.dumps(config)), method)

@@ -1,0 +1,275 @@
+//! A run's evaluation and run directory from Python, for rounds driven elsewhere (the Flower
+//! app's server and silos): a client's splits scored as `fedclip run` scores them
+//! ([`evaluate_splits`], [`mean_loss`]), the mean of local adapters ([`mean_of_rows`]), and
+//! [`RunDir`]: `config.json`, `metrics.csv`, the adapters, `accuracy.svg` and `summary.json`
+//! written by the same code as `fedclip run`'s. Only conversions live here.
+
+use crate::errors::{Kind, to_py};
+use fedclip::adapter::{AdapterParams, TextFeatures, param_count};
+use fedclip::federated::RunConfig;
+use fedclip::federated::aggregate::mean_of_rows as mean_rows;
+use fedclip::federated::evaluate::{accuracy, mean_loss as mean_of_losses};
+use fedclip::federated::features::SplitData;
+use fedclip::federated::outputs::{RunTotals, write_adapter, write_report};
+use fedclip::federated::report::{self, MetricRow};
+use fedclip::federated::rundir::{self, RunDirLock};
+use fedclip::federated::strategy::Bytes;
+use fedclip::heads::AttentionClassifier;
+use fedclip::io::write_atomic;
+use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use std::fs::File;
+use std::path::PathBuf;
+
+fn parse_config(config_json: &str) -> PyResult<RunConfig> {
+    serde_json::from_str(config_json)
+        .map_err(|e| PyValueError::new_err(format!("run options: {e}")))
+}
+
+/// `(split, accuracy, samples)` of each non-empty split `(name, features [N, D], labels [N])`
+/// with the adapter `params` `[P]` (None: zero-shot), as a `metrics.csv` row scores it.
+/// `texts` are the class text features `[C, D]` (raw; normalised here).
+#[pyfunction]
+#[pyo3(signature = (texts, splits, params = None))]
+pub fn evaluate_splits(
+    py: Python<'_>,
+    texts: PyReadonlyArray2<f32>,
+    splits: Vec<(String, PyReadonlyArray2<f32>, PyReadonlyArray1<u32>)>,
+    params: Option<PyReadonlyArray1<f32>>,
+) -> PyResult<Vec<(String, f64, usize)>> {
+    let (classes, dim) = (texts.shape()[0], texts.shape()[1]);
+    let texts = TextFeatures::new(texts.as_slice()?, classes, dim).map_err(value_err)?;
+    let params = params
+        .map(|p| AdapterParams::from_flat(dim, p.as_slice()?.to_vec()).map_err(value_err))
+        .transpose()?;
+    let classifier = AttentionClassifier { dim, texts };
+    let mut data = Vec::new();
+    for (name, f, l) in &splits {
+        if f.shape()[1] != dim || f.shape()[0] != l.len() {
+            return Err(PyValueError::new_err(format!(
+                "split {name}: features must be [N, {dim}] with N labels, got {:?} and {}",
+                f.shape(),
+                l.len()
+            )));
+        }
+        let split = SplitData {
+            features: f.as_slice()?.to_vec(),
+            labels: l.as_slice()?.to_vec(),
+        };
+        data.push((name.clone(), split));
+    }
+    py.detach(|| {
+        (data.iter().filter(|(_, s)| !s.is_empty()))
+            .map(|(name, s)| {
+                let params = params.as_ref().map(|p| p.as_slice());
+                Ok((name.clone(), accuracy(&classifier, params, s)?, s.len()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })
+    .map_err(|e| to_py(e, Kind::Engine))
+}
+
+/// The `loss` of a train row: the mean of a client's step losses, None if it did not step.
+#[pyfunction]
+pub fn mean_loss(losses: Vec<f32>) -> Option<f64> {
+    mean_of_losses(&losses)
+}
+
+/// The mean of the rows of `[K, P]` (what `local` deploys on held-out clients).
+#[pyfunction]
+pub fn mean_of_rows<'py>(
+    py: Python<'py>,
+    params: PyReadonlyArray2<f32>,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let p = params.shape()[1];
+    Ok(PyArray1::from_vec(py, mean_rows(params.as_slice()?, p)))
+}
+
+/// `fedclip run`'s next free run directory for `base`: `base` if it holds nothing, else the
+/// first of `base-2`, `base-3`, … that does not (with `resume`, the last that does).
+#[pyfunction]
+#[pyo3(signature = (base, resume = false))]
+pub fn free_run_dir(base: PathBuf, resume: bool) -> PyResult<String> {
+    let found = if resume {
+        rundir::latest(&base).map(|l| l.unwrap_or_else(|| base.clone()))
+    } else {
+        rundir::next_free(&base)
+    };
+    found.map(|p| p.display().to_string()).map_err(value_err)
+}
+
+fn value_err(e: anyhow::Error) -> PyErr {
+    to_py(e, Kind::Input)
+}
+
+/// A run directory written as `fedclip run` writes it, for rounds run elsewhere: claimed
+/// (locked) and given `config.json` on creation, then `metrics.csv` rows appended per round,
+/// the adapters, and at the end `accuracy.svg` and `summary.json`.
+#[pyclass(module = "fedclip._fedclip", unsendable)]
+pub struct RunDir {
+    cfg: RunConfig,
+    metrics: File,
+    _lock: RunDirLock,
+}
+
+#[pymethods]
+impl RunDir {
+    /// Refuses what `fedclip run` refuses (bad settings, a folder holding something else or
+    /// a finished run), then writes `config.json` and an empty `metrics.csv`.
+    #[new]
+    fn new(py: Python<'_>, config_json: &str) -> PyResult<RunDir> {
+        let cfg = parse_config(config_json)?;
+        py.detach(|| -> anyhow::Result<RunDir> {
+            cfg.validate()?;
+            let lock = rundir::claim(&cfg, false)?;
+            let out = &cfg.out;
+            anyhow::ensure!(
+                !out.join("metrics.csv").exists(),
+                "{} already holds a run; choose another out",
+                out.display()
+            );
+            write_atomic(
+                &out.join("config.json"),
+                serde_json::to_string_pretty(&cfg)?.as_bytes(),
+            )?;
+            let metrics = report::open_metrics(&out.join("metrics.csv"), 1)?;
+            Ok(RunDir {
+                cfg,
+                metrics,
+                _lock: lock,
+            })
+        })
+        .map_err(value_err)
+    }
+
+    #[getter]
+    fn out(&self) -> String {
+        self.cfg.out.display().to_string()
+    }
+
+    /// Appends `(round, client, split, accuracy, samples, loss or None)` rows (`round`
+    /// 1-based, as the file says) to `metrics.csv`.
+    fn append_rows(
+        &mut self,
+        rows: Vec<(u32, String, String, f64, usize, Option<f64>)>,
+    ) -> PyResult<()> {
+        let rows = rows
+            .into_iter()
+            .map(|(round, client, split, accuracy, samples, loss)| {
+                let split = match split.as_str() {
+                    "train" => "train",
+                    "val" => "val",
+                    "test" => "test",
+                    other => {
+                        return Err(PyValueError::new_err(format!(
+                            "split must be train, val or test, got {other:?}"
+                        )));
+                    }
+                };
+                Ok(MetricRow {
+                    round,
+                    client,
+                    split,
+                    accuracy,
+                    samples,
+                    loss,
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        report::append_rows(&mut self.metrics, &rows).map_err(value_err)
+    }
+
+    /// Writes `<out>/<file>` (`adapter-last.safetensors`, `adapter-best.safetensors`): the
+    /// rows of `params` `[R, P]` under PyTorch's names, prefixed by `names` when R > 1.
+    fn write_adapter(
+        &self,
+        file: &str,
+        params: PyReadonlyArray2<f32>,
+        names: Vec<String>,
+    ) -> PyResult<()> {
+        let (rows, p) = (params.shape()[0], params.shape()[1]);
+        let dim = (1..=p).find(|&d| param_count(d) >= p).unwrap_or(0);
+        if param_count(dim) != p || names.len() != rows {
+            return Err(PyValueError::new_err(format!(
+                "params must be [R, 2d² + 2d] with one name per row, got {:?} and {} names",
+                params.shape(),
+                names.len()
+            )));
+        }
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let path = self.cfg.out.join(file);
+        // Only the adapter's tensor names and layout are read, which depend on d alone.
+        let placeholder = TextFeatures::new(&vec![1.0; dim], 1, dim).map_err(value_err)?;
+        let classifier = AttentionClassifier {
+            dim,
+            texts: placeholder,
+        };
+        write_adapter(&path, &classifier, params.as_slice()?, &names).map_err(value_err)
+    }
+
+    /// Writes `accuracy.svg` and `summary.json` from `metrics.csv` and these totals (see
+    /// `fedclip run`'s summary); returns summary.json's text. `clients` are every client's
+    /// `(name, held_out)` in client order, `trainees` the client index of each trainer slot,
+    /// `best` the best round (1-based) and its mean validation accuracy, `bytes_per_round`
+    /// each round's `(down, up)` training traffic (`Strategy.bytes`).
+    #[pyo3(signature = (clients, trainees, rounds_done, best, dim, images_extracted,
+        images_from_cache, bytes_per_round, seconds_extracting = 0.0, seconds_training = 0.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        py: Python<'_>,
+        clients: Vec<(String, bool)>,
+        trainees: Vec<usize>,
+        rounds_done: u32,
+        best: Option<(u32, f64)>,
+        dim: usize,
+        images_extracted: usize,
+        images_from_cache: usize,
+        bytes_per_round: Vec<(u64, u64)>,
+        seconds_extracting: f64,
+        seconds_training: f64,
+    ) -> PyResult<String> {
+        if let Some(t) = trainees.iter().find(|&&t| t >= clients.len()) {
+            return Err(PyValueError::new_err(format!(
+                "trainee {t} is not one of the {} clients",
+                clients.len()
+            )));
+        }
+        let totals = RunTotals {
+            clients,
+            trainees,
+            rounds_done,
+            best,
+            adapter_parameters: param_count(dim),
+            seconds_extracting,
+            seconds_training,
+            images_extracted,
+            images_from_cache,
+            bytes: Bytes {
+                down: bytes_per_round.iter().map(|b| b.0).sum(),
+                up: bytes_per_round.iter().map(|b| b.1).sum(),
+            },
+            bytes_per_round: Some(
+                (bytes_per_round.iter())
+                    .map(|&(down, up)| Bytes { down, up })
+                    .collect(),
+            ),
+            skipped_images: Vec::new(),
+        };
+        let cfg = &self.cfg;
+        let summary = py
+            .detach(|| write_report(cfg, &cfg.data, &totals, None))
+            .map_err(value_err)?;
+        serde_json::to_string_pretty(&summary).map_err(|e| to_py(e.into(), Kind::Engine))
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<RunDir>()?;
+    m.add_function(wrap_pyfunction!(evaluate_splits, m)?)?;
+    m.add_function(wrap_pyfunction!(mean_loss, m)?)?;
+    m.add_function(wrap_pyfunction!(mean_of_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(free_run_dir, m)?)?;
+    Ok(())
+}
