@@ -25,7 +25,7 @@
 //!   buffers of the same `[K, param_count(d)]` layout.
 
 mod cpu;
-mod kernel;
+pub(crate) mod kernel;
 mod optim;
 mod params;
 mod real;

@@ -151,16 +151,24 @@ pub(crate) fn normalize_rows<T: Real>(x: &[T], d: usize) -> (Vec<T>, Vec<T>) {
     (out, norms)
 }
 
-/// `a` [m, k] times `bᵀ` (`b` [n, k]): [m, n], each entry one dot product in order.
+/// `a` [m, k] times `bᵀ` (`b` [n, k]): [m, n], through the `gemm` crate as the adapter is.
 pub(crate) fn matmul_bt<T: Real>(a: &[T], m: usize, b: &[T], n: usize, k: usize) -> Vec<T> {
-    let mut out = Vec::with_capacity(m * n);
-    for i in 0..m {
-        let ai = &a[i * k..(i + 1) * k];
-        for j in 0..n {
-            let bj = &b[j * k..(j + 1) * k];
-            out.push(ai.iter().zip(bj).map(|(&x, &y)| x * y).sum());
-        }
-    }
+    let mut out = vec![T::ZERO; m * n];
+    // One client's batch per call; the trainer already runs clients in parallel.
+    crate::adapter::kernel::matmul(
+        &mut out,
+        m,
+        n,
+        k,
+        a,
+        k,
+        1,
+        b,
+        1,
+        k,
+        false,
+        gemm::Parallelism::None,
+    );
     out
 }
 
