@@ -17,6 +17,11 @@ use fedclip::adapter::{
     AdapterBackend, AdapterParams, ClientBatch, CpuAdapters, TextFeatures, TrainConfig,
 };
 use fedclip::federated::aggregate::weighted_mean;
+use fedclip::federated::checkpoint::State;
+use fedclip::federated::config::Aggregate;
+use fedclip::federated::evaluate::Evaluation;
+use fedclip::federated::features::{ClientData, SplitData};
+use fedclip::federated::strategy::FedAvg;
 use fedclip::heads::{AttentionClassifier, Classifier, ClipAdapter, HeadClassifier, HeadTrainer};
 use std::time::Instant;
 
@@ -41,7 +46,7 @@ impl Rng {
 }
 
 /// `n` samples with labels cycling over the classes: 0.3 × the class's text feature + noise.
-fn samples(rng: &mut Rng, texts: &[f32], n: usize) -> (Vec<f32>, Vec<u32>) {
+fn samples(rng: &mut Rng, texts: &[f32], n: usize) -> SplitData {
     let labels: Vec<u32> = (0..n).map(|i| (i % C) as u32).collect();
     let mut features = Vec::with_capacity(n * D);
     for &y in &labels {
@@ -49,13 +54,7 @@ fn samples(rng: &mut Rng, texts: &[f32], n: usize) -> (Vec<f32>, Vec<u32>) {
             features.push(0.3 * texts[y as usize * D + j] + rng.normal());
         }
     }
-    (features, labels)
-}
-
-struct Client {
-    train: (Vec<f32>, Vec<u32>),
-    val: (Vec<f32>, Vec<u32>),
-    test: (Vec<f32>, Vec<u32>),
+    SplitData { features, labels }
 }
 
 /// Seconds of each phase of one round.
@@ -76,7 +75,7 @@ fn round(
     backend: &mut dyn AdapterBackend,
     classifier: &dyn Classifier,
     global: &mut Vec<f32>,
-    clients: &[Client],
+    clients: &[ClientData],
 ) -> (RoundTimes, f64) {
     let k = clients.len();
     let p = backend.param_count();
@@ -90,8 +89,8 @@ fn round(
         let batches: Vec<Option<ClientBatch>> = clients
             .iter()
             .map(|c| {
-                let f = &c.train.0[rows.start * D..rows.end * D];
-                Some(ClientBatch::new(f, &c.train.1[rows.clone()]))
+                let f = &c.train.features[rows.start * D..rows.end * D];
+                Some(ClientBatch::new(f, &c.train.labels[rows.clone()]))
             })
             .collect();
         backend.step(&batches).unwrap();
@@ -101,22 +100,35 @@ fn round(
     let slots: Vec<usize> = (0..k).collect();
     *global = weighted_mean(&params, p, &slots, &vec![1.0; k]);
     let t2 = Instant::now();
-    let mut right = 0usize;
-    let mut seen = 0usize;
-    for c in clients {
-        for (f, y) in [&c.train, &c.val, &c.test] {
-            let pred = classifier.predict(Some(global), f).unwrap();
-            right += pred.iter().zip(y).filter(|(a, b)| a == b).count();
-            seen += y.len();
-        }
-    }
+    // fedclip run's evaluation: every client × split with the global parameters.
+    let state = State {
+        rounds_done: 0,
+        global: global.clone(),
+        clients: params,
+        best: None,
+        seconds_training: 0.0,
+        bytes: Default::default(),
+        bytes_per_round: None,
+        optimizer: None,
+        server: Vec::new(),
+    };
+    let trainees: Vec<usize> = (0..k).collect();
+    let evaluation = Evaluation {
+        clients,
+        trainees: &trainees,
+        classifier,
+    };
+    let strategy = FedAvg::new(Aggregate::Uniform, None);
+    let (_, mean_val) = evaluation
+        .round(0, &strategy, &state, &vec![Vec::new(); k])
+        .unwrap();
     let t3 = Instant::now();
     let times = RoundTimes {
         train: (t1 - t0).as_secs_f64(),
         aggregate: (t2 - t1).as_secs_f64(),
         evaluate: (t3 - t2).as_secs_f64(),
     };
-    (times, right as f64 / seen as f64)
+    (times, mean_val)
 }
 
 fn median_by_total(mut v: Vec<RoundTimes>) -> RoundTimes {
@@ -162,8 +174,10 @@ fn setup(
 
 fn bench(method: &str, k: usize, rng: &mut Rng, texts_raw: &[f32]) {
     let texts = TextFeatures::new(texts_raw, C, D).unwrap();
-    let clients: Vec<Client> = (0..k)
-        .map(|_| Client {
+    let clients: Vec<ClientData> = (0..k)
+        .map(|i| ClientData {
+            name: format!("client{i}"),
+            held_out: false,
             train: samples(rng, texts_raw, TRAIN),
             val: samples(rng, texts_raw, EVAL),
             test: samples(rng, texts_raw, EVAL),
@@ -183,7 +197,7 @@ fn bench(method: &str, k: usize, rng: &mut Rng, texts_raw: &[f32]) {
     let m = median_by_total(times);
     println!(
         "fedclip rounds cpu, method {method}, K={k}: {:.4} s/round (train {:.4}, aggregate \
-         {:.4}, evaluate {:.4}; median of {reps}, {} threads; accuracy after {} rounds {:.3})",
+         {:.4}, evaluate {:.4}; median of {reps}, {} threads; mean val accuracy after {} rounds {:.3})",
         m.total(),
         m.train,
         m.aggregate,
