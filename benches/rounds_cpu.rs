@@ -1,5 +1,5 @@
-//! Time per federated round on the CPU, at K = 3 and K = 1,000 clients, for fedclip and
-//! clip-adapter (`benches/torch_rounds.py` times PyTorch on the same rounds).
+//! Time per federated round on the CPU, at K = 3 and K = 1,000 clients, for every method that
+//! has rounds (`benches/torch_rounds.py` times PyTorch on the fedclip and clip-adapter rounds).
 //!
 //! One round is what `fedclip run` computes per round on cached features: every client starts
 //! from the global parameters with a fresh optimiser, one local epoch over its 64 training
@@ -10,8 +10,8 @@
 //! (α = 0.2) with cross-entropy and the same Adam, on the `HeadTrainer` its run uses. The checkpoint a run writes after
 //! each round is file I/O and not included (at K = 1,000 its state file is K × P × 4 bytes).
 //!
-//! `cargo bench --bench rounds_cpu [-- fedclip|clip-adapter] [-- K ...]` (default: both
-//! methods, K = 3 and 1000).
+//! `cargo bench --bench rounds_cpu [-- METHOD ...] [K ...]` (default: every method, K = 3 and
+//! 1000).
 
 use fedclip::adapter::{
     AdapterBackend, AdapterParams, ClientBatch, CpuAdapters, TextFeatures, TrainConfig,
@@ -21,8 +21,11 @@ use fedclip::federated::checkpoint::State;
 use fedclip::federated::config::Aggregate;
 use fedclip::federated::evaluate::Evaluation;
 use fedclip::federated::features::{ClientData, SplitData};
-use fedclip::federated::strategy::FedAvg;
-use fedclip::heads::{AttentionClassifier, Classifier, ClipAdapter, HeadClassifier, HeadTrainer};
+use fedclip::federated::strategy::{FedAvg, Local, Strategy, Zeroshot};
+use fedclip::heads::{
+    AttentionClassifier, Classifier, ClipAdapter, HeadClassifier, HeadTrainer, LinearProbe,
+    TipCache, tip_cache_row,
+};
 use std::time::Instant;
 
 const D: usize = 512;
@@ -30,6 +33,19 @@ const C: usize = 7;
 const TRAIN: usize = 64;
 const EVAL: usize = 16;
 const BATCH: usize = 32;
+/// The methods timed; fedprox is fedclip with the proximal term (μ = 0.01) towards the
+/// round's global adapter; tip-adapter-f fine-tunes each client's own cache of its 64
+/// training samples (α = 1, β = 5.5); tip-adapter (training-free) and zeroshot only evaluate.
+const METHODS: [&str; 8] = [
+    "fedclip",
+    "fedprox",
+    "local",
+    "zeroshot",
+    "clip-adapter",
+    "linear-probe",
+    "tip-adapter",
+    "tip-adapter-f",
+];
 
 struct Rng(u64);
 impl Rng {
@@ -72,6 +88,7 @@ impl RoundTimes {
 }
 
 fn round(
+    method: &str,
     backend: &mut dyn AdapterBackend,
     classifier: &dyn Classifier,
     global: &mut Vec<f32>,
@@ -79,12 +96,30 @@ fn round(
 ) -> (RoundTimes, f64) {
     let k = clients.len();
     let p = backend.param_count();
+    // local and the Tip-Adapters: each client keeps its own row and deploys it; no
+    // aggregation. zeroshot and tip-adapter (training-free): evaluation only.
+    let own = matches!(
+        method,
+        "local" | "zeroshot" | "tip-adapter" | "tip-adapter-f"
+    );
+    let steps = if matches!(method, "zeroshot" | "tip-adapter") {
+        0
+    } else {
+        TRAIN.div_ceil(BATCH)
+    };
     let t0 = Instant::now();
-    for s in 0..k {
-        backend.set_client_row(s, global).unwrap();
+    if !own {
+        for s in 0..k {
+            backend.set_client_row(s, global).unwrap();
+        }
     }
-    backend.reset();
-    for step in 0..TRAIN.div_ceil(BATCH) {
+    if steps > 0 {
+        backend.reset();
+    }
+    if method == "fedprox" {
+        backend.set_proximal_row(0.01, Some(global)).unwrap();
+    }
+    for step in 0..steps {
         let rows = step * BATCH..((step + 1) * BATCH).min(TRAIN);
         let batches: Vec<Option<ClientBatch>> = clients
             .iter()
@@ -95,12 +130,19 @@ fn round(
             .collect();
         backend.step(&batches).unwrap();
     }
-    let params = backend.read_all_params().unwrap();
+    // zeroshot deploys no parameters, and its run holds none.
+    let params = if method == "zeroshot" {
+        Vec::new()
+    } else {
+        backend.read_all_params().unwrap()
+    };
     let t1 = Instant::now();
-    let slots: Vec<usize> = (0..k).collect();
-    *global = weighted_mean(&params, p, &slots, &vec![1.0; k]);
+    if !own {
+        let slots: Vec<usize> = (0..k).collect();
+        *global = weighted_mean(&params, p, &slots, &vec![1.0; k]);
+    }
     let t2 = Instant::now();
-    // fedclip run's evaluation: every client × split with the global parameters.
+    // fedclip run's evaluation: every client × split with what its strategy deploys.
     let state = State {
         rounds_done: 0,
         global: global.clone(),
@@ -118,9 +160,13 @@ fn round(
         trainees: &trainees,
         classifier,
     };
-    let strategy = FedAvg::new(Aggregate::Uniform, None);
+    let strategy: Box<dyn Strategy> = match method {
+        "zeroshot" => Box::new(Zeroshot),
+        _ if own => Box::new(Local),
+        _ => Box::new(FedAvg::new(Aggregate::Uniform, None)),
+    };
     let (_, mean_val) = evaluation
-        .round(0, &strategy, &state, &vec![Vec::new(); k])
+        .round(0, &*strategy, &state, &vec![Vec::new(); k])
         .unwrap();
     let t3 = Instant::now();
     let times = RoundTimes {
@@ -139,12 +185,13 @@ fn median_by_total(mut v: Vec<RoundTimes>) -> RoundTimes {
 /// The trainer, classifier and round-0 parameters of `method` for `k` clients.
 fn setup(
     method: &str,
-    k: usize,
+    clients: &[ClientData],
     texts: &TextFeatures<f32>,
 ) -> (Box<dyn AdapterBackend>, Box<dyn Classifier>, Vec<f32>) {
     let config = TrainConfig::default();
+    let k = clients.len();
     match method {
-        "fedclip" => {
+        "fedclip" | "fedprox" | "local" | "zeroshot" => {
             let init = AdapterParams::init(D, 0);
             let backend = CpuAdapters::new(k, &init, texts.clone(), config).unwrap();
             let classifier = AttentionClassifier {
@@ -168,7 +215,37 @@ fn setup(
             };
             (Box::new(backend), Box::new(classifier), init)
         }
-        other => panic!("unknown method {other} (fedclip, clip-adapter)"),
+        "linear-probe" => {
+            let init = LinearProbe::init(texts, config.logit_scale);
+            let head = LinearProbe::new(D, C);
+            let backend =
+                HeadTrainer::new(head.clone(), init.repeat(k), config.optimizer, 1).unwrap();
+            let classifier = HeadClassifier {
+                head,
+                texts: texts.clone(),
+            };
+            (Box::new(backend), Box::new(classifier), init)
+        }
+        "tip-adapter" | "tip-adapter-f" => {
+            let rows: Vec<f32> = (clients.iter())
+                .flat_map(|c| tip_cache_row(&c.train.features, &c.train.labels, D, C, TRAIN))
+                .collect();
+            let head = TipCache::new(
+                texts.clone(),
+                config.logit_scale,
+                1.0,
+                5.5,
+                TRAIN,
+                method == "tip-adapter-f",
+            );
+            let backend = HeadTrainer::new(head.clone(), rows, config.optimizer, 1).unwrap();
+            let classifier = HeadClassifier {
+                head,
+                texts: texts.clone(),
+            };
+            (Box::new(backend), Box::new(classifier), Vec::new())
+        }
+        other => panic!("unknown method {other} ({})", METHODS.join(", ")),
     }
 }
 
@@ -183,13 +260,13 @@ fn bench(method: &str, k: usize, rng: &mut Rng, texts_raw: &[f32]) {
             test: samples(rng, texts_raw, EVAL),
         })
         .collect();
-    let (mut backend, classifier, mut global) = setup(method, k, &texts);
+    let (mut backend, classifier, mut global) = setup(method, &clients, &texts);
     let reps = if k <= 10 { 30 } else { 5 };
-    round(&mut *backend, &*classifier, &mut global, &clients); // warm-up
+    round(method, &mut *backend, &*classifier, &mut global, &clients); // warm-up
     let mut acc = 0.0;
     let times: Vec<RoundTimes> = (0..reps)
         .map(|_| {
-            let (t, a) = round(&mut *backend, &*classifier, &mut global, &clients);
+            let (t, a) = round(method, &mut *backend, &*classifier, &mut global, &clients);
             acc = a;
             t
         })
@@ -212,13 +289,14 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let ks: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let ks = if ks.is_empty() { vec![3, 1000] } else { ks };
-    let methods: Vec<&str> = ["fedclip", "clip-adapter"]
-        .into_iter()
-        .filter(|m| {
-            !args.iter().any(|a| a == "fedclip" || a == "clip-adapter")
-                || args.iter().any(|a| a == m)
-        })
+    let named: Vec<&str> = (METHODS.iter().copied())
+        .filter(|m| args.iter().any(|a| a == m))
         .collect();
+    let methods = if named.is_empty() {
+        METHODS.to_vec()
+    } else {
+        named
+    };
     let mut rng = Rng(7);
     let texts_raw: Vec<f32> = (0..C * D).map(|_| rng.normal()).collect();
     for k in ks {
