@@ -158,6 +158,28 @@ pub struct OptimizerState {
     pub steps: Vec<u64>,
 }
 
+/// Restores saved Adam moments and step counts into a trainer's host buffers (both CPU
+/// trainers keep them as `[K, P]` rows and K counts), when the shapes agree.
+pub(crate) fn restore_moments(
+    m: &mut [f32],
+    v: &mut [f32],
+    steps: &mut [u64],
+    saved: &OptimizerState,
+) -> Result<()> {
+    ensure!(
+        saved.m.len() == m.len() && saved.v.len() == v.len() && saved.steps.len() == steps.len(),
+        "optimiser state is for another shape: {} moments and {} step counts, expected {} and {}",
+        saved.m.len(),
+        saved.steps.len(),
+        m.len(),
+        steps.len()
+    );
+    m.copy_from_slice(&saved.m);
+    v.copy_from_slice(&saved.v);
+    steps.copy_from_slice(&saved.steps);
+    Ok(())
+}
+
 /// K client adapters trained together. One implementation per compute backend; all use the
 /// flat per-client layout of [`param_count`] (`[W1 | b1 | W2 | b2]`), clients contiguous.
 ///

@@ -152,20 +152,7 @@ impl<H: Head<f32>> AdapterBackend for HeadTrainer<H> {
     }
 
     fn set_optimizer_state(&mut self, state: &OptimizerState) -> Result<()> {
-        ensure!(
-            state.m.len() == self.m.len()
-                && state.v.len() == self.v.len()
-                && state.steps.len() == self.clients,
-            "optimiser state is for another shape: {} moments and {} step counts, expected {} and {}",
-            state.m.len(),
-            state.steps.len(),
-            self.m.len(),
-            self.clients
-        );
-        self.m.copy_from_slice(&state.m);
-        self.v.copy_from_slice(&state.v);
-        self.optimizer_steps.copy_from_slice(&state.steps);
-        Ok(())
+        crate::adapter::restore_moments(&mut self.m, &mut self.v, &mut self.optimizer_steps, state)
     }
 
     fn reset(&mut self) {
