@@ -72,8 +72,9 @@ def default_server_lr(server_opt: str) -> float:
     """`--server-lr`'s default for `--server-opt server_opt` (Flower's η)."""
 
 def initial_parameters(dim: int, seed: int) -> npt.NDArray[np.float32]:
-    """The seeded adapter initialisation `fedclip run` starts the global and every client
-    from, `[P]` with P = 2 d² + 2 d, laid out `[W1 | b1 | W2 | b2]` (PyTorch `[out, in]`)."""
+    """The seeded attention-adapter initialisation `fedclip run` starts the global and every
+    client from, `[P]` with P = 2 d² + 2 d, laid out `[W1 | b1 | W2 | b2]` (PyTorch
+    `[out, in]`). Any method's family: `Clients.initial_parameters`."""
 
 class Client:
     """One client of a split; each split is `(paths, labels)` in split order."""
@@ -147,16 +148,26 @@ class Strategy:
         """("zeroshot" | "global" | "mean_of_local", None) or ("own", slot)."""
     def deployed(self) -> str:
         """"nothing", "global" or "each_client"."""
+    @property
+    def family(self) -> str:
+        """`attention`, `linear-probe`, `clip-adapter` or `tip-cache` (clients start from
+        caches of their own data)."""
     def bytes_communicated(self, plan: RoundPlan, param_count: int) -> int: ...
-    def bytes(self, plan: RoundPlan, param_count: int) -> Tuple[int, int]:
-        """`(down, up)`: bytes server → clients and clients → server this round."""
+    def bytes(
+        self, plan: RoundPlan, param_count: int, dim: int = 0, train_sizes: Sequence[int] = ()
+    ) -> Tuple[int, int]:
+        """`(down, up)`: bytes server → clients and clients → server this round
+        (Tip-Adapter counts each sampled cache from `dim` and its slot's train size)."""
     def state(self) -> Dict[str, npt.NDArray[np.float32]]: ...
     def load_state(self, saved: Dict[str, npt.NDArray[np.float32]]) -> None:
         """Restores what `state()` returned."""
 
 class Clients:
-    """K training clients' adapters on one engine, trained together as `fedclip run` does
-    (Rust `AdapterBackend`). Slot k holds `train[k] = (features [N_k, D], labels [N_k])`."""
+    """K training clients' parameters of the method's family (the attention adapter, a
+    linear probe, CLIP-Adapter or Tip-Adapter's cache) on one engine, trained together as
+    `fedclip run` does (Rust `AdapterBackend`). Slot k holds `train[k] = (features [N_k, D],
+    labels [N_k])`. `cache_capacity`: Tip-Adapter's cache rows (default: the largest train
+    split here; a silo holding one client passes the federation's)."""
 
     def __init__(
         self,
@@ -165,13 +176,27 @@ class Clients:
         logit_scale: float,
         train: Sequence[Tuple[npt.NDArray[np.float32], npt.NDArray[np.uint32]]],
         device: str = "auto",
+        cache_capacity: Optional[int] = None,
     ) -> None: ...
     @property
     def num_clients(self) -> int: ...
     @property
     def dim(self) -> int: ...
     @property
-    def param_count(self) -> int: ...
+    def param_count(self) -> int:
+        """Values in one client's parameters."""
+    @property
+    def tensors(self) -> List[Tuple[str, List[int]]]:
+        """One client's parameters as `(name, shape)` in row order (the adapter files')."""
+    @property
+    def layout(self) -> str:
+        """The adapter files' `layout` metadata."""
+    @property
+    def initial_parameters(self) -> npt.NDArray[np.float32]:
+        """The global parameters before round 1 (Tip-Adapter: the union of the caches)."""
+    @property
+    def local_epochs(self) -> int:
+        """Local epochs per round (the strategy's; Tip-Adapter: 0)."""
     @property
     def train_sizes(self) -> List[int]: ...
     def local_update(self, round: int, plan: RoundPlan) -> List[List[float]]:
@@ -188,6 +213,13 @@ class Clients:
         """`[K, P]`."""
     def set_parameters(self, params: npt.NDArray[np.float32]) -> None: ...
     def predict(self, k: int, features: npt.NDArray[np.float32]) -> npt.NDArray[np.uint32]: ...
+    def evaluate(
+        self,
+        splits: Sequence[Tuple[str, npt.NDArray[np.float32], npt.NDArray[np.uint32]]],
+        params: Optional[npt.NDArray[np.float32]] = None,
+    ) -> List[Tuple[str, float, int]]:
+        """`(split, accuracy, samples)` of each non-empty split with `params` (one client's;
+        Tip-Adapter also a union; None: zero-shot), as `fedclip run` scores metrics.csv."""
 
 def sample_clients(n: int, fraction: float, seed: int, round: int) -> List[int]:
     """Trainer slots `fedclip run` samples for `round` (0-based) out of n training clients."""
@@ -198,7 +230,8 @@ def evaluate_splits(
     params: Optional[npt.NDArray[np.float32]] = None,
 ) -> List[Tuple[str, float, int]]:
     """`(split, accuracy, samples)` of each non-empty `(split, features, labels)` with the
-    adapter `params` (None: zero-shot), as `fedclip run` scores a metrics.csv row."""
+    attention adapter `params` (None: zero-shot), as `fedclip run` scores a metrics.csv row.
+    Any method's family: `Clients.evaluate`."""
 
 def mean_loss(losses: Sequence[float]) -> Optional[float]:
     """A train row's `loss`: the mean of the step losses (None: no step)."""
@@ -222,16 +255,22 @@ class RunDir:
     ) -> None:
         """`(round, client, split, accuracy, samples, loss)` rows, round 1-based."""
     def write_adapter(
-        self, file: str, params: npt.NDArray[np.float32], names: Sequence[str]
+        self,
+        file: str,
+        params: npt.NDArray[np.float32],
+        names: Sequence[str],
+        tensors: Sequence[Tuple[str, Sequence[int]]],
+        layout: str,
     ) -> None:
-        """`<out>/<file>` with the rows of `params` `[R, P]` (named when R > 1)."""
+        """`<out>/<file>` with the rows of `params` `[R, P]` under `tensors`' names
+        (`Clients.tensors`, prefixed by `names` when R > 1) and `layout` (`Clients.layout`)."""
     def finish(
         self,
         clients: Sequence[Tuple[str, bool]],
         trainees: Sequence[int],
         rounds_done: int,
         best: Optional[Tuple[int, float]],
-        dim: int,
+        adapter_parameters: int,
         images_extracted: int,
         images_from_cache: int,
         bytes_per_round: Sequence[Tuple[int, int]],

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from ._fedclip import Clients, FeatureStore, Model, Splits, Strategy, initial_parameters
+from ._fedclip import Clients, FeatureStore, Model, Splits, Strategy
 
 
 def client_features(
@@ -44,7 +44,7 @@ def rounds(
         raise ValueError(f"{model.path}: no `logit_scale` tensor (the loss needs CLIP's temperature)")
     clients = Clients(text, texts, model.logit_scale, train, device)
     strategy = Strategy(text)
-    glob = initial_parameters(model.dim, config["seed"])
+    glob = clients.initial_parameters
     losses: List[List[List[float]]] = []
     for round in range(strategy.rounds(config["rounds"])):
         sampled = splits.sample_round(config["sample_fraction"], round)

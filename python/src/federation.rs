@@ -5,18 +5,20 @@
 //! over these in Python reproduces `fedclip run`'s adapters bit for bit.
 
 use crate::errors::{Kind, to_py};
+use crate::report::score_splits;
 use crate::{matrix, parse_device};
-use fedclip::adapter::{
-    AdapterBackend, AdapterParams, CpuAdapters, OptimizerState, TextFeatures, param_count,
-};
-use fedclip::cuda::CudaAdapters;
+use fedclip::adapter::{AdapterBackend, AdapterParams, OptimizerState, TextFeatures};
 use fedclip::data::split::{SplitConfig, make_splits};
 use fedclip::data::{Dataset, PromptTemplate};
 use fedclip::encode::Engine;
 use fedclip::federated::RunConfig;
+use fedclip::federated::family::{self, FamilyData, Trainable};
 use fedclip::federated::features::{ClientData, SplitData};
-use fedclip::federated::strategy::{self, ClientUpdates, Deploy, Deployed, RoundPlan, Sizes};
+use fedclip::federated::strategy::{
+    self, ClientUpdates, Deploy, Deployed, Family, RoundPlan, Sizes,
+};
 use fedclip::federated::train::local_epochs;
+use fedclip::heads::Classifier;
 use numpy::{PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -225,6 +227,18 @@ impl Strategy {
         Ok(Strategy { inner })
     }
 
+    /// The parameters' family: `"attention"`, `"linear-probe"`, `"clip-adapter"` or
+    /// `"tip-cache"` (each client starts from a cache of its own data).
+    #[getter]
+    fn family(&self) -> &'static str {
+        match self.inner.family() {
+            Family::Attention => "attention",
+            Family::LinearProbe => "linear-probe",
+            Family::ClipAdapter { .. } => "clip-adapter",
+            Family::TipCache { .. } => "tip-cache",
+        }
+    }
+
     /// Rounds actually run for `requested` (zero-shot runs one).
     fn rounds(&self, requested: u32) -> u32 {
         self.inner.rounds(requested)
@@ -245,7 +259,7 @@ impl Strategy {
     }
 
     /// The new global parameters from every client's `[K, P]` parameters (rows `slots` sent
-    /// back this round), or None to keep `global`.
+    /// back this round), or None to keep `global` (`[P]`; Tip-Adapter's union: `[K·P]`).
     fn aggregate_train<'py>(
         &mut self,
         py: Python<'py>,
@@ -256,11 +270,14 @@ impl Strategy {
         train_sizes: Vec<usize>,
     ) -> PyResult<Option<Bound<'py, PyArray1<f32>>>> {
         let global = global_params.as_slice()?;
-        let p = global.len();
-        let k = params.shape()[0];
-        if params.shape()[1] != p || train_sizes.len() != k {
+        let (k, p) = (params.shape()[0], params.shape()[1]);
+        // One client's row, or (Tip-Adapter) the union of K rows.
+        let global_fits = global.len() == p || global.len() == k * p;
+        if p == 0 || !global_fits || train_sizes.len() != k {
             return Err(PyValueError::new_err(format!(
-                "params must be [K, {p}] with one train size per row, got {:?} and {} sizes",
+                "params must be [K, P] with the global's {} values (P, or K·P for Tip-Adapter) \
+                 and one train size per row, got {:?} and {} sizes",
+                global.len(),
                 params.shape(),
                 train_sizes.len()
             )));
@@ -310,12 +327,21 @@ impl Strategy {
         self.inner.bytes_communicated(&plan.plan, param_count)
     }
 
-    /// `(down, up)`: bytes server → clients and clients → server this round for `plan`.
-    fn bytes(&self, plan: &PyRoundPlan, param_count: usize) -> (u64, u64) {
+    /// `(down, up)`: bytes server → clients and clients → server this round for `plan`
+    /// (`param_count` values per client's parameters; Tip-Adapter counts each sampled
+    /// client's cache from `dim` and its slot's `train_sizes`).
+    #[pyo3(signature = (plan, param_count, dim = 0, train_sizes = Vec::new()))]
+    fn bytes(
+        &self,
+        plan: &PyRoundPlan,
+        param_count: usize,
+        dim: usize,
+        train_sizes: Vec<usize>,
+    ) -> (u64, u64) {
         let sizes = Sizes {
             param_count,
-            dim: 0,
-            train_sizes: &[],
+            dim,
+            train_sizes: &train_sizes,
         };
         let b = self.inner.bytes(&plan.plan, &sizes);
         (b.down, b.up)
@@ -343,21 +369,58 @@ impl Strategy {
     }
 }
 
-/// The training clients: K adapters on one engine, stepped together, as `fedclip run` trains
-/// them. Slot `k` holds client `k`'s training features `[N_k, D]` and labels.
+/// The training clients: K rows of the method's family (the attention adapter, a linear
+/// probe, CLIP-Adapter or Tip-Adapter's cache) on one engine, stepped together, as `fedclip
+/// run` trains them. Slot `k` holds client `k`'s training features `[N_k, D]` and labels.
 #[pyclass(module = "fedclip._fedclip", unsendable)]
 pub struct Clients {
     backend: Box<dyn AdapterBackend + Send>,
+    classifier: Box<dyn Classifier>,
+    /// The family's global parameters before round 1.
+    global: Vec<f32>,
+    /// The strategy's local epochs per round (Tip-Adapter's: none).
+    local_epochs: u32,
     cfg: RunConfig,
     data: Vec<ClientData>,
+}
+
+fn client_data(
+    train: &[(PyReadonlyArray2<f32>, PyReadonlyArray1<u32>)],
+    dim: usize,
+) -> PyResult<Vec<ClientData>> {
+    (train.iter().enumerate())
+        .map(|(k, (f, l))| {
+            if f.shape()[1] != dim || f.shape()[0] != l.len() {
+                return Err(PyValueError::new_err(format!(
+                    "client {k}: features must be [N, {dim}] with N labels, got {:?} and {}",
+                    f.shape(),
+                    l.len()
+                )));
+            }
+            let split = SplitData {
+                features: f.as_slice()?.to_vec(),
+                labels: l.as_slice()?.to_vec(),
+            };
+            Ok(ClientData {
+                name: format!("slot {k}"),
+                held_out: false,
+                train: split,
+                val: SplitData::default(),
+                test: SplitData::default(),
+            })
+        })
+        .collect()
 }
 
 #[pymethods]
 impl Clients {
     /// `texts` are the class text features `[C, D]` (raw; normalised here), `logit_scale`
-    /// the model's; every adapter starts from the seeded initialisation of `fedclip run`.
+    /// the model's; every client starts from the family's initialisation in `fedclip run`
+    /// (Tip-Adapter: its own cache, of `cache_capacity` rows, by default the largest train
+    /// split here; a silo holding one client passes the federation's).
     #[new]
-    #[pyo3(signature = (config_json, texts, logit_scale, train, device = "auto"))]
+    #[pyo3(signature = (config_json, texts, logit_scale, train, device = "auto",
+        cache_capacity = None))]
     fn new(
         py: Python<'_>,
         config_json: &str,
@@ -365,47 +428,36 @@ impl Clients {
         logit_scale: f32,
         train: Vec<(PyReadonlyArray2<f32>, PyReadonlyArray1<u32>)>,
         device: &str,
+        cache_capacity: Option<usize>,
     ) -> PyResult<Clients> {
         let cfg = parse_config(config_json)?;
         let device = parse_device(device)?;
+        let strategy = strategy::build(&cfg).map_err(value_err)?;
         let (classes, dim) = (texts.shape()[0], texts.shape()[1]);
         let texts = TextFeatures::new(texts.as_slice()?, classes, dim).map_err(value_err)?;
-        let data = train
-            .iter()
-            .enumerate()
-            .map(|(k, (f, l))| {
-                if f.shape()[1] != dim || f.shape()[0] != l.len() {
-                    return Err(PyValueError::new_err(format!(
-                        "client {k}: features must be [N, {dim}] with N labels, got {:?} and {}",
-                        f.shape(),
-                        l.len()
-                    )));
-                }
-                let split = SplitData {
-                    features: f.as_slice()?.to_vec(),
-                    labels: l.as_slice()?.to_vec(),
-                };
-                Ok(ClientData {
-                    name: format!("slot {k}"),
-                    held_out: false,
-                    train: split,
-                    val: SplitData::default(),
-                    test: SplitData::default(),
-                })
-            })
-            .collect::<PyResult<Vec<_>>>()?;
-        let init = AdapterParams::<f32>::init(dim, cfg.seed as u64);
-        let config = cfg.train_config(logit_scale);
-        let k = data.len();
-        let backend = py
-            .detach(|| -> anyhow::Result<Box<dyn AdapterBackend + Send>> {
-                Ok(match Engine::select(device)? {
-                    Engine::Cuda(g) => Box::new(CudaAdapters::new(&g, k, &init, texts, config)?),
-                    Engine::Cpu => Box::new(CpuAdapters::new(k, &init, texts, config)?),
-                })
+        let data = client_data(&train, dim)?;
+        let inputs = FamilyData {
+            dim,
+            texts,
+            logit_scale,
+            train: data.iter().map(|c| &c.train).collect(),
+            cache_capacity,
+        };
+        inputs.cache_rows().map_err(value_err)?;
+        let family_kind = strategy.family();
+        let trainable = py
+            .detach(|| -> anyhow::Result<Trainable> {
+                family::build_from(family_kind, &cfg, &inputs, &Engine::select(device)?)
             })
             .map_err(|e| to_py(e, Kind::Engine))?;
-        Ok(Clients { backend, cfg, data })
+        Ok(Clients {
+            backend: trainable.backend,
+            classifier: trainable.classifier,
+            global: trainable.global,
+            local_epochs: strategy.local_epochs(cfg.local_epochs),
+            cfg,
+            data,
+        })
     }
 
     #[getter]
@@ -416,10 +468,35 @@ impl Clients {
     fn dim(&self) -> usize {
         self.backend.dim()
     }
-    /// Parameters per adapter, `[W1 | b1 | W2 | b2]` (`2 d² + 2 d`).
+    /// Values in one client's parameters (the attention adapter's `[W1 | b1 | W2 | b2]`:
+    /// `2 d² + 2 d`); `tensors` names them.
     #[getter]
     fn param_count(&self) -> usize {
-        param_count(self.backend.dim())
+        self.backend.param_count()
+    }
+    /// One client's parameters as named tensors, `(name, shape)` in row order: the names of
+    /// `fedclip run`'s adapter files.
+    #[getter]
+    fn tensors(&self) -> Vec<(String, Vec<usize>)> {
+        (self.classifier.tensors().into_iter())
+            .map(|(name, shape, _)| (name, shape))
+            .collect()
+    }
+    /// The `layout` metadata of the adapter files.
+    #[getter]
+    fn layout(&self) -> String {
+        self.classifier.layout()
+    }
+    /// The global parameters before round 1, as `fedclip run` starts them (Tip-Adapter: the
+    /// union of these clients' caches, one row each).
+    #[getter]
+    fn initial_parameters<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f32>> {
+        PyArray1::from_slice(py, &self.global)
+    }
+    /// Local epochs a round runs (the strategy's: none for Tip-Adapter).
+    #[getter]
+    fn local_epochs(&self) -> u32 {
+        self.local_epochs
     }
     /// Training samples per slot (the `train_sizes` of `Strategy.aggregate_train`).
     #[getter]
@@ -438,9 +515,9 @@ impl Clients {
         plan: &PyRoundPlan,
     ) -> PyResult<Vec<Vec<f32>>> {
         let (backend, cfg, data) = (&mut self.backend, &self.cfg, &self.data);
+        let epochs = self.local_epochs;
         let plan = &plan.plan;
         py.detach(|| -> anyhow::Result<_> {
-            let dim = backend.dim();
             anyhow::ensure!(
                 plan.slots.iter().all(|&s| s < data.len()),
                 "plan slots {:?} are not all below the {} clients",
@@ -448,18 +525,17 @@ impl Clients {
                 data.len()
             );
             if let Some(start) = &plan.start {
-                let start = AdapterParams::from_flat(dim, start.clone())?;
                 for &s in &plan.slots {
-                    backend.set_client_params(s, &start)?;
+                    backend.set_client_row(s, start)?;
                 }
             }
             if !cfg.keep_optimizer_state {
                 backend.reset();
             }
-            let anchor = (plan.anchor.as_ref())
-                .map(|a| AdapterParams::from_flat(dim, a.clone()))
-                .transpose()?;
-            backend.set_proximal(plan.mu, anchor.as_ref())?;
+            backend.set_proximal_row(plan.mu, plan.anchor.as_deref())?;
+            if epochs == 0 {
+                return Ok(vec![Vec::new(); data.len()]);
+            }
             let trainees: Vec<usize> = (0..data.len()).collect();
             local_epochs(&mut **backend, cfg, round, &plan.slots, data, &trainees)
         })
@@ -529,6 +605,26 @@ impl Clients {
             .predict(k, features.as_slice()?)
             .map_err(value_err)?;
         Ok(PyArray1::from_vec(py, pred))
+    }
+
+    /// `(split, accuracy, samples)` of each non-empty split `(name, features [N, D], labels
+    /// [N])` with `params` (one client's `[P]`; Tip-Adapter also takes a union of rows; None:
+    /// zero-shot), as a `metrics.csv` row scores it.
+    #[pyo3(signature = (splits, params = None))]
+    fn evaluate(
+        &self,
+        py: Python<'_>,
+        splits: Vec<(String, PyReadonlyArray2<f32>, PyReadonlyArray1<u32>)>,
+        params: Option<PyReadonlyArray1<f32>>,
+    ) -> PyResult<Vec<(String, f64, usize)>> {
+        let params = params
+            .map(|a| a.as_slice().map(<[f32]>::to_vec))
+            .transpose()?;
+        if let Some(values) = &params {
+            self.classifier.check_params(values).map_err(value_err)?;
+        }
+        let dim = self.backend.dim();
+        score_splits(py, &*self.classifier, dim, &splits, params.as_deref())
     }
 }
 

@@ -5,16 +5,16 @@
 //! written by the same code as `fedclip run`'s. Only conversions live here.
 
 use crate::errors::{Kind, to_py};
-use fedclip::adapter::{AdapterParams, TextFeatures, param_count};
+use fedclip::adapter::{AdapterParams, TextFeatures};
 use fedclip::federated::RunConfig;
 use fedclip::federated::aggregate::mean_of_rows as mean_rows;
 use fedclip::federated::evaluate::{accuracy, mean_loss as mean_of_losses};
 use fedclip::federated::features::SplitData;
-use fedclip::federated::outputs::{RunTotals, write_adapter, write_report};
+use fedclip::federated::outputs::{AdapterLayout, RunTotals, write_adapter, write_report};
 use fedclip::federated::report::{self, MetricRow};
 use fedclip::federated::rundir::{self, RunDirLock};
 use fedclip::federated::strategy::Bytes;
-use fedclip::heads::AttentionClassifier;
+use fedclip::heads::{AttentionClassifier, Classifier};
 use fedclip::io::write_atomic;
 use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
@@ -28,8 +28,9 @@ fn parse_config(config_json: &str) -> PyResult<RunConfig> {
 }
 
 /// `(split, accuracy, samples)` of each non-empty split `(name, features [N, D], labels [N])`
-/// with the adapter `params` `[P]` (None: zero-shot), as a `metrics.csv` row scores it.
-/// `texts` are the class text features `[C, D]` (raw; normalised here).
+/// with the FedCLIP attention adapter `params` `[P]` (None: zero-shot), as a `metrics.csv` row
+/// scores it. `texts` are the class text features `[C, D]` (raw; normalised here). Every
+/// family: `Clients.evaluate`.
 #[pyfunction]
 #[pyo3(signature = (texts, splits, params = None))]
 pub fn evaluate_splits(
@@ -41,11 +42,25 @@ pub fn evaluate_splits(
     let (classes, dim) = (texts.shape()[0], texts.shape()[1]);
     let texts = TextFeatures::new(texts.as_slice()?, classes, dim).map_err(value_err)?;
     let params = params
-        .map(|p| AdapterParams::from_flat(dim, p.as_slice()?.to_vec()).map_err(value_err))
+        .map(|p| p.as_slice().map(<[f32]>::to_vec))
         .transpose()?;
+    if let Some(p) = &params {
+        AdapterParams::from_flat(dim, p.clone()).map_err(value_err)?;
+    }
     let classifier = AttentionClassifier { dim, texts };
+    score_splits(py, &classifier, dim, &splits, params.as_deref())
+}
+
+/// The scores of [`evaluate_splits`] with any family's classifier.
+pub(crate) fn score_splits(
+    py: Python<'_>,
+    classifier: &dyn Classifier,
+    dim: usize,
+    splits: &[(String, PyReadonlyArray2<f32>, PyReadonlyArray1<u32>)],
+    params: Option<&[f32]>,
+) -> PyResult<Vec<(String, f64, usize)>> {
     let mut data = Vec::new();
-    for (name, f, l) in &splits {
+    for (name, f, l) in splits {
         if f.shape()[1] != dim || f.shape()[0] != l.len() {
             return Err(PyValueError::new_err(format!(
                 "split {name}: features must be [N, {dim}] with N labels, got {:?} and {}",
@@ -61,10 +76,7 @@ pub fn evaluate_splits(
     }
     py.detach(|| {
         (data.iter().filter(|(_, s)| !s.is_empty()))
-            .map(|(name, s)| {
-                let params = params.as_ref().map(|p| p.as_slice());
-                Ok((name.clone(), accuracy(&classifier, params, s)?, s.len()))
-            })
+            .map(|(name, s)| Ok((name.clone(), accuracy(classifier, params, s)?, s.len())))
             .collect::<anyhow::Result<Vec<_>>>()
     })
     .map_err(|e| to_py(e, Kind::Engine))
@@ -181,39 +193,40 @@ impl RunDir {
     }
 
     /// Writes `<out>/<file>` (`adapter-last.safetensors`, `adapter-best.safetensors`): the
-    /// rows of `params` `[R, P]` under PyTorch's names, prefixed by `names` when R > 1.
+    /// rows of `params` `[R, P]` under the family's tensor names (`tensors`: one row's
+    /// `(name, shape)` in order, as `Clients.tensors` gives them; `layout`: its metadata),
+    /// prefixed by `names` when R > 1.
     fn write_adapter(
         &self,
         file: &str,
         params: PyReadonlyArray2<f32>,
         names: Vec<String>,
+        tensors: Vec<(String, Vec<usize>)>,
+        layout: String,
     ) -> PyResult<()> {
+        let layout = AdapterLayout::from_shapes(&tensors, layout);
         let (rows, p) = (params.shape()[0], params.shape()[1]);
-        let dim = (1..=p).find(|&d| param_count(d) >= p).unwrap_or(0);
-        if param_count(dim) != p || names.len() != rows {
+        if p != layout.param_count() || names.len() != rows {
             return Err(PyValueError::new_err(format!(
-                "params must be [R, 2d² + 2d] with one name per row, got {:?} and {} names",
+                "params must be [R, {}] (the tensors' values) with one name per row, got {:?} \
+                 and {} names",
+                layout.param_count(),
                 params.shape(),
                 names.len()
             )));
         }
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let path = self.cfg.out.join(file);
-        // Only the adapter's tensor names and layout are read, which depend on d alone.
-        let placeholder = TextFeatures::new(&vec![1.0; dim], 1, dim).map_err(value_err)?;
-        let classifier = AttentionClassifier {
-            dim,
-            texts: placeholder,
-        };
-        write_adapter(&path, &classifier, params.as_slice()?, &names).map_err(value_err)
+        write_adapter(&path, &layout, params.as_slice()?, &names).map_err(value_err)
     }
 
     /// Writes `accuracy.svg` and `summary.json` from `metrics.csv` and these totals (see
     /// `fedclip run`'s summary); returns summary.json's text. `clients` are every client's
     /// `(name, held_out)` in client order, `trainees` the client index of each trainer slot,
-    /// `best` the best round (1-based) and its mean validation accuracy, `bytes_per_round`
-    /// each round's `(down, up)` training traffic (`Strategy.bytes`).
-    #[pyo3(signature = (clients, trainees, rounds_done, best, dim, images_extracted,
+    /// `best` the best round (1-based) and its mean validation accuracy, `adapter_parameters`
+    /// the values of one client's parameters (`Clients.param_count`), `bytes_per_round` each
+    /// round's `(down, up)` training traffic (`Strategy.bytes`).
+    #[pyo3(signature = (clients, trainees, rounds_done, best, adapter_parameters, images_extracted,
         images_from_cache, bytes_per_round, seconds_extracting = 0.0, seconds_training = 0.0))]
     #[allow(clippy::too_many_arguments)]
     fn finish(
@@ -223,7 +236,7 @@ impl RunDir {
         trainees: Vec<usize>,
         rounds_done: u32,
         best: Option<(u32, f64)>,
-        dim: usize,
+        adapter_parameters: usize,
         images_extracted: usize,
         images_from_cache: usize,
         bytes_per_round: Vec<(u64, u64)>,
@@ -241,7 +254,7 @@ impl RunDir {
             trainees,
             rounds_done,
             best,
-            adapter_parameters: param_count(dim),
+            adapter_parameters,
             seconds_extracting,
             seconds_training,
             images_extracted,

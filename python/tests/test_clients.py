@@ -53,3 +53,43 @@ def test_shapes_that_do_not_fit_are_valueerror():
     clients, _ = make([(features, labels)])
     with pytest.raises(ValueError, match=r"parameters must be \[1, 144\]"):
         clients.set_parameters(np.zeros((2, 144), np.float32))
+
+
+@pytest.mark.parametrize("method, names, count", [
+    ("fedclip", ["attention.0.weight", "attention.0.bias", "attention.2.weight",
+                 "attention.2.bias"], 2 * D * D + 2 * D),
+    ("linear-probe", ["linear.weight", "linear.bias"], C * D + C),
+    ("clip-adapter", ["fc.0.weight", "fc.2.weight"], 2 * D * (D // 4)),
+    ("tip-adapter-f", ["cache.keys", "cache.values"], 9 * (D + C)),
+])
+def test_every_family_names_its_tensors_and_scores_splits(method, names, count):
+    clients, strategy = make([data(9, 1), data(6, 2)], method=method)
+    assert [n for n, _ in clients.tensors] == names
+    assert sum(int(np.prod(s)) for _, s in clients.tensors) == clients.param_count == count
+    assert clients.layout
+    glob = clients.initial_parameters
+    rows = clients.get_parameters()
+    if method.startswith("tip"):
+        # Each client starts from its own cache; the global is their union.
+        assert glob.tobytes() == rows.tobytes()
+    else:
+        assert all(r.tobytes() == glob.tobytes() for r in rows)
+    features, labels = data(7, 5)
+    scored = clients.evaluate([("test", features, labels), ("val", features[:0], labels[:0])],
+                              rows[0])
+    assert [(s, n) for s, _, n in scored] == [("test", 7)] and 0 <= scored[0][1] <= 1
+    zeroshot = clients.evaluate([("test", features, labels)])
+    want = fedclip.evaluate_splits(np.random.default_rng(0).standard_normal((C, D)).astype(
+        np.float32), [("test", features, labels)])
+    assert zeroshot == want
+    with pytest.raises(ValueError, match=f"{count + 1} values"):
+        clients.evaluate([("test", features, labels)], np.zeros(count + 1, np.float32))
+
+
+def test_tip_adapter_takes_the_federations_cache_capacity():
+    text = json.dumps(fedclip.run_config(rounds=1, method="tip-adapter", test_domains=["photo"]))
+    texts = np.random.default_rng(0).standard_normal((C, D)).astype(np.float32)
+    clients = fedclip.Clients(text, texts, 2.0, [data(4, 1)], "cpu", cache_capacity=11)
+    assert clients.param_count == 11 * (D + C) and clients.local_epochs == 0
+    with pytest.raises(ValueError, match="cache capacity 3 is below a client's 4"):
+        fedclip.Clients(text, texts, 2.0, [data(4, 1)], "cpu", cache_capacity=3)

@@ -5,7 +5,7 @@
 //! come from the GPU encoder, and the rounds run on the CPU with a one-time note.
 
 use super::config::RunConfig;
-use super::features::Features;
+use super::features::{Features, SplitData};
 use super::strategy::Family;
 use crate::adapter::{AdapterBackend, AdapterParams, CpuAdapters, TextFeatures};
 use crate::cuda::CudaAdapters;
@@ -14,14 +14,42 @@ use crate::heads::{
     AttentionClassifier, Classifier, ClipAdapter, Head, HeadClassifier, HeadTrainer, LinearProbe,
     TipCache, tip_cache_row,
 };
-use anyhow::Result;
+use anyhow::{Result, ensure};
 
 /// What the rounds train and evaluate.
 pub struct Trainable {
-    pub backend: Box<dyn AdapterBackend>,
+    pub backend: Box<dyn AdapterBackend + Send>,
     pub classifier: Box<dyn Classifier>,
     /// The global parameters before round 1.
     pub global: Vec<f32>,
+}
+
+/// What a family's trainer is built from: the feature width, the class text features
+/// (normalised), CLIP's `logit_scale`, and each training client's train split (trainer slot
+/// order).
+pub struct FamilyData<'a> {
+    pub dim: usize,
+    pub texts: TextFeatures<f32>,
+    pub logit_scale: f32,
+    pub train: Vec<&'a SplitData>,
+    /// Rows of every Tip-Adapter cache: the largest train split of all training clients
+    /// (`None`: of `train`). A silo that holds one client gets the federation's from the
+    /// server, so that its cache rows have the run's length.
+    pub cache_capacity: Option<usize>,
+}
+
+impl FamilyData<'_> {
+    /// Tip-Adapter's cache rows: `cache_capacity`, else the largest train split; refuses a
+    /// capacity that would not hold a client's split.
+    pub fn cache_rows(&self) -> Result<usize> {
+        let largest = self.train.iter().map(|t| t.len()).max().unwrap_or(0);
+        let capacity = self.cache_capacity.unwrap_or(largest);
+        ensure!(
+            capacity >= largest,
+            "cache capacity {capacity} is below a client's {largest} training samples"
+        );
+        Ok(capacity)
+    }
 }
 
 /// The family's trainer with one row per training client (`trainees`), its classifier and
@@ -33,12 +61,32 @@ pub fn build(
     trainees: &[usize],
     engine: &Engine,
 ) -> Result<Trainable> {
-    let (dim, texts) = (features.dim, features.texts.clone());
-    let k = trainees.len();
-    let config = cfg.train_config(features.logit_scale);
+    let data = FamilyData {
+        dim: features.dim,
+        texts: features.texts.clone(),
+        logit_scale: features.logit_scale,
+        train: trainees
+            .iter()
+            .map(|&c| &features.clients[c].train)
+            .collect(),
+        cache_capacity: None,
+    };
+    build_from(family, cfg, &data, engine)
+}
+
+/// [`build`] from the training clients' data alone (the Python `Clients`, a Flower silo).
+pub fn build_from(
+    family: Family,
+    cfg: &RunConfig,
+    data: &FamilyData<'_>,
+    engine: &Engine,
+) -> Result<Trainable> {
+    let (dim, texts) = (data.dim, data.texts.clone());
+    let k = data.train.len();
+    let config = cfg.train_config(data.logit_scale);
     if family == Family::Attention {
         let init = AdapterParams::<f32>::init(dim, cfg.seed as u64);
-        let backend: Box<dyn AdapterBackend> = match engine {
+        let backend: Box<dyn AdapterBackend + Send> = match engine {
             Engine::Cuda(g) => Box::new(CudaAdapters::new(g, k, &init, texts.clone(), config)?),
             Engine::Cpu => Box::new(CpuAdapters::new(k, &init, texts.clone(), config)?),
         };
@@ -55,7 +103,7 @@ pub fn build(
             cfg.method.name()
         );
     }
-    let scale = features.logit_scale;
+    let scale = data.logit_scale;
     let opt = config.optimizer;
     match family {
         Family::Attention => unreachable!("handled above"),
@@ -74,13 +122,9 @@ pub fn build(
             beta,
             train_keys,
         } => {
-            let train = |c: usize| &features.clients[c].train;
-            let capacity = trainees.iter().map(|&c| train(c).len()).max().unwrap_or(0);
-            let rows: Vec<f32> = (trainees.iter())
-                .flat_map(|&c| {
-                    let t = train(c);
-                    tip_cache_row(&t.features, &t.labels, dim, texts.classes(), capacity)
-                })
+            let capacity = data.cache_rows()?;
+            let rows: Vec<f32> = (data.train.iter())
+                .flat_map(|t| tip_cache_row(&t.features, &t.labels, dim, texts.classes(), capacity))
                 .collect();
             let head = TipCache::new(
                 texts.clone(),

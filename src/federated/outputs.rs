@@ -10,8 +10,9 @@ use super::strategy::{Bytes, Deployed};
 use crate::bundled::is_bundled_model;
 use crate::heads::Classifier;
 use crate::io::{write_atomic, write_safetensors};
-use anyhow::Result;
+use anyhow::{Result, ensure};
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::path::Path;
 
 /// Writes the adapters, the plot and the summary; returns the summary.
@@ -23,7 +24,7 @@ pub fn write(
     finetuned: Option<BTreeMap<String, f64>>,
 ) -> Result<Summary> {
     let out = &cfg.out;
-    let classifier = &*rounds.classifier;
+    let layout = AdapterLayout::of(&*rounds.classifier);
     let names: Vec<&str> = match rounds.strategy.deployed() {
         Deployed::EachClient => (rounds.trainees.iter())
             .map(|&c| features.clients[c].name.as_str())
@@ -34,17 +35,12 @@ pub fn write(
         let last = rounds.deployed_params();
         write_adapter(
             &out.join("adapter-last.safetensors"),
-            classifier,
+            &layout,
             &last,
             &names,
         )?;
         if let Some((_, _, best)) = &rounds.state.best {
-            write_adapter(
-                &out.join("adapter-best.safetensors"),
-                classifier,
-                best,
-                &names,
-            )?;
+            write_adapter(&out.join("adapter-best.safetensors"), &layout, best, &names)?;
         }
     }
     let state = &rounds.state;
@@ -173,17 +169,53 @@ fn summarise(cfg: &RunConfig, method: String, totals: &RunTotals, rows: &[Metric
     }
 }
 
+/// What an adapter file names: one row's tensors (name, shape, range in the row) and the
+/// `layout` metadata.
+pub struct AdapterLayout {
+    pub tensors: Vec<(String, Vec<usize>, Range<usize>)>,
+    pub layout: String,
+}
+
+impl AdapterLayout {
+    pub fn of(classifier: &dyn Classifier) -> AdapterLayout {
+        AdapterLayout {
+            tensors: classifier.tensors(),
+            layout: classifier.layout(),
+        }
+    }
+
+    /// From `(name, shape)` in row order (what a Flower silo reports to the server).
+    pub fn from_shapes(shapes: &[(String, Vec<usize>)], layout: String) -> AdapterLayout {
+        let parts: Vec<(&str, Vec<usize>)> = (shapes.iter())
+            .map(|(name, shape)| (name.as_str(), shape.clone()))
+            .collect();
+        let tensors = crate::heads::named(&parts);
+        AdapterLayout { tensors, layout }
+    }
+
+    /// Values in one row.
+    pub fn param_count(&self) -> usize {
+        self.tensors.last().map_or(0, |(_, _, r)| r.end)
+    }
+}
+
 /// The deployed parameters under their family's tensor names (the attention adapter as
 /// PyTorch names FedCLIP's), one set per row of `params`, prefixed by the client's name when
 /// there are several.
 pub fn write_adapter(
     path: &Path,
-    classifier: &dyn Classifier,
+    layout: &AdapterLayout,
     params: &[f32],
     clients: &[&str],
 ) -> Result<()> {
-    let p = classifier.param_count();
-    let parts = classifier.tensors();
+    let p = layout.param_count();
+    ensure!(
+        p > 0 && params.len() == clients.len() * p,
+        "{}: {} values are not one row of {p} per name ({} names)",
+        path.display(),
+        params.len(),
+        clients.len()
+    );
     let mut tensors: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
     for (k, chunk) in params.chunks_exact(p).enumerate() {
         let prefix = if clients.len() > 1 {
@@ -191,7 +223,7 @@ pub fn write_adapter(
         } else {
             String::new()
         };
-        for (name, shape, range) in &parts {
+        for (name, shape, range) in &layout.tensors {
             tensors.push((
                 format!("{prefix}{name}"),
                 shape.clone(),
@@ -204,6 +236,6 @@ pub fn write_adapter(
         .map(|(n, s, d)| (n.as_str(), s.clone(), *d))
         .collect();
     let mut meta = HashMap::new();
-    meta.insert("layout".into(), classifier.layout());
+    meta.insert("layout".into(), layout.layout.clone());
     write_safetensors(path, &refs, meta)
 }

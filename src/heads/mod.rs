@@ -44,6 +44,10 @@ pub trait Head<T: Real>: Send + Sync {
     fn tensors(&self) -> Vec<(String, Vec<usize>, Range<usize>)>;
     /// The `layout` metadata of adapter files.
     fn layout(&self) -> String;
+    /// Whether [`Head::logits`] takes several rows at once (Tip-Adapter's union of caches).
+    fn takes_union(&self) -> bool {
+        false
+    }
 }
 
 /// What evaluation, fine-tuning and the adapter files need of a family: predictions from
@@ -55,6 +59,16 @@ pub trait Classifier: Send + Sync {
     /// The named tensors of one row (see [`Head::tensors`]).
     fn tensors(&self) -> Vec<(String, Vec<usize>, Range<usize>)>;
     fn layout(&self) -> String;
+    /// Refuses parameters `predict` cannot take, naming both lengths.
+    fn check_params(&self, params: &[f32]) -> Result<()> {
+        let p = self.param_count();
+        ensure!(
+            params.len() == p,
+            "the parameters hold {} values where the method's have {p}",
+            params.len()
+        );
+        Ok(())
+    }
 }
 
 /// The FedCLIP attention adapter as a [`Classifier`] (predictions through
@@ -102,6 +116,7 @@ impl<H: Head<f32>> Classifier for HeadClassifier<H> {
         let Some(params) = params else {
             return predict(None, features, &self.texts);
         };
+        self.check_params(params)?;
         check_rows(self.head.name(), features, self.head.dim())?;
         let logits = self.head.logits(params, features);
         Ok(argmax_rows(&logits, self.head.classes()))
@@ -111,6 +126,23 @@ impl<H: Head<f32>> Classifier for HeadClassifier<H> {
     }
     fn layout(&self) -> String {
         self.head.layout()
+    }
+    fn check_params(&self, params: &[f32]) -> Result<()> {
+        let p = self.head.param_count();
+        let rows = params.len() / p;
+        let whole = rows >= 1 && params.len() == rows * p;
+        ensure!(
+            whole && (rows == 1 || self.head.takes_union()),
+            "{}: the parameters hold {} values where one row has {p}{}",
+            self.head.name(),
+            params.len(),
+            if self.head.takes_union() {
+                " (or a union of rows)"
+            } else {
+                ""
+            }
+        );
+        Ok(())
     }
 }
 

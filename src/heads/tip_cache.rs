@@ -130,6 +130,10 @@ impl<T: Real> Head<T> for TipCache<T> {
         logits
     }
 
+    fn takes_union(&self) -> bool {
+        true
+    }
+
     fn tensors(&self) -> Vec<(String, Vec<usize>, Range<usize>)> {
         let (n, d, c) = (self.capacity, self.dim(), self.classes());
         named(&[("cache.keys", vec![n, d]), ("cache.values", vec![n, c])])
