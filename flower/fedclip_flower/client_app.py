@@ -3,9 +3,12 @@ its own feature cache (`cache-dir`). It answers three messages:
 
 * `query`, step `domains`: its domains; step `clients`: its domains, classes and clients
   under the server's held-out domains, after extracting every file once (first contact; the cache
-  answers later messages);
-* `train`: the local epochs of `fedclip run` for one trainer slot, from the parameters sent;
-* `evaluate`: the accuracy of the parameters sent (or zero-shot) on each of its splits.
+  answers later messages); step `layout`: the method family's tensors, layout and round-0
+  global parameters;
+* `train`: the local epochs of `fedclip run` for one trainer slot, from the parameters sent
+  (none sent: the slot's own start, e.g. Tip-Adapter's cache of its own data);
+* `evaluate`: the accuracy of the parameters sent (`deploy` `zeroshot`: none; `own`: the
+  client's own start) on each of its splits.
 
 Nothing leaves the silo but parameters, losses, counts and accuracies."""
 
@@ -20,7 +23,7 @@ from flwr.clientapp import ClientApp
 
 import fedclip
 
-from .common import dumps, from_record, options, to_record
+from .common import (dumps, from_record, options, tensors_to_config, to_record)
 
 app = ClientApp()
 
@@ -74,6 +77,8 @@ def query(msg: Message, context: Context) -> Message:
     if step == "domains":
         reply = ConfigRecord({"domains": fedclip.domains(_config(context, [])["data"])})
         return Message(RecordDict({"info": reply}), reply_to=msg)
+    if step == "layout":
+        return _layout(msg, context)
     config, clients, splits = _clients(context, _held_out(msg))
     model, store = _store(config, _device(context))
     start = time.monotonic()
@@ -113,6 +118,38 @@ def _features(store, config, paths, labels):
     return feats, np.asarray(labels, dtype=np.uint32)
 
 
+def _trainer(context, msg, config, model, texts, data, slots=1, slot=0):
+    """The method family's trainer for `slots` slots, `data` (this client's train split) in
+    `slot`, the others empty (the batch order is keyed by the slot), with the federation's
+    Tip-Adapter cache capacity."""
+    if model.logit_scale is None:
+        raise ValueError(f"{config['model']}: no `logit_scale` tensor (the loss needs "
+                         "CLIP's temperature)")
+    empty = (np.zeros((0, model.dim), np.float32), np.zeros(0, np.uint32))
+    train = [data if k == slot else empty for k in range(slots)]
+    capacity = int(msg.content["config"].get("cache-capacity", 0)) or None
+    return fedclip.Clients(dumps(config), texts, model.logit_scale, train, _device(context),
+                           cache_capacity=capacity)
+
+
+def _train_data(store, config, model, splits):
+    """The client's train split (a held-out client has none)."""
+    if splits[0][0] != "train":
+        return np.zeros((0, model.dim), np.float32), np.zeros(0, np.uint32)
+    return _features(store, config, *splits[0][1:])
+
+
+def _layout(msg: Message, context: Context) -> Message:
+    """The family's tensors `(name, shape)`, its layout text and round-0 global parameters,
+    for the client named (its trainer gives them)."""
+    config, model, store, texts, (_, _, splits) = _client(context, msg)
+    clients = _trainer(context, msg, config, model, texts, _train_data(store, config, model, splits))
+    info = ConfigRecord({**tensors_to_config(clients.tensors), "layout": clients.layout,
+                         "param-count": clients.param_count})
+    initial = ArrayRecord({"initial": Array(clients.initial_parameters)})
+    return Message(RecordDict({"info": info, "initial": initial}), reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """The local epochs for the trainer slot `slot` of `slots`, from `arrays` (the plan's
@@ -121,20 +158,15 @@ def train(msg: Message, context: Context) -> Message:
     cfg = msg.content["config"]
     slot, slots, round = int(cfg["slot"]), int(cfg["slots"]), int(cfg["round"])
     train_data = _features(store, config, *splits[0][1:])
-    # Every slot exists (the batch order is keyed by the slot); only this client's has data.
-    empty = (np.zeros((0, model.dim), np.float32), np.zeros(0, np.uint32))
-    data = [train_data if k == slot else empty for k in range(slots)]
-    if model.logit_scale is None:
-        raise ValueError(f"{config['model']}: no `logit_scale` tensor (the loss needs "
-                         "CLIP's temperature)")
-    text = dumps(config)
-    clients = fedclip.Clients(text, texts, model.logit_scale, data, _device(context))
+    clients = _trainer(context, msg, config, model, texts, train_data, slots, slot)
+    tensors = clients.tensors
     if config["keep_optimizer_state"] and "optimizer" in context.state:
         saved = context.state["optimizer"]
         clients.set_optimizer_state(saved["m"].numpy(), saved["v"].numpy(),
                                     [int(s) for s in saved["steps"].numpy()])
-    start = from_record(msg.content["arrays"])
-    anchor = from_record(msg.content["anchor"]) if "anchor" in msg.content else None
+    start = (from_record(msg.content["arrays"], tensors) if "arrays" in msg.content
+             else clients.get_parameters()[slot])
+    anchor = from_record(msg.content["anchor"], tensors) if "anchor" in msg.content else None
     plan = fedclip.RoundPlan([slot], start, anchor, float(cfg["mu"]))
     losses = clients.local_update(round, plan)[slot]
     if config["keep_optimizer_state"]:
@@ -143,7 +175,7 @@ def train(msg: Message, context: Context) -> Message:
             "m": Array(m), "v": Array(v), "steps": Array(np.asarray(steps, np.uint64))})
     params = clients.get_parameters()[slot]
     content = RecordDict({
-        "arrays": to_record(params, model.dim),
+        "arrays": to_record(params, tensors),
         "losses": ArrayRecord({"losses": Array(np.asarray(losses, np.float32))}),
         "metrics": MetricRecord({"num-examples": len(train_data[1])}),
     })
@@ -152,12 +184,19 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Accuracy and size of each of the client's non-empty splits with the sent adapter
-    (none sent: zero-shot)."""
+    """Accuracy and size of each of the client's non-empty splits with the parameters sent,
+    the client's own start (`deploy` `own`, nothing sent) or zero-shot."""
     config, model, store, texts, (_, _, splits) = _client(context, msg)
-    params = from_record(msg.content["arrays"]) if "arrays" in msg.content else None
     data = [(split, *_features(store, config, paths, labels)) for split, paths, labels in splits]
-    scored = fedclip.evaluate_splits(texts, data, params)
+    clients = _trainer(context, msg, config, model, texts, _train_data(store, config, model, splits))
+    deploy = str(msg.content["config"].get("deploy", "zeroshot"))
+    if "arrays" in msg.content:
+        params = from_record(msg.content["arrays"], clients.tensors)
+    elif deploy == "own":
+        params = clients.get_parameters()[0]
+    else:
+        params = None
+    scored = clients.evaluate(data, params)
     reply = ConfigRecord({
         "splits": [s for s, _, _ in scored] or [""],
         "accuracy": [a for _, a, _ in scored] or [0.0],

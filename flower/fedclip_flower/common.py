@@ -1,18 +1,16 @@
 """What both apps share: the run options from the Flower run config, the options Flower
-cannot run yet, and adapter arrays under the names `adapter-*.safetensors` uses."""
+cannot run yet, and parameters as ArrayRecords under the names `adapter-*.safetensors` uses
+(the method family's tensors, which a silo reports to the server)."""
 
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
 import fedclip
-
-# `[W1 | b1 | W2 | b2]` in the trainer's flat layout, PyTorch `[out, in]`.
-NAMES = ["attention.0.weight", "attention.0.bias", "attention.2.weight", "attention.2.bias"]
 
 
 def options(
@@ -25,6 +23,9 @@ def options(
     may be set per node). `test_domains` are the held-out domains the server decided."""
     merged = {**run_config, **{k: v for k, v in (node_config or {}).items() if v != ""}}
     server_lr = float(merged.get("server-lr", 0.0))
+    # The methods' own options, when set (else fedclip's defaults).
+    method_options = {flag.replace("-", "_"): float(merged[flag]) for flag in
+                      ("clip-adapter-ratio", "tip-alpha", "tip-beta") if flag in merged}
     return fedclip.run_config(
         data=merged["data"] or ".",
         model=merged["model"] or fedclip.BUNDLED_MODEL,
@@ -53,6 +54,7 @@ def options(
         tokenizer=merged.get("tokenizer", "openai"),
         cache_dir=merged.get("cache-dir", "runs/feature-cache"),
         out=merged.get("out") or "runs/flower",
+        **method_options,
     )
 
 
@@ -69,22 +71,51 @@ def check_supported(config: Dict[str, Any]) -> None:
         raise ValueError("skip-bad and drop-empty-clients are not supported on Flower yet")
 
 
-def to_record(flat: np.ndarray, dim: int) -> ArrayRecord:
-    sizes = [dim * dim, dim, dim * dim, dim]
-    shapes = [(dim, dim), (dim,), (dim, dim), (dim,)]
-    parts = np.split(np.asarray(flat, dtype=np.float32), np.cumsum(sizes)[:-1])
-    return ArrayRecord({n: Array(p.reshape(s)) for n, p, s in zip(NAMES, parts, shapes)})
+Tensors = List[Tuple[str, List[int]]]
 
 
-def from_record(record: ArrayRecord) -> np.ndarray:
-    return np.concatenate([record[n].numpy().reshape(-1) for n in NAMES]).astype(np.float32)
+def to_record(flat: np.ndarray, tensors: Tensors) -> ArrayRecord:
+    """Parameters under their tensor names (`Clients.tensors`: one row's `(name, shape)`);
+    several rows (Tip-Adapter's union of caches) are named `<row>.<name>`."""
+    flat = np.asarray(flat, dtype=np.float32)
+    count = sum(int(np.prod(shape)) for _, shape in tensors)
+    rows = flat.reshape(-1, count)
+    arrays = {}
+    for r, row in enumerate(rows):
+        prefix = f"{r}." if len(rows) > 1 else ""
+        at = 0
+        for name, shape in tensors:
+            n = int(np.prod(shape))
+            arrays[prefix + name] = Array(row[at:at + n].reshape(shape).copy())
+            at += n
+    return ArrayRecord(arrays)
 
 
-def dim_of(param_count: int) -> int:
-    """d from P = 2 d² + 2 d."""
-    d = int((np.sqrt(1 + 2 * param_count) - 1) / 2)
-    assert 2 * d * d + 2 * d == param_count, param_count
-    return d
+def from_record(record: ArrayRecord, tensors: Tensors) -> np.ndarray:
+    """The flat parameters `to_record` named, one row or several."""
+    first = tensors[0][0]
+    prefixes = [""] if first in record else []
+    while not prefixes or f"{len(prefixes)}.{first}" in record:
+        if f"{len(prefixes)}.{first}" not in record:
+            raise ValueError(f"the parameters sent hold no tensor {first!r}")
+        prefixes.append(f"{len(prefixes)}.")
+    return np.concatenate([record[p + n].numpy().reshape(-1) for p in prefixes
+                           for n, _ in tensors]).astype(np.float32)
+
+
+def tensors_to_config(tensors: Tensors) -> Dict[str, Any]:
+    """`(name, shape)` pairs as ConfigRecord values (flat lists)."""
+    return {"tensor-names": [n for n, _ in tensors],
+            "tensor-ranks": [len(s) for _, s in tensors],
+            "tensor-dims": [int(d) for _, s in tensors for d in s] or [0]}
+
+
+def tensors_from_config(info) -> Tensors:
+    dims, tensors = list(info["tensor-dims"]), []
+    for name, rank in zip(info["tensor-names"], info["tensor-ranks"]):
+        tensors.append((name, [int(d) for d in dims[:rank]]))
+        dims = dims[rank:]
+    return tensors
 
 
 def dumps(config: Dict[str, Any]) -> str:

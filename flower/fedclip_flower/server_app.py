@@ -19,7 +19,8 @@ from flwr.serverapp import Grid, ServerApp
 
 import fedclip
 
-from .common import check_supported, dumps, from_record, options, to_record
+from .common import (check_supported, dumps, from_record, options, tensors_from_config,
+                     to_record)
 
 app = ServerApp()
 
@@ -36,6 +37,14 @@ class Federation:
     trainees: List[int] = field(default_factory=list)
     test_domains: List[str] = field(default_factory=list)
     dim: int = 0
+    # The method family's, from a silo (`_layout`): one client's tensors, their layout text,
+    # the values per client, and the round-0 global parameters.
+    tensors: List[Tuple[str, List[int]]] = field(default_factory=list)
+    layout: str = ""
+    param_count: int = 0
+    initial: Optional[np.ndarray] = None
+    # Whether each client starts from its own data (Tip-Adapter's caches).
+    rows_are_data: bool = False
     images_extracted: int = 0
     images_from_cache: int = 0
     seconds_extracting: float = 0.0
@@ -127,40 +136,71 @@ def _federation(grid: Grid, nodes, test_domains: List[str]) -> Federation:
     return fed
 
 
-def _train(grid, fed, plan, glob, params, round) -> Tuple[List[np.ndarray], float]:
-    """Sends each planned slot its start (the plan's, or its own adapter) and FedProx's
-    anchor; stores what comes back in `params`. Returns each slot's step losses."""
+def _config(fed: Federation, **items) -> ConfigRecord:
+    """A message's settings: the held-out domains and Tip-Adapter's cache capacity (the
+    largest train split, as `fedclip run` sizes every cache) travel with each."""
+    capacity = max(fed.train_sizes.values(), default=0)
+    return ConfigRecord({**items, "test-domains": fed.test_domains, "cache-capacity": capacity})
+
+
+def _layout(grid: Grid, fed: Federation) -> None:
+    """Asks the first training client's silo for the family's tensors and round-0 global."""
+    c = fed.trainees[0]
+    message = Message(RecordDict({"config": _config(fed, step="layout", client=fed.names[c])}),
+                      dst_node_id=fed.nodes[c], message_type="query")
+    reply = _exchange(grid, [message])[0]
+    info = reply.content["info"]
+    fed.tensors = tensors_from_config(info)
+    fed.layout = str(info["layout"])
+    fed.param_count = int(info["param-count"])
+    fed.initial = reply.content["initial"]["initial"].numpy().astype(np.float32)
+
+
+def _train(grid, fed, plan, params, round) -> Tuple[List[np.ndarray], float]:
+    """Sends each planned slot its start (the plan's, or its own parameters when the server
+    holds them; else the silo starts from its own) and FedProx's anchor; stores what comes
+    back in `params`. Returns each slot's step losses."""
     k = len(fed.trainees)
     messages = []
     for s in plan.slots:
         start = plan.start if plan.start is not None else params[s]
-        content = {"config": ConfigRecord({
-            "round": round, "slot": s, "slots": k, "mu": float(plan.mu),
-            "client": fed.names[fed.trainees[s]], "test-domains": fed.test_domains}),
-            "arrays": to_record(start, fed.dim)}
+        content = {"config": _config(fed, round=round, slot=s, slots=k, mu=float(plan.mu),
+                                     client=fed.names[fed.trainees[s]])}
+        if start is not None:
+            content["arrays"] = to_record(start, fed.tensors)
         if plan.anchor is not None:
-            content["anchor"] = to_record(plan.anchor, fed.dim)
+            content["anchor"] = to_record(plan.anchor, fed.tensors)
         messages.append(Message(RecordDict(content), dst_node_id=fed.nodes[fed.trainees[s]],
                                 message_type="train"))
     losses: List[np.ndarray] = [np.zeros(0, np.float32)] * k
     t0 = time.monotonic()
     for reply, s in zip(_exchange(grid, messages), plan.slots):
-        params[s] = from_record(reply.content["arrays"])
+        params[s] = from_record(reply.content["arrays"], fed.tensors)
         losses[s] = reply.content["losses"]["losses"].numpy()
     return losses, time.monotonic() - t0
 
 
-def _deployed(strategy, fed, c, glob, params) -> Optional[np.ndarray]:
-    """The adapter client `c` deploys (None: zero-shot), as `fedclip run` evaluates it."""
+def _rows(fed: Federation, params) -> np.ndarray:
+    """`[K, P]` of the rows the server holds; a row never sent back is the family's start
+    (`fedclip run`'s rows before their first update), or zeros for a method whose start is
+    each client's own data (Tip-Adapter's cache, which the server has not received)."""
+    fill = (fed.initial if len(fed.initial) == fed.param_count and not fed.rows_are_data
+            else np.zeros(fed.param_count, np.float32))
+    return np.stack([p if p is not None else fill for p in params]).astype(np.float32)
+
+
+def _deployed(strategy, fed, c, glob, params) -> Tuple[str, Optional[np.ndarray]]:
+    """What client `c` deploys, as `fedclip run` evaluates it: `("zeroshot", None)`, `("own",
+    None)` (its own start, which the server does not hold) or `("sent", parameters)`."""
     slot = fed.trainees.index(c) if c in fed.trainees else None
     kind, own = strategy.configure_evaluate(slot)
     if kind == "zeroshot":
-        return None
+        return "zeroshot", None
     if kind == "global":
-        return glob
+        return "sent", glob
     if kind == "own":
-        return params[own]
-    return fedclip.mean_of_rows(params)
+        return ("own", None) if params[own] is None else ("sent", params[own])
+    return "sent", fedclip.mean_of_rows(_rows(fed, params))
 
 
 def _evaluate(grid, fed, strategy, glob, params, losses, round) -> Tuple[list, float]:
@@ -168,11 +208,10 @@ def _evaluate(grid, fed, strategy, glob, params, losses, round) -> Tuple[list, f
     validation accuracy over training clients, the best-round criterion."""
     messages = []
     for c, name in enumerate(fed.names):
-        content = {"config": ConfigRecord({"client": name, "round": round,
-                                           "test-domains": fed.test_domains})}
-        deployed = _deployed(strategy, fed, c, glob, params)
+        deploy, deployed = _deployed(strategy, fed, c, glob, params)
+        content = {"config": _config(fed, client=name, round=round, deploy=deploy)}
         if deployed is not None:
-            content["arrays"] = to_record(deployed, fed.dim)
+            content["arrays"] = to_record(deployed, fed.tensors)
         messages.append(Message(RecordDict(content), dst_node_id=fed.nodes[c],
                                 message_type="evaluate"))
     replies = _exchange(grid, messages)
@@ -239,8 +278,12 @@ def rounds(grid, config, strategy, fed, run_dir) -> dict:
     """`fedclip run`'s loop: plan, local updates on the silos, aggregation, evaluation of
     every client, the best round; then the adapters and the summary."""
     k = len(fed.trainees)
-    glob = fedclip.initial_parameters(fed.dim, config["seed"])
-    params = np.tile(glob, (k, 1))
+    _layout(grid, fed)
+    fed.rows_are_data = strategy.family == "tip-cache"
+    # Tip-Adapter's global is the union of caches the server has received (none yet); no
+    # round uses it before the first aggregate.
+    glob = fed.initial
+    params: List[Optional[np.ndarray]] = [None] * k
     train_sizes = [fed.train_sizes[s] for s in range(k)]
     best, bytes_per_round, seconds_training, done = None, [], 0.0, 0
     total = strategy.rounds(config["rounds"])
@@ -250,40 +293,38 @@ def rounds(grid, config, strategy, fed, run_dir) -> dict:
         losses = [np.zeros(0, np.float32)] * k
         round_bytes = (0, 0)
         if plan is not None:
-            losses, seconds = _train(grid, fed, plan, glob, params, round)
+            losses, seconds = _train(grid, fed, plan, params, round)
             seconds_training += seconds
-            new = strategy.aggregate_train(round, glob, params, plan.slots, train_sizes)
+            new = strategy.aggregate_train(round, glob, _rows(fed, params), plan.slots,
+                                           train_sizes)
             if new is not None:
                 glob = new
-            round_bytes = strategy.bytes(plan, params.shape[1])
+            round_bytes = strategy.bytes(plan, fed.param_count, fed.dim, train_sizes)
         bytes_per_round.append(round_bytes)
         rows, mean_val = _evaluate(grid, fed, strategy, glob, params, losses, round)
         run_dir.append_rows(rows)
         if best is None or mean_val > best[1]:
-            best = (round + 1, mean_val, _deploy(strategy, glob, params))
+            best = (round + 1, mean_val, _deploy(strategy, fed, glob, params))
         done = round + 1
         print(f"round {round + 1}/{total}: mean val accuracy {100 * mean_val:.2f}%", flush=True)
-    names = _adapter_names(strategy, fed)
-    if names:
-        run_dir.write_adapter("adapter-last.safetensors", _deploy(strategy, glob, params), names)
-        run_dir.write_adapter("adapter-best.safetensors", best[2], names)
+    if strategy.deployed() != "nothing":
+        for file, (values, names) in [("adapter-last.safetensors",
+                                       _deploy(strategy, fed, glob, params)),
+                                      ("adapter-best.safetensors", best[2])]:
+            run_dir.write_adapter(file, values, names, fed.tensors, fed.layout)
     text = run_dir.finish(
-        list(zip(fed.names, fed.held_out)), fed.trainees, done, best[:2], fed.dim,
+        list(zip(fed.names, fed.held_out)), fed.trainees, done, best[:2], fed.param_count,
         fed.images_extracted, fed.images_from_cache, bytes_per_round,
         seconds_extracting=fed.seconds_extracting, seconds_training=seconds_training)
     return json.loads(text)
 
 
-def _deploy(strategy, glob, params) -> np.ndarray:
-    """What the run deploys now, `[R, P]`: every client's adapter, or the global one."""
+def _deploy(strategy, fed, glob, params) -> Tuple[np.ndarray, List[str]]:
+    """What the run deploys now, `[R, P]`, and its names: every client's parameters, or the
+    global ones. A Tip-Adapter cache the server never received stays on its silo and is left
+    out (with `sample-fraction` < 1), where `fedclip run` writes every client's."""
     if strategy.deployed() == "each_client":
-        return params.copy()
-    return np.asarray(glob, np.float32)[None, :].copy()
-
-
-def _adapter_names(strategy, fed) -> List[str]:
-    if strategy.deployed() == "nothing":
-        return []
-    if strategy.deployed() == "each_client":
-        return [fed.names[c] for c in fed.trainees]
-    return ["global"]
+        held = [s for s in range(len(params)) if params[s] is not None or not fed.rows_are_data]
+        rows = _rows(fed, params)[held]
+        return rows, [fed.names[fed.trainees[s]] for s in held]
+    return np.asarray(glob, np.float32)[None, :].copy(), ["global"]

@@ -170,7 +170,9 @@ def test_flower_server_optimiser_kept_state_and_sampling(deployment, tmp_path):
     assert_same_run(tmp_path / "flower", want, COUNTS)
 
 
-@pytest.mark.parametrize("method, rounds", [("local", 2), ("zeroshot", 1), ("fedprox", 1)])
+@pytest.mark.parametrize("method, rounds", [
+    ("local", 2), ("zeroshot", 1), ("fedprox", 1), ("linear-probe", 2), ("clip-adapter", 1),
+    ("tip-adapter", 1), ("tip-adapter-f", 2)])
 def test_flower_other_methods(deployment, tmp_path, method, rounds):
     options = dict(rounds=rounds, batch=16, lr=1e-3, seed=3, method=method)
     want = reference(tmp_path, **options)

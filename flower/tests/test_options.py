@@ -53,8 +53,9 @@ class UnknownDeploy:
 def test_a_method_the_app_cannot_move_is_refused_naming_it():
     from fedclip_flower.server_app import _check_method
 
-    with pytest.raises(ValueError, match="method 'tip-adapter' is not supported on Flower yet"):
-        _check_method(UnknownDeploy(), "tip-adapter")
-    for method in ["fedclip", "fedprox", "local", "zeroshot"]:
+    with pytest.raises(ValueError, match="method 'class-cache' is not supported on Flower yet"):
+        _check_method(UnknownDeploy(), "class-cache")
+    for method in ["fedclip", "fedprox", "local", "zeroshot", "linear-probe", "clip-adapter",
+                   "tip-adapter", "tip-adapter-f"]:
         config = fedclip.run_config(data="/silo/data", test_domains=[], method=method)
         _check_method(fedclip.Strategy(json.dumps(config)), method)
