@@ -4,7 +4,8 @@ its own feature cache (`cache-dir`). It answers three messages:
 * `query`, step `domains`: its domains; step `clients`: its domains, classes and clients
   under the server's held-out domains, after extracting every file once (first contact; the cache
   answers later messages); step `layout`: the method family's tensors, layout and round-0
-  global parameters;
+  global parameters; step `finetune`: a client's test accuracy after `finetune-local-steps`
+  from the global parameters sent;
 * `train`: the local epochs of `fedclip run` for one trainer slot, from the parameters sent
   (none sent: the slot's own start, e.g. Tip-Adapter's cache of its own data);
 * `evaluate`: the accuracy of the parameters sent (`deploy` `zeroshot`: none; `own`: the
@@ -79,6 +80,8 @@ def query(msg: Message, context: Context) -> Message:
         return Message(RecordDict({"info": reply}), reply_to=msg)
     if step == "layout":
         return _layout(msg, context)
+    if step == "finetune":
+        return _finetune(msg, context)
     config, clients, splits = _clients(context, _held_out(msg))
     model, store = _store(config, _device(context))
     start = time.monotonic()
@@ -148,6 +151,22 @@ def _layout(msg: Message, context: Context) -> Message:
                          "param-count": clients.param_count})
     initial = ArrayRecord({"initial": Array(clients.initial_parameters)})
     return Message(RecordDict({"info": info, "initial": initial}), reply_to=msg)
+
+
+def _finetune(msg: Message, context: Context) -> Message:
+    """`finetune-local-steps`: the client's test accuracy after the run's fine-tuning steps
+    from the global parameters sent (`rows` 0: it has no test split)."""
+    config, model, store, texts, (_, _, splits) = _client(context, msg)
+    cfg = msg.content["config"]
+    slot, slots = int(cfg["slot"]), int(cfg["slots"])
+    clients = _trainer(context, msg, config, model, texts, _train_data(store, config, model, splits),
+                       slots, slot)
+    clients.finetune(from_record(msg.content["arrays"], clients.tensors))
+    test = [(s, *_features(store, config, paths, labels)) for s, paths, labels in splits
+            if s == "test"]
+    scored = clients.evaluate(test, clients.get_parameters()[slot])
+    reply = ConfigRecord({"accuracy": [a for _, a, _ in scored] or [0.0], "rows": len(scored)})
+    return Message(RecordDict({"scores": reply}), reply_to=msg)
 
 
 @app.train()

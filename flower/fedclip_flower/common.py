@@ -49,6 +49,7 @@ def options(
         server_tau=float(merged.get("server-tau", 1e-3)),
         seed=int(merged["seed"]),
         sample_fraction=float(merged["sample-fraction"]),
+        finetune_local_steps=int(merged.get("finetune-local-steps", 0)),
         prompt_template=merged.get("prompt-template", "a picture of a {}"),
         extract_batch=int(merged.get("extract-batch", 64)),
         tokenizer=merged.get("tokenizer", "openai"),
@@ -65,8 +66,6 @@ def check_supported(config: Dict[str, Any]) -> None:
         # draws from the whole dataset's domain order, which a silo does not know.
         raise ValueError(f"clients-per-domain {config['clients_per_domain']} is not supported "
                          "on Flower yet: each silo holds one client (its domain folder)")
-    if config["finetune_local_steps"] != 0:
-        raise ValueError("finetune-local-steps is not supported on Flower yet")
     if config["skip_bad"] or config["drop_empty_clients"]:
         raise ValueError("skip-bad and drop-empty-clients are not supported on Flower yet")
 

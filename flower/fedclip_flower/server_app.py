@@ -312,11 +312,30 @@ def rounds(grid, config, strategy, fed, run_dir) -> dict:
                                        _deploy(strategy, fed, glob, params)),
                                       ("adapter-best.safetensors", best[2])]:
             run_dir.write_adapter(file, values, names, fed.tensors, fed.layout)
+    finetuned = _finetune(grid, fed, glob) if config["finetune_local_steps"] > 0 else None
     text = run_dir.finish(
         list(zip(fed.names, fed.held_out)), fed.trainees, done, best[:2], fed.param_count,
         fed.images_extracted, fed.images_from_cache, bytes_per_round,
-        seconds_extracting=fed.seconds_extracting, seconds_training=seconds_training)
+        seconds_extracting=fed.seconds_extracting, seconds_training=seconds_training,
+        finetuned=finetuned)
     return json.loads(text)
+
+
+def _finetune(grid, fed, glob) -> Dict[str, float]:
+    """Each training client's test accuracy after `finetune-local-steps` from the final
+    global parameters, fine-tuned and scored on its silo (clients without a test split
+    left out, as `fedclip run`)."""
+    k = len(fed.trainees)
+    messages = [Message(RecordDict({
+        "config": _config(fed, step="finetune", client=fed.names[c], slot=s, slots=k),
+        "arrays": to_record(glob, fed.tensors)}), dst_node_id=fed.nodes[c], message_type="query")
+        for s, c in enumerate(fed.trainees)]
+    out = {}
+    for reply, c in zip(_exchange(grid, messages), fed.trainees):
+        scores = reply.content["scores"]
+        if int(scores["rows"]):
+            out[fed.names[c]] = float(scores["accuracy"][0])
+    return out
 
 
 def _deploy(strategy, fed, glob, params) -> Tuple[np.ndarray, List[str]]:

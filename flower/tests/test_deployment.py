@@ -178,3 +178,14 @@ def test_flower_other_methods(deployment, tmp_path, method, rounds):
     want = reference(tmp_path, **options)
     deployment.run(tmp_path / "flower", **options, **{"test-domain": "art_painting"})
     assert_same_run(tmp_path / "flower", want, COUNTS)
+
+
+def test_flower_finetune_local_steps(deployment, tmp_path):
+    # Each silo fine-tunes its client from the final global parameters and scores it.
+    options = dict(rounds=1, batch=16, lr=1e-3, seed=4, method="clip-adapter",
+                   finetune_local_steps=3)
+    want = reference(tmp_path, **options)
+    assert summary(want)["finetuned_test_accuracy"]
+    deployment.run(tmp_path / "flower", **{k.replace("_", "-"): v for k, v in options.items()},
+                   **{"test-domain": "art_painting"})
+    assert_same_run(tmp_path / "flower", want, COUNTS)

@@ -201,6 +201,11 @@ class Clients:
     def train_sizes(self) -> List[int]: ...
     def local_update(self, round: int, plan: RoundPlan) -> List[List[float]]:
         """The local epochs of `round` for `plan.slots`; each slot's step losses."""
+    def finetune(
+        self, global_params: npt.NDArray[np.float32], steps: Optional[int] = None
+    ) -> None:
+        """`--finetune-local-steps`: every slot from `global_params`, fresh optimiser, `steps`
+        (default: the run's) local steps on its own train split; see `get_parameters`."""
     def optimizer_state(
         self,
     ) -> Tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], List[int]]:
@@ -276,5 +281,6 @@ class RunDir:
         bytes_per_round: Sequence[Tuple[int, int]],
         seconds_extracting: float = 0.0,
         seconds_training: float = 0.0,
+        finetuned: Optional[Dict[str, float]] = None,
     ) -> str:
         """Writes accuracy.svg and summary.json; returns summary.json's text."""

@@ -14,6 +14,7 @@ use fedclip::encode::Engine;
 use fedclip::federated::RunConfig;
 use fedclip::federated::family::{self, FamilyData, Trainable};
 use fedclip::federated::features::{ClientData, SplitData};
+use fedclip::federated::finetune::finetune_rows;
 use fedclip::federated::strategy::{
     self, ClientUpdates, Deploy, Deployed, Family, RoundPlan, Sizes,
 };
@@ -224,6 +225,8 @@ impl Strategy {
     fn new(config_json: &str) -> PyResult<Strategy> {
         let cfg = parse_config(config_json)?;
         let inner = strategy::build(&cfg).map_err(value_err)?;
+        fedclip::federated::finetune::check(cfg.finetune_local_steps, inner.deployed())
+            .map_err(value_err)?;
         Ok(Strategy { inner })
     }
 
@@ -538,6 +541,27 @@ impl Clients {
             }
             let trainees: Vec<usize> = (0..data.len()).collect();
             local_epochs(&mut **backend, cfg, round, &plan.slots, data, &trainees)
+        })
+        .map_err(|e| to_py(e, Kind::Engine))
+    }
+
+    /// Personalization as `fedclip run --finetune-local-steps` does it: every slot from
+    /// `global_params` with a fresh optimiser, then `steps` (default: the run's
+    /// `finetune_local_steps`) local steps on its own training split in the run's batch
+    /// order. The results are the slots' parameters (`get_parameters`).
+    #[pyo3(signature = (global_params, steps = None))]
+    fn finetune(
+        &mut self,
+        py: Python<'_>,
+        global_params: PyReadonlyArray1<f32>,
+        steps: Option<u32>,
+    ) -> PyResult<()> {
+        let global = global_params.as_slice()?;
+        let (backend, cfg, data) = (&mut self.backend, &self.cfg, &self.data);
+        let steps = steps.unwrap_or(cfg.finetune_local_steps);
+        py.detach(|| {
+            let train: Vec<&SplitData> = data.iter().map(|c| &c.train).collect();
+            finetune_rows(&mut **backend, cfg, global, &train, steps)
         })
         .map_err(|e| to_py(e, Kind::Engine))
     }

@@ -19,6 +19,7 @@ use fedclip::io::write_atomic;
 use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;
 
@@ -225,9 +226,11 @@ impl RunDir {
     /// `(name, held_out)` in client order, `trainees` the client index of each trainer slot,
     /// `best` the best round (1-based) and its mean validation accuracy, `adapter_parameters`
     /// the values of one client's parameters (`Clients.param_count`), `bytes_per_round` each
-    /// round's `(down, up)` training traffic (`Strategy.bytes`).
+    /// round's `(down, up)` training traffic (`Strategy.bytes`), `finetuned` each training
+    /// client's test accuracy after `finetune_local_steps` (`Clients.finetune`).
     #[pyo3(signature = (clients, trainees, rounds_done, best, adapter_parameters, images_extracted,
-        images_from_cache, bytes_per_round, seconds_extracting = 0.0, seconds_training = 0.0))]
+        images_from_cache, bytes_per_round, seconds_extracting = 0.0, seconds_training = 0.0,
+        finetuned = None))]
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
@@ -242,6 +245,7 @@ impl RunDir {
         bytes_per_round: Vec<(u64, u64)>,
         seconds_extracting: f64,
         seconds_training: f64,
+        finetuned: Option<BTreeMap<String, f64>>,
     ) -> PyResult<String> {
         if let Some(t) = trainees.iter().find(|&&t| t >= clients.len()) {
             return Err(PyValueError::new_err(format!(
@@ -272,7 +276,7 @@ impl RunDir {
         };
         let cfg = &self.cfg;
         let summary = py
-            .detach(|| write_report(cfg, &cfg.data, &totals, None))
+            .detach(|| write_report(cfg, &cfg.data, &totals, finetuned))
             .map_err(value_err)?;
         serde_json::to_string_pretty(&summary).map_err(|e| to_py(e.into(), Kind::Engine))
     }

@@ -6,11 +6,12 @@
 //! Step j of client k uses batch `j mod S` (S = ⌈train / batch⌉) of pass `⌊j / S⌋`, whose
 //! order is `RandomState::from_key([seed, 4, k, pass]).permutation(train)`.
 
+use super::config::RunConfig;
 use super::evaluate::accuracy;
 use super::features::{ClientData, SplitData};
 use super::rounds::Rounds;
 use super::strategy::Deployed;
-use crate::adapter::ClientBatch;
+use crate::adapter::{AdapterBackend, ClientBatch};
 use crate::data::rng::RandomState;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
@@ -45,33 +46,51 @@ pub fn batch_rows(seed: u32, slot: usize, n: usize, batch: usize, step: u32) -> 
         .unwrap_or_default()
 }
 
+/// Every slot of `backend` from `global` with a fresh optimiser, then `steps` local steps on
+/// its own training split (`train[slot]`; an empty split takes none) in the documented batch
+/// order. A slot's result does not depend on the others'.
+pub fn finetune_rows(
+    backend: &mut dyn AdapterBackend,
+    cfg: &RunConfig,
+    global: &[f32],
+    train: &[&SplitData],
+    steps: u32,
+) -> Result<()> {
+    let dim = backend.dim();
+    for s in 0..train.len() {
+        backend.set_client_row(s, global)?;
+    }
+    backend.reset();
+    backend.set_proximal_row(0.0, None)?;
+    for step in 0..steps {
+        let buffers: Vec<(Vec<f32>, Vec<u32>)> = (train.iter().enumerate())
+            .map(|(s, t)| gather(t, &batch_rows(cfg.seed, s, t.len(), cfg.batch, step), dim))
+            .collect();
+        let batches: Vec<Option<ClientBatch>> = (buffers.iter())
+            .map(|(f, l)| (!l.is_empty()).then(|| ClientBatch::new(f, l)))
+            .collect();
+        backend
+            .step(&batches)
+            .with_context(|| format!("--finetune-local-steps: step {step}"))?;
+    }
+    Ok(())
+}
+
 impl Rounds<'_> {
     /// Test accuracy of each training client after `steps` local steps from the final
     /// global parameters.
     pub fn finetune(&mut self, steps: u32) -> Result<BTreeMap<String, f64>> {
-        let dim = self.features.dim;
-        for s in 0..self.trainees.len() {
-            self.backend.set_client_row(s, &self.state.global)?;
-        }
-        self.backend.reset();
-        self.backend.set_proximal_row(0.0, None)?;
         let clients: Vec<&ClientData> = (self.trainees.iter())
             .map(|&c| &self.features.clients[c])
             .collect();
-        for step in 0..steps {
-            let buffers: Vec<(Vec<f32>, Vec<u32>)> = (clients.iter().enumerate())
-                .map(|(s, c)| {
-                    let rows = batch_rows(self.cfg.seed, s, c.train.len(), self.cfg.batch, step);
-                    gather(&c.train, &rows, dim)
-                })
-                .collect();
-            let batches: Vec<Option<ClientBatch>> = (buffers.iter())
-                .map(|(f, l)| (!l.is_empty()).then(|| ClientBatch::new(f, l)))
-                .collect();
-            self.backend
-                .step(&batches)
-                .with_context(|| format!("--finetune-local-steps: step {step}"))?;
-        }
+        let train: Vec<&SplitData> = clients.iter().map(|c| &c.train).collect();
+        finetune_rows(
+            &mut *self.backend,
+            self.cfg,
+            &self.state.global,
+            &train,
+            steps,
+        )?;
         let mut out = BTreeMap::new();
         for (s, c) in clients.iter().enumerate() {
             if !c.test.is_empty() {
