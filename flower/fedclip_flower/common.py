@@ -59,8 +59,11 @@ def options(
     )
 
 
-def check_supported(config: Dict[str, Any]) -> None:
+def check_supported(config: Dict[str, Any], resume: bool = False) -> None:
     """Refuses, naming the option, what the Flower app cannot run yet."""
+    if resume and config["keep_optimizer_state"]:
+        raise ValueError("resume with keep-optimizer-state is not supported on Flower: Adam's "
+                         "moments live in each SuperNode's Context of the interrupted run")
     if config["clients_per_domain"] != 1:
         # Each silo is one domain's folder; splitting a domain into Dirichlet clients
         # draws from the whole dataset's domain order, which a silo does not know.

@@ -262,61 +262,98 @@ def main(grid: Grid, context: Context) -> None:
     if not context.run_config.get("data"):
         # The data is on the silos; the run directory's config names no folder of the server.
         config["data"] = "silos"
+    resume = bool(context.run_config.get("resume", False))
     if not context.run_config.get("out"):
         config["out"] = str(fedclip.free_run_dir(
-            os.path.join("runs", f"flower-{config['method']}-seed{config['seed']}")))
-    check_supported(config)
+            os.path.join("runs", f"flower-{config['method']}-seed{config['seed']}"), resume))
+    check_supported(config, resume)
     strategy = fedclip.Strategy(dumps(config))
     _check_method(strategy, config["method"])
     fed = _federation(grid, nodes, test_domains)
-    run_dir = fedclip.RunDir(dumps(config))
+    run_dir = fedclip.RunDir(dumps(config), resume)
     summary = rounds(grid, config, strategy, fed, run_dir)
     print(f"fedclip on Flower: {run_dir.out}: best round {summary['best_round']}", flush=True)
 
 
+@dataclass
+class Progress:
+    """What `state.safetensors` keeps between rounds: the global parameters, the rows the
+    server holds (None: never sent back), the best round `(round, val, deployed)`, bytes
+    and training time."""
+
+    glob: np.ndarray
+    params: List[Optional[np.ndarray]]
+    best: Optional[Tuple[int, float, np.ndarray]] = None
+    bytes_per_round: List[Tuple[int, int]] = field(default_factory=list)
+    seconds_training: float = 0.0
+    done: int = 0
+
+
+def _start(strategy, fed, run_dir) -> Progress:
+    """Round 0's progress, or the interrupted run's (a resumed Tip-Adapter row of zeros is
+    one the server never received)."""
+    k = len(fed.trainees)
+    saved = run_dir.saved
+    if saved is None:
+        # Tip-Adapter's global is the union of caches the server has received (none yet);
+        # no round uses it before the first aggregate.
+        return Progress(glob=fed.initial, params=[None] * k)
+    rows = np.asarray(saved["clients"], np.float32).reshape(k, fed.param_count)
+    params = [None if fed.rows_are_data and not r.any() else r.copy() for r in rows]
+    strategy.load_state(saved["server"])
+    best = saved["best"]
+    return Progress(glob=np.asarray(saved["global"], np.float32), params=params,
+                    best=None if best is None else (best[0], best[1], np.asarray(best[2])),
+                    bytes_per_round=[tuple(b) for b in saved["bytes_per_round"]],
+                    seconds_training=saved["seconds_training"], done=saved["rounds_done"])
+
+
+def _save(run_dir, strategy, fed, p: Progress) -> None:
+    run_dir.save_state(p.done, p.glob, _rows(fed, p.params), p.best, p.seconds_training,
+                       p.bytes_per_round, strategy.state())
+
+
 def rounds(grid, config, strategy, fed, run_dir) -> dict:
     """`fedclip run`'s loop: plan, local updates on the silos, aggregation, evaluation of
-    every client, the best round; then the adapters and the summary."""
+    every client, the best round and a checkpoint after each; then the adapters and the
+    summary."""
     k = len(fed.trainees)
     _layout(grid, fed)
     fed.rows_are_data = strategy.family == "tip-cache"
-    # Tip-Adapter's global is the union of caches the server has received (none yet); no
-    # round uses it before the first aggregate.
-    glob = fed.initial
-    params: List[Optional[np.ndarray]] = [None] * k
+    p = _start(strategy, fed, run_dir)
     train_sizes = [fed.train_sizes[s] for s in range(k)]
-    best, bytes_per_round, seconds_training, done = None, [], 0.0, 0
     total = strategy.rounds(config["rounds"])
-    for round in range(total):
+    for round in range(p.done, total):
         sampled = fedclip.sample_clients(k, config["sample_fraction"], config["seed"], round)
-        plan = strategy.configure_train(round, sampled, glob)
+        plan = strategy.configure_train(round, sampled, p.glob)
         losses = [np.zeros(0, np.float32)] * k
         round_bytes = (0, 0)
         if plan is not None:
-            losses, seconds = _train(grid, fed, plan, params, round)
-            seconds_training += seconds
-            new = strategy.aggregate_train(round, glob, _rows(fed, params), plan.slots,
+            losses, seconds = _train(grid, fed, plan, p.params, round)
+            p.seconds_training += seconds
+            new = strategy.aggregate_train(round, p.glob, _rows(fed, p.params), plan.slots,
                                            train_sizes)
             if new is not None:
-                glob = new
+                p.glob = new
             round_bytes = strategy.bytes(plan, fed.param_count, fed.dim, train_sizes)
-        bytes_per_round.append(round_bytes)
-        rows, mean_val = _evaluate(grid, fed, strategy, glob, params, losses, round)
+        p.bytes_per_round.append(round_bytes)
+        rows, mean_val = _evaluate(grid, fed, strategy, p.glob, p.params, losses, round)
         run_dir.append_rows(rows)
-        if best is None or mean_val > best[1]:
-            best = (round + 1, mean_val, _deploy(strategy, fed, glob, params))
-        done = round + 1
+        if p.best is None or mean_val > p.best[1]:
+            p.best = (round + 1, mean_val, _deploy(strategy, fed, p.glob, p.params))
+        p.done = round + 1
+        _save(run_dir, strategy, fed, p)
         print(f"round {round + 1}/{total}: mean val accuracy {100 * mean_val:.2f}%", flush=True)
     if strategy.deployed() != "nothing":
-        for file, (values, names) in [("adapter-last.safetensors",
-                                       _deploy(strategy, fed, glob, params)),
-                                      ("adapter-best.safetensors", best[2])]:
-            run_dir.write_adapter(file, values, names, fed.tensors, fed.layout)
-    finetuned = _finetune(grid, fed, glob) if config["finetune_local_steps"] > 0 else None
+        for file, values in [("adapter-last.safetensors", _deploy(strategy, fed, p.glob, p.params)),
+                             ("adapter-best.safetensors", p.best[2])]:
+            rows, names = _named(strategy, fed, values)
+            run_dir.write_adapter(file, rows, names, fed.tensors, fed.layout)
+    finetuned = _finetune(grid, fed, p.glob) if config["finetune_local_steps"] > 0 else None
     text = run_dir.finish(
-        list(zip(fed.names, fed.held_out)), fed.trainees, done, best[:2], fed.param_count,
-        fed.images_extracted, fed.images_from_cache, bytes_per_round,
-        seconds_extracting=fed.seconds_extracting, seconds_training=seconds_training,
+        list(zip(fed.names, fed.held_out)), fed.trainees, p.done, p.best[:2], fed.param_count,
+        fed.images_extracted, fed.images_from_cache, p.bytes_per_round,
+        seconds_extracting=fed.seconds_extracting, seconds_training=p.seconds_training,
         finetuned=finetuned)
     return json.loads(text)
 
@@ -338,12 +375,20 @@ def _finetune(grid, fed, glob) -> Dict[str, float]:
     return out
 
 
-def _deploy(strategy, fed, glob, params) -> Tuple[np.ndarray, List[str]]:
-    """What the run deploys now, `[R, P]`, and its names: every client's parameters, or the
-    global ones. A Tip-Adapter cache the server never received stays on its silo and is left
-    out (with `sample-fraction` < 1), where `fedclip run` writes every client's."""
+def _deploy(strategy, fed, glob, params) -> np.ndarray:
+    """What the run deploys now, flat: every client's parameters (`[K, P]`, a Tip-Adapter
+    cache the server never received as zeros), or the global ones."""
     if strategy.deployed() == "each_client":
-        held = [s for s in range(len(params)) if params[s] is not None or not fed.rows_are_data]
-        rows = _rows(fed, params)[held]
-        return rows, [fed.names[fed.trainees[s]] for s in held]
-    return np.asarray(glob, np.float32)[None, :].copy(), ["global"]
+        return _rows(fed, params).reshape(-1)
+    return np.asarray(glob, np.float32).copy()
+
+
+def _named(strategy, fed, values) -> Tuple[np.ndarray, List[str]]:
+    """Deployed `values` as adapter-file rows `[R, P]` and their names. A Tip-Adapter cache
+    the server never received (all zeros) stays on its silo and is left out (with
+    `sample-fraction` < 1), where `fedclip run` writes every client's."""
+    rows = np.asarray(values, np.float32).reshape(-1, fed.param_count)
+    if strategy.deployed() != "each_client":
+        return rows, ["global"]
+    held = [s for s in range(len(rows)) if rows[s].any() or not fed.rows_are_data]
+    return rows[held], [fed.names[fed.trainees[s]] for s in held]

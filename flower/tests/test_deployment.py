@@ -189,3 +189,35 @@ def test_flower_finetune_local_steps(deployment, tmp_path):
     deployment.run(tmp_path / "flower", **{k.replace("_", "-"): v for k, v in options.items()},
                    **{"test-domain": "art_painting"})
     assert_same_run(tmp_path / "flower", want, COUNTS)
+
+
+def test_flower_resumes_an_interrupted_run(deployment, tmp_path):
+    # The run directory is fedclip run's, so an interrupted CLI run stands in for any: this
+    # one aborts after round 2's metrics rows are written and before its checkpoint, as a
+    # kill -9 there would. Flower resumes it from round 1's checkpoint, with fedadam's moments.
+    options = dict(rounds=3, batch=16, lr=1e-3, seed=5, server_opt="fedadam")
+    want = reference(tmp_path, **options)
+    out = tmp_path / "flower"
+    script = ("import fedclip, sys; fedclip.run(data=sys.argv[1], model=sys.argv[2], "
+              "cache_dir=sys.argv[3], out=sys.argv[4], device='cpu', rounds=3, batch=16, "
+              "lr=1e-3, seed=5, server_opt='fedadam')")
+    crashed = subprocess.run([sys.executable, "-c", script, str(DATA), str(MODEL),
+                              str(tmp_path / "crash-cache"), str(out)],
+                             env={**os.environ, "FEDCLIP_ABORT_AT": "1:metrics"},
+                             capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert crashed.returncode != 0 and "aborting after round 1's metrics" in crashed.stderr
+    # Round 1's rows are kept, not recomputed: mark one (same value, one more digit).
+    lines = (out / "metrics.csv").read_text().splitlines(keepends=True)
+    at = lines[0].split(",").index("accuracy")
+    i = next(j for j, line in enumerate(lines) if line.startswith("1,"))
+    fields = lines[i].split(",")
+    fields[at] += "0"
+    original, lines[i] = lines[i], ",".join(fields)
+    (out / "metrics.csv").write_text("".join(lines))
+    flags = {k.replace("_", "-"): v for k, v in options.items()}
+    deployment.run(out, **flags, **{"test-domain": "art_painting", "data": str(DATA),
+                                    "resume": True})
+    resumed = (out / "metrics.csv").read_text()
+    assert lines[i] in resumed
+    (out / "metrics.csv").write_text(resumed.replace(lines[i], original))
+    assert_same_run(out, want, COUNTS)

@@ -46,6 +46,13 @@ def test_finetuning_a_method_without_a_global_model_is_refused_as_the_cli_does()
         fedclip.Strategy(json.dumps(config))
 
 
+def test_resume_with_kept_optimizer_state_is_refused_naming_both():
+    config = fedclip.run_config(data="/silo/data", test_domains=[], keep_optimizer_state=True)
+    check_supported(config)
+    with pytest.raises(ValueError, match="resume with keep-optimizer-state is not supported"):
+        check_supported(config, resume=True)
+
+
 class UnknownDeploy:
     """A strategy whose clients deploy something the app cannot send (a future method)."""
 

@@ -1,7 +1,7 @@
 """Type stubs of the compiled module fedclip._fedclip."""
 
 import os
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -252,9 +252,27 @@ class RunDir:
     """A run directory written by `fedclip run`'s own code for rounds run elsewhere (the
     Flower server): claimed, with config.json and an empty metrics.csv, on creation."""
 
-    def __init__(self, config_json: str) -> None: ...
+    def __init__(self, config_json: str, resume: bool = False) -> None:
+        """With `resume`, as `fedclip run --resume`: the settings must equal the interrupted
+        run's (the round count may grow); `saved` holds its state."""
     @property
     def out(self) -> str: ...
+    @property
+    def saved(self) -> Optional[Dict[str, Any]]:
+        """The resumed run's state (None: a new run, or none finished a round):
+        `rounds_done`, `global`, `clients` `[K·P]`, `best` `(round, val, deployed)` or None,
+        `seconds_training`, `bytes_per_round`, `server` (`Strategy.state()`)."""
+    def save_state(
+        self,
+        rounds_done: int,
+        global_params: npt.NDArray[np.float32],
+        clients: npt.NDArray[np.float32],
+        best: Optional[Tuple[int, float, npt.NDArray[np.float32]]],
+        seconds_training: float,
+        bytes_per_round: Sequence[Tuple[int, int]],
+        server: Dict[str, npt.NDArray[np.float32]],
+    ) -> None:
+        """`state.safetensors` after round `rounds_done`, what `saved` gives back."""
     def append_rows(
         self, rows: Sequence[Tuple[int, str, str, float, int, Optional[float]]]
     ) -> None:

@@ -8,9 +8,11 @@ use crate::errors::{Kind, to_py};
 use fedclip::adapter::{AdapterParams, TextFeatures};
 use fedclip::federated::RunConfig;
 use fedclip::federated::aggregate::mean_of_rows as mean_rows;
+use fedclip::federated::checkpoint::State;
 use fedclip::federated::evaluate::{accuracy, mean_loss as mean_of_losses};
 use fedclip::federated::features::SplitData;
 use fedclip::federated::outputs::{AdapterLayout, RunTotals, write_adapter, write_report};
+use fedclip::federated::plan::resume_state;
 use fedclip::federated::report::{self, MetricRow};
 use fedclip::federated::rundir::{self, RunDirLock};
 use fedclip::federated::strategy::Bytes;
@@ -19,6 +21,7 @@ use fedclip::io::write_atomic;
 use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;
@@ -123,37 +126,124 @@ fn value_err(e: anyhow::Error) -> PyErr {
 pub struct RunDir {
     cfg: RunConfig,
     metrics: File,
+    /// With `resume`: the interrupted run's state after its last finished round.
+    saved: Option<State>,
     _lock: RunDirLock,
 }
 
 #[pymethods]
 impl RunDir {
     /// Refuses what `fedclip run` refuses (bad settings, a folder holding something else or
-    /// a finished run), then writes `config.json` and an empty `metrics.csv`.
+    /// a run, unless `resume`), then writes `config.json` and opens `metrics.csv`. With
+    /// `resume`, as `fedclip run --resume`: the settings must equal the interrupted run's
+    /// (the round count may grow), `saved` holds its state and `metrics.csv` keeps the rows of
+    /// its finished rounds.
     #[new]
-    fn new(py: Python<'_>, config_json: &str) -> PyResult<RunDir> {
+    #[pyo3(signature = (config_json, resume = false))]
+    fn new(py: Python<'_>, config_json: &str, resume: bool) -> PyResult<RunDir> {
         let cfg = parse_config(config_json)?;
         py.detach(|| -> anyhow::Result<RunDir> {
             cfg.validate()?;
-            let lock = rundir::claim(&cfg, false)?;
+            let lock = rundir::claim(&cfg, resume)?;
             let out = &cfg.out;
-            anyhow::ensure!(
-                !out.join("metrics.csv").exists(),
-                "{} already holds a run; choose another out",
-                out.display()
-            );
+            let saved = if resume {
+                resume_state(&cfg)?
+            } else {
+                anyhow::ensure!(
+                    !out.join("metrics.csv").exists(),
+                    "{} already holds a run; resume it, or choose another out",
+                    out.display()
+                );
+                None
+            };
             write_atomic(
                 &out.join("config.json"),
                 serde_json::to_string_pretty(&cfg)?.as_bytes(),
             )?;
-            let metrics = report::open_metrics(&out.join("metrics.csv"), 1)?;
+            let done = saved.as_ref().map_or(0, |s| s.rounds_done);
+            let metrics = report::open_metrics(&out.join("metrics.csv"), done + 1)?;
             Ok(RunDir {
                 cfg,
                 metrics,
+                saved,
                 _lock: lock,
             })
         })
         .map_err(value_err)
+    }
+
+    /// The resumed run's state, or None (a new run, or one stopped before round 1 ended):
+    /// `rounds_done`, `global`, `clients` `[K·P]`, `best` `(round, mean val accuracy,
+    /// deployed parameters)` or None, `seconds_training`, `bytes_per_round` `[(down, up)]`,
+    /// `server` (`Strategy.state()`).
+    #[getter]
+    fn saved<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(s) = &self.saved else {
+            return Ok(None);
+        };
+        let d = PyDict::new(py);
+        d.set_item("rounds_done", s.rounds_done)?;
+        d.set_item("global", PyArray1::from_slice(py, &s.global))?;
+        d.set_item("clients", PyArray1::from_slice(py, &s.clients))?;
+        let best = (s.best.as_ref()).map(|(r, v, p)| (*r, *v, PyArray1::from_slice(py, p)));
+        d.set_item("best", best)?;
+        d.set_item("seconds_training", s.seconds_training)?;
+        let per_round: Vec<(u64, u64)> = (s.bytes_per_round.iter().flatten())
+            .map(|b| (b.down, b.up))
+            .collect();
+        d.set_item("bytes_per_round", per_round)?;
+        let server = PyDict::new(py);
+        for (name, values) in &s.server {
+            server.set_item(name, PyArray1::from_slice(py, values))?;
+        }
+        d.set_item("server", server)?;
+        Ok(Some(d))
+    }
+
+    /// Writes `state.safetensors` after round `rounds_done` (what `saved` gives back): the
+    /// global and every client's parameters, the best round's `(round, mean val accuracy,
+    /// deployed parameters)`, the training seconds, each round's `(down, up)` bytes and the
+    /// strategy's server tensors.
+    #[pyo3(signature = (rounds_done, global_params, clients, best, seconds_training,
+        bytes_per_round, server))]
+    #[allow(clippy::too_many_arguments)]
+    fn save_state(
+        &self,
+        rounds_done: u32,
+        global_params: PyReadonlyArray1<f32>,
+        clients: PyReadonlyArray2<f32>,
+        best: Option<(u32, f64, PyReadonlyArray1<f32>)>,
+        seconds_training: f64,
+        bytes_per_round: Vec<(u64, u64)>,
+        server: &Bound<'_, PyDict>,
+    ) -> PyResult<()> {
+        let per_round: Vec<Bytes> = (bytes_per_round.iter())
+            .map(|&(down, up)| Bytes { down, up })
+            .collect();
+        let server = (server.iter())
+            .map(|(n, a)| {
+                let a: PyReadonlyArray1<f32> = a.extract()?;
+                Ok((n.extract::<String>()?, a.as_slice()?.to_vec()))
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let best = best
+            .map(|(r, v, p)| p.as_slice().map(|p| (r, v, p.to_vec())))
+            .transpose()?;
+        let state = State {
+            rounds_done,
+            global: global_params.as_slice()?.to_vec(),
+            clients: clients.as_slice()?.to_vec(),
+            best,
+            seconds_training,
+            bytes: Bytes {
+                down: per_round.iter().map(|b| b.down).sum(),
+                up: per_round.iter().map(|b| b.up).sum(),
+            },
+            bytes_per_round: Some(per_round),
+            optimizer: None,
+            server,
+        };
+        state.save(&self.cfg.out).map_err(value_err)
     }
 
     #[getter]

@@ -75,7 +75,7 @@ fn check_flags(cfg: &RunConfig, trains: bool) -> Result<()> {
 }
 
 /// With `--resume`: the saved settings must match, and the state (if a round finished) loads.
-fn resume_state(cfg: &RunConfig) -> Result<Option<State>> {
+pub fn resume_state(cfg: &RunConfig) -> Result<Option<State>> {
     let config_path = cfg.out.join("config.json");
     let saved: RunConfig = serde_json::from_str(
         &std::fs::read_to_string(&config_path)
