@@ -38,15 +38,23 @@ def _own_test_domains(context: Context, held_out: List[str]) -> List[str]:
     return [d for d in fedclip.domains(data) if d in held_out]
 
 
-def _clients(context: Context, held_out: List[str]) -> Tuple[Dict[str, Any], List[Any], Any]:
-    """This silo's settings and its clients as `(name, held_out, splits)`, `splits` being
-    `[(split, paths, labels)]`. A silo of held-out domains only scores every file, as
-    `fedclip run`'s held-out clients do."""
-    own = _own_test_domains(context, held_out)
+def _clients(context: Context, msg: Message, store: fedclip.FeatureStore):
+    """This silo's settings, its clients as `(name, held_out, splits)`, `splits` being
+    `[(split, paths, labels)]`, the `fedclip.Splits`, and the images left out: as `fedclip
+    run`, every image the cache lacks is decoded first, and a bad one is an error naming
+    every one, or with `skip-bad` left out. A silo of held-out domains only scores every
+    file, as `fedclip run`'s held-out clients do."""
+    own = _own_test_domains(context, _held_out(msg))
     every = fedclip.domains(options(context.run_config, context.node_config)["data"])
     all_held_out = len(own) == len(every)
     config = _config(context, [] if all_held_out else own)
-    splits = fedclip.Splits(dumps(config))
+    split_config = dict(config)
+    if all_held_out:
+        # A held-out domain is one client, named after it, scoring every file.
+        split_config["clients_per_domain"] = 1
+    federation = list(msg.content["config"].get("federation-domains", [])) or None
+    splits = fedclip.Splits(dumps(split_config), federation)
+    skipped = splits.check_images(store)
     clients = []
     for c in splits.clients:
         if all_held_out:
@@ -54,7 +62,7 @@ def _clients(context: Context, held_out: List[str]) -> Tuple[Dict[str, Any], Lis
         else:
             clients.append((c.name, c.held_out, [("train", *c.train), ("val", *c.val),
                                                  ("test", *c.test)]))
-    return config, clients, splits
+    return config, clients, splits, skipped
 
 
 def _device(context: Context) -> str:
@@ -82,8 +90,8 @@ def query(msg: Message, context: Context) -> Message:
         return _layout(msg, context)
     if step == "finetune":
         return _finetune(msg, context)
-    config, clients, splits = _clients(context, _held_out(msg))
-    model, store = _store(config, _device(context))
+    model, store = _store(_config(context, []), _device(context))
+    config, clients, splits, skipped = _clients(context, msg, store)
     start = time.monotonic()
     extracted = from_cache = 0
     for c in splits.clients:
@@ -100,18 +108,20 @@ def query(msg: Message, context: Context) -> Message:
         "images-extracted": extracted,
         "images-from-cache": from_cache,
         "seconds-extracting": time.monotonic() - start,
+        "skipped-images": skipped or [""],
+        "skipped-count": len(skipped),
     })
     return Message(RecordDict({"info": reply}), reply_to=msg)
 
 
 def _client(context: Context, msg: Message):
-    config, clients, splits = _clients(context, _held_out(msg))
+    model, store = _store(_config(context, []), _device(context))
+    config, clients, splits, _ = _clients(context, msg, store)
     name = msg.content["config"]["client"]
     found = [c for c in clients if c[0] == name]
     if not found:
         raise ValueError(f"this silo holds no client {name!r} (it holds "
                          f"{[c[0] for c in clients]})")
-    model, store = _store(config, _device(context))
     texts, _ = store.text_features(splits.prompts, config["extract_batch"])
     return config, model, store, texts, found[0]
 

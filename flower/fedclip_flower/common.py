@@ -50,6 +50,10 @@ def options(
         seed=int(merged["seed"]),
         sample_fraction=float(merged["sample-fraction"]),
         finetune_local_steps=int(merged.get("finetune-local-steps", 0)),
+        skip_bad=bool(merged.get("skip-bad", False)),
+        clients_per_domain=int(merged.get("clients-per-domain", 1)),
+        dirichlet_alpha=float(merged.get("dirichlet-alpha", 0.5)),
+        drop_empty_clients=bool(merged.get("drop-empty-clients", False)),
         prompt_template=merged.get("prompt-template", "a picture of a {}"),
         extract_batch=int(merged.get("extract-batch", 64)),
         tokenizer=merged.get("tokenizer", "openai"),
@@ -64,13 +68,6 @@ def check_supported(config: Dict[str, Any], resume: bool = False) -> None:
     if resume and config["keep_optimizer_state"]:
         raise ValueError("resume with keep-optimizer-state is not supported on Flower: Adam's "
                          "moments live in each SuperNode's Context of the interrupted run")
-    if config["clients_per_domain"] != 1:
-        # Each silo is one domain's folder; splitting a domain into Dirichlet clients
-        # draws from the whole dataset's domain order, which a silo does not know.
-        raise ValueError(f"clients-per-domain {config['clients_per_domain']} is not supported "
-                         "on Flower yet: each silo holds one client (its domain folder)")
-    if config["skip_bad"] or config["drop_empty_clients"]:
-        raise ValueError("skip-bad and drop-empty-clients are not supported on Flower yet")
 
 
 Tensors = List[Tuple[str, List[int]]]

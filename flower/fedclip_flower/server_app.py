@@ -36,6 +36,8 @@ class Federation:
     train_sizes: Dict[int, int] = field(default_factory=dict)
     trainees: List[int] = field(default_factory=list)
     test_domains: List[str] = field(default_factory=list)
+    # Every silo's domains, sorted (the Dirichlet partition of a domain is keyed by its place).
+    domains: List[str] = field(default_factory=list)
     dim: int = 0
     # The method family's, from a silo (`_layout`): one client's tensors, their layout text,
     # the values per client, and the round-0 global parameters.
@@ -47,6 +49,8 @@ class Federation:
     rows_are_data: bool = False
     images_extracted: int = 0
     images_from_cache: int = 0
+    # With skip-bad: the images the silos left out, relative to their data folders.
+    skipped_images: List[str] = field(default_factory=list)
     seconds_extracting: float = 0.0
 
 
@@ -81,15 +85,18 @@ def _ask(grid: Grid, nodes, content: Dict, message_type: str) -> List[Message]:
     return _exchange(grid, messages)
 
 
-def _test_domains(grid: Grid, nodes, wanted: str) -> List[str]:
-    """The held-out domains: `test-domain`, else the first domain in sorted order over every
-    silo's domains (as `fedclip run`), which asks the silos."""
-    if wanted:
-        return [wanted]
+def _domains(grid: Grid, nodes) -> List[str]:
+    """Every silo's domains, in `fedclip run`'s (sorted) order."""
     domains = []
     for reply in _ask(grid, nodes, {"step": "domains"}, "query"):
         domains.extend(reply.content["info"]["domains"])
-    return sorted(domains)[:1]
+    return sorted(domains)
+
+
+def _test_domains(domains: List[str], wanted: str) -> List[str]:
+    """The held-out domains: `test-domain`, else the first domain in sorted order over every
+    silo's domains (as `fedclip run`)."""
+    return [wanted] if wanted else domains[:1]
 
 
 def _check_silos(replies: List[Message], test_domains: List[str]) -> None:
@@ -103,11 +110,19 @@ def _check_silos(replies: List[Message], test_domains: List[str]) -> None:
             raise ValueError(f"test-domain {d}: no silo holds it (domains: {sorted(held)})")
 
 
-def _federation(grid: Grid, nodes, test_domains: List[str]) -> Federation:
-    fed = Federation(test_domains=test_domains)
+def _client_order(name: str) -> Tuple[str, int]:
+    """`fedclip run`'s client order: by domain, then a partitioned domain's `<domain>#<i>`
+    by i."""
+    domain, _, index = name.partition("#")
+    return domain, int(index or 0)
+
+
+def _federation(grid: Grid, nodes, domains: List[str], test_domains: List[str]) -> Federation:
+    fed = Federation(test_domains=test_domains, domains=domains)
     found = []
     dims = set()
-    replies = _ask(grid, nodes, {"step": "clients", "test-domains": test_domains}, "query")
+    replies = _ask(grid, nodes, {"step": "clients", "test-domains": test_domains,
+                                 "federation-domains": domains}, "query")
     _check_silos(replies, test_domains)
     for reply in replies:
         info = reply.content["info"]
@@ -118,12 +133,13 @@ def _federation(grid: Grid, nodes, test_domains: List[str]) -> Federation:
         fed.images_extracted += int(info["images-extracted"])
         fed.images_from_cache += int(info["images-from-cache"])
         fed.seconds_extracting += float(info["seconds-extracting"])
+        fed.skipped_images += list(info["skipped-images"])[:int(info["skipped-count"])]
     if len(dims) != 1:
         raise RuntimeError(f"the nodes' models disagree on the feature size: {sorted(dims)}")
     names = [f[0] for f in found]
     if len(set(names)) != len(names):
         raise ValueError(f"two silos hold the same domain: {sorted(names)}")
-    for c, (name, held, node, size) in enumerate(sorted(found)):
+    for c, (name, held, node, size) in enumerate(sorted(found, key=lambda f: _client_order(f[0]))):
         fed.names.append(name)
         fed.held_out.append(held)
         fed.nodes.append(node)
@@ -133,6 +149,8 @@ def _federation(grid: Grid, nodes, test_domains: List[str]) -> Federation:
     if not fed.trainees:
         raise ValueError("every domain is held out: no client to train")
     fed.dim = dims.pop()
+    # In domain order, as `fedclip run` lists them.
+    fed.skipped_images.sort(key=lambda p: p.split("/")[0])
     return fed
 
 
@@ -140,7 +158,8 @@ def _config(fed: Federation, **items) -> ConfigRecord:
     """A message's settings: the held-out domains and Tip-Adapter's cache capacity (the
     largest train split, as `fedclip run` sizes every cache) travel with each."""
     capacity = max(fed.train_sizes.values(), default=0)
-    return ConfigRecord({**items, "test-domains": fed.test_domains, "cache-capacity": capacity})
+    return ConfigRecord({**items, "test-domains": fed.test_domains, "cache-capacity": capacity,
+                         "federation-domains": fed.domains})
 
 
 def _layout(grid: Grid, fed: Federation) -> None:
@@ -257,7 +276,8 @@ def _nodes(grid: Grid, wanted: int, timeout_s: float = 600.0) -> List[int]:
 def main(grid: Grid, context: Context) -> None:
     nodes = _nodes(grid, int(context.run_config.get("num-nodes", 1)))
     wanted = str(context.run_config.get("test-domain", ""))
-    test_domains = _test_domains(grid, nodes, wanted)
+    domains = _domains(grid, nodes)
+    test_domains = _test_domains(domains, wanted)
     config = options(context.run_config, None, test_domains)
     if not context.run_config.get("data"):
         # The data is on the silos; the run directory's config names no folder of the server.
@@ -269,7 +289,7 @@ def main(grid: Grid, context: Context) -> None:
     check_supported(config, resume)
     strategy = fedclip.Strategy(dumps(config))
     _check_method(strategy, config["method"])
-    fed = _federation(grid, nodes, test_domains)
+    fed = _federation(grid, nodes, domains, test_domains)
     run_dir = fedclip.RunDir(dumps(config), resume)
     summary = rounds(grid, config, strategy, fed, run_dir)
     print(f"fedclip on Flower: {run_dir.out}: best round {summary['best_round']}", flush=True)
@@ -354,7 +374,7 @@ def rounds(grid, config, strategy, fed, run_dir) -> dict:
         list(zip(fed.names, fed.held_out)), fed.trainees, p.done, p.best[:2], fed.param_count,
         fed.images_extracted, fed.images_from_cache, p.bytes_per_round,
         seconds_extracting=fed.seconds_extracting, seconds_training=p.seconds_training,
-        finetuned=finetuned)
+        finetuned=finetuned, skipped_images=fed.skipped_images)
     return json.loads(text)
 
 

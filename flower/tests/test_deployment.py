@@ -221,3 +221,38 @@ def test_flower_resumes_an_interrupted_run(deployment, tmp_path):
     assert lines[i] in resumed
     (out / "metrics.csv").write_text(resumed.replace(lines[i], original))
     assert_same_run(out, want, COUNTS)
+
+
+def test_flower_skip_bad_leaves_out_what_fedclip_run_does(deployment, tmp_path):
+    # A corrupt image in one silo (and in the whole dataset the reference reads): left out by
+    # both, listed in summary.json; the splits of everything else unchanged.
+    bad = "photo/dog/zz-corrupt.jpg"
+    data = tmp_path / "data"
+    shutil.copytree(DATA, data)
+    (data / bad).write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    silo_file = deployment.root / "silos" / "photo" / bad
+    silo_file.write_bytes((data / bad).read_bytes())
+    try:
+        options = dict(rounds=1, batch=16, lr=1e-3, seed=6, skip_bad=True)
+        out = tmp_path / "ref"
+        fedclip.run(data=data, model=MODEL, cache_dir=tmp_path / "ref-cache", out=out,
+                    device="cpu", **options)
+        assert summary(out)["skipped_images"] == [bad]
+        deployment.run(tmp_path / "flower", **{k.replace("_", "-"): v
+                                                for k, v in options.items()},
+                       **{"test-domain": "art_painting"})
+        assert_same_run(tmp_path / "flower", out, COUNTS)
+    finally:
+        silo_file.unlink()
+
+
+def test_flower_clients_per_domain(deployment, tmp_path):
+    # Each silo partitions its domain into Dirichlet clients keyed by the domain's place
+    # among every silo's, so the clients are fedclip run's; sampled, and weighted by size.
+    options = dict(rounds=2, batch=8, lr=1e-3, seed=7, clients_per_domain=2,
+                   sample_fraction=0.5, aggregate="weighted")
+    want = reference(tmp_path, **options)
+    assert "photo#1" in (want / "metrics.csv").read_text()
+    deployment.run(tmp_path / "flower", **{k.replace("_", "-"): v for k, v in options.items()},
+                   **{"test-domain": "art_painting"})
+    assert_same_run(tmp_path / "flower", want, COUNTS)

@@ -29,16 +29,6 @@ def test_app_defaults_are_the_cli_defaults():
     assert got == want
 
 
-@pytest.mark.parametrize("option, value, named", [
-    ("clients_per_domain", 2, "clients-per-domain"),
-    ("skip_bad", True, "skip-bad"),
-])
-def test_what_flower_cannot_run_is_refused_naming_it(option, value, named):
-    config = fedclip.run_config(data="/silo/data", test_domains=[], **{option: value})
-    with pytest.raises(ValueError, match=named):
-        check_supported(config)
-
-
 def test_finetuning_a_method_without_a_global_model_is_refused_as_the_cli_does():
     config = fedclip.run_config(data="/silo/data", test_domains=[], method="local",
                                 finetune_local_steps=2)

@@ -104,6 +104,10 @@ class Splits:
         """Client indices of the training clients; trainer slot s is element s."""
     def sample_round(self, fraction: float, round: int) -> List[int]:
         """Trainer slots sampled for `round` (0-based), as `--sample-fraction` samples."""
+    def check_images(self, store: FeatureStore) -> List[str]:
+        """As `fedclip run` before extracting: decodes the images `store` lacks; a bad one is
+        a ValueError listing every one, or with `skip_bad` it leaves the clients' files and
+        splits. Returns the paths left out, relative to the data root."""
 
 class RoundPlan:
     """What the sampled clients do this round (Rust `RoundPlan`)."""
@@ -300,5 +304,6 @@ class RunDir:
         seconds_extracting: float = 0.0,
         seconds_training: float = 0.0,
         finetuned: Optional[Dict[str, float]] = None,
+        skipped_images: Sequence[str] = (),
     ) -> str:
         """Writes accuracy.svg and summary.json; returns summary.json's text."""

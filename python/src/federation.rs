@@ -6,12 +6,14 @@
 
 use crate::errors::{Kind, to_py};
 use crate::report::score_splits;
-use crate::{matrix, parse_device};
+use crate::{FeatureStore, matrix, parse_device};
+use anyhow::Context;
 use fedclip::adapter::{AdapterBackend, AdapterParams, OptimizerState, TextFeatures};
 use fedclip::data::split::{SplitConfig, make_splits};
 use fedclip::data::{Dataset, PromptTemplate};
 use fedclip::encode::Engine;
 use fedclip::federated::RunConfig;
+use fedclip::federated::bad_images::find as find_bad;
 use fedclip::federated::family::{self, FamilyData, Trainable};
 use fedclip::federated::features::{ClientData, SplitData};
 use fedclip::federated::finetune::finetune_rows;
@@ -49,18 +51,72 @@ struct Client {
 }
 
 /// The clients `fedclip run` makes of a dataset for these options (numpy-identical splits).
-#[pyclass(module = "fedclip._fedclip", frozen)]
+#[pyclass(module = "fedclip._fedclip")]
 pub struct Splits {
+    cfg: RunConfig,
+    dataset: Dataset,
     splits: fedclip::data::split::Splits,
-    classes: Vec<String>,
     prompts: Vec<String>,
     clients: Vec<Py<Client>>,
 }
 
+/// Each client's files and labels per split, as Python objects.
+fn client_objects(
+    py: Python<'_>,
+    dataset: &Dataset,
+    splits: &fedclip::data::split::Splits,
+) -> PyResult<Vec<Py<Client>>> {
+    (splits.clients.iter())
+        .map(|c| {
+            let domain = &dataset.domains[c.domain];
+            let files = |idx: &[usize]| {
+                let paths = idx
+                    .iter()
+                    .map(|&i| domain.samples[i].path.display().to_string());
+                let labels = idx.iter().map(|&i| domain.samples[i].label as u32);
+                (paths.collect(), labels.collect())
+            };
+            let client = Client {
+                name: c.name.clone(),
+                domain: domain.name.clone(),
+                held_out: c.held_out,
+                files: files(&c.files),
+                train: files(&c.train),
+                val: files(&c.val),
+                test: files(&c.test),
+            };
+            Py::new(py, client)
+        })
+        .collect()
+}
+
+/// Each domain's position among the federation's (empty: the dataset is the federation's).
+fn partition_keys(dataset: &Dataset, federation: Option<&[String]>) -> anyhow::Result<Vec<u32>> {
+    let Some(all) = federation else {
+        return Ok(Vec::new());
+    };
+    (dataset.domains.iter())
+        .map(|d| {
+            let at = all.iter().position(|n| *n == d.name);
+            at.map(|i| i as u32).with_context(|| {
+                format!("domain `{}` is not one of the federation's {all:?}", d.name)
+            })
+        })
+        .collect()
+}
+
 #[pymethods]
 impl Splits {
+    /// `federation_domains`: every domain of the federation in `fedclip run`'s (sorted)
+    /// order, when this dataset holds only some of them (a Flower silo), so that its
+    /// `clients_per_domain` partition is the one `fedclip run` makes of the whole dataset.
     #[new]
-    fn new(py: Python<'_>, config_json: &str) -> PyResult<Splits> {
+    #[pyo3(signature = (config_json, federation_domains = None))]
+    fn new(
+        py: Python<'_>,
+        config_json: &str,
+        federation_domains: Option<Vec<String>>,
+    ) -> PyResult<Splits> {
         let cfg = parse_config(config_json)?;
         let (dataset, splits) = py
             .detach(|| -> anyhow::Result<_> {
@@ -70,42 +126,37 @@ impl Splits {
                     test_domains: cfg.test_domains.clone(),
                     clients_per_domain: cfg.clients_per_domain,
                     dirichlet_alpha: cfg.dirichlet_alpha,
+                    partition_keys: partition_keys(&dataset, federation_domains.as_deref())?,
                     ..SplitConfig::default()
                 };
-                let splits = make_splits(&dataset, &split_cfg)?;
+                let mut splits = make_splits(&dataset, &split_cfg)?;
+                for w in splits.check_training_data(&dataset, cfg.drop_empty_clients)? {
+                    eprintln!("warning: {w}");
+                }
                 Ok((dataset, splits))
             })
             .map_err(value_err)?;
-        let clients = splits
-            .clients
-            .iter()
-            .map(|c| {
-                let domain = &dataset.domains[c.domain];
-                let files = |idx: &[usize]| {
-                    let paths = idx
-                        .iter()
-                        .map(|&i| domain.samples[i].path.display().to_string());
-                    let labels = idx.iter().map(|&i| domain.samples[i].label as u32);
-                    (paths.collect(), labels.collect())
-                };
-                let client = Client {
-                    name: c.name.clone(),
-                    domain: domain.name.clone(),
-                    held_out: c.held_out,
-                    files: files(&c.files),
-                    train: files(&c.train),
-                    val: files(&c.val),
-                    test: files(&c.test),
-                };
-                Py::new(py, client)
-            })
-            .collect::<PyResult<_>>()?;
         Ok(Splits {
             prompts: dataset.prompts(&PromptTemplate::new(&cfg.prompt_template)),
-            classes: dataset.classes.clone(),
+            clients: client_objects(py, &dataset, &splits)?,
+            cfg,
+            dataset,
             splits,
-            clients,
         })
+    }
+
+    /// What `fedclip run` does before extracting: decodes every image `store`'s cache lacks
+    /// (under `max_image_pixels`). A bad image is a ValueError listing every one, or with
+    /// `skip_bad` it is left out of the clients' files and splits, with a warning. Returns
+    /// the paths left out, relative to the data root (`summary.json`'s `skipped_images`).
+    fn check_images(&mut self, py: Python<'_>, store: &FeatureStore) -> PyResult<Vec<String>> {
+        let (cfg, dataset) = (&self.cfg, &self.dataset);
+        let bad = py
+            .detach(|| find_bad(dataset, &store.cache, cfg.max_image_pixels, cfg.skip_bad))
+            .map_err(value_err)?;
+        bad.remove_from(&mut self.splits);
+        self.clients = client_objects(py, &self.dataset, &self.splits)?;
+        Ok(bad.rel_paths)
     }
 
     /// Every client, in `fedclip run`'s order (domain order, then client order).
@@ -116,7 +167,7 @@ impl Splits {
 
     #[getter]
     fn classes(&self) -> Vec<String> {
-        self.classes.clone()
+        self.dataset.classes.clone()
     }
 
     /// The class prompts (`prompt_template` applied), in class order.

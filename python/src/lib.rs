@@ -176,8 +176,8 @@ impl Model {
 /// The feature cache `fedclip run` uses: features keyed by the model's files and each
 /// image's bytes, computed with the model only when missing.
 #[pyclass(module = "fedclip._fedclip", frozen)]
-struct FeatureStore {
-    cache: FeatureCache,
+pub(crate) struct FeatureStore {
+    pub(crate) cache: FeatureCache,
     model: Py<Model>,
 }
 

@@ -317,10 +317,11 @@ impl RunDir {
     /// `best` the best round (1-based) and its mean validation accuracy, `adapter_parameters`
     /// the values of one client's parameters (`Clients.param_count`), `bytes_per_round` each
     /// round's `(down, up)` training traffic (`Strategy.bytes`), `finetuned` each training
-    /// client's test accuracy after `finetune_local_steps` (`Clients.finetune`).
+    /// client's test accuracy after `finetune_local_steps` (`Clients.finetune`),
+    /// `skipped_images` the images `skip_bad` left out (`Splits.check_images`).
     #[pyo3(signature = (clients, trainees, rounds_done, best, adapter_parameters, images_extracted,
         images_from_cache, bytes_per_round, seconds_extracting = 0.0, seconds_training = 0.0,
-        finetuned = None))]
+        finetuned = None, skipped_images = Vec::new()))]
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
@@ -336,6 +337,7 @@ impl RunDir {
         seconds_extracting: f64,
         seconds_training: f64,
         finetuned: Option<BTreeMap<String, f64>>,
+        skipped_images: Vec<String>,
     ) -> PyResult<String> {
         if let Some(t) = trainees.iter().find(|&&t| t >= clients.len()) {
             return Err(PyValueError::new_err(format!(
@@ -362,7 +364,7 @@ impl RunDir {
                     .map(|&(down, up)| Bytes { down, up })
                     .collect(),
             ),
-            skipped_images: Vec::new(),
+            skipped_images,
         };
         let cfg = &self.cfg;
         let summary = py

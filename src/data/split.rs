@@ -82,6 +82,10 @@ pub struct SplitConfig {
     pub dirichlet_alpha: f64,
     /// Each client of a partitioned domain gets at least `min(this, n / clients)` files.
     pub min_client_files: usize,
+    /// The Dirichlet partition's key `d` of each domain (empty: its index). A silo holding
+    /// some of a federation's domains passes their indices among all, so that its clients
+    /// are the ones `fedclip run` makes of the whole dataset.
+    pub partition_keys: Vec<u32>,
 }
 
 impl Default for SplitConfig {
@@ -93,6 +97,7 @@ impl Default for SplitConfig {
             clients_per_domain: 1,
             dirichlet_alpha: 0.5,
             min_client_files: 10,
+            partition_keys: Vec::new(),
         }
     }
 }
@@ -246,6 +251,13 @@ pub fn make_splits(dataset: &Dataset, config: &SplitConfig) -> Result<Splits> {
         "every domain of {} is a test domain; at least one must train",
         dataset.root.display()
     );
+    let keys = &config.partition_keys;
+    ensure!(
+        keys.is_empty() || keys.len() == dataset.domains.len(),
+        "{} partition keys for {} domains",
+        keys.len(),
+        dataset.domains.len()
+    );
     let mut clients = Vec::new();
     for (d, domain) in dataset.domains.iter().enumerate() {
         let n = domain.samples.len();
@@ -270,7 +282,7 @@ pub fn make_splits(dataset: &Dataset, config: &SplitConfig) -> Result<Splits> {
                 config.clients_per_domain,
                 config.dirichlet_alpha,
                 config.seed,
-                d as u32,
+                keys.get(d).copied().unwrap_or(d as u32),
                 config.min_client_files,
             )
             .with_context(|| format!("partitioning domain `{}`", domain.name))?
