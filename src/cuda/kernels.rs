@@ -40,17 +40,113 @@ fn opt<T>(v: Option<View<T>>) -> Arg {
     v.map_or(Arg::Ptr(0), |v| v.arg())
 }
 
-/// Which GEMM tile shape to launch.
+/// Which GEMM kernel version `GemmTile::Auto` takes: `FEDCLIP_GEMM=v1|v2`, default v1.
+///
+/// v1 stays the default until a GPU has measured v2 (benches/gpu_encode.rs prints both side
+/// by side): v2 has so far run only on the host emulator, never on a GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmVersion {
+    /// kernels/gemm.cu: K step 32, two cp.async stages, 32-bit fragment loads.
+    V1,
+    /// kernels/gemm2.cu: K step 64, three stages, ldmatrix, swizzled shared memory.
+    V2,
+}
+
+impl GemmVersion {
+    /// The version named by `FEDCLIP_GEMM` (unset or empty: v1).
+    pub fn from_env() -> Result<GemmVersion> {
+        match std::env::var("FEDCLIP_GEMM").unwrap_or_default().as_str() {
+            "" | "v1" => Ok(GemmVersion::V1),
+            "v2" => Ok(GemmVersion::V2),
+            other => bail!("FEDCLIP_GEMM={other}: expected v1 or v2"),
+        }
+    }
+}
+
+/// Which GEMM kernel (version and tile shape) to launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmTile {
-    /// 128×128 (8 warps) when that fills the GPU, else 64×64.
+    /// [`GemmVersion::from_env`]'s version, with the tile that fills the GPU (see `auto`).
     Auto,
-    /// 128×128, 8 warps of 64×32.
+    /// v1 128×128, 8 warps of 64×32.
     T128,
-    /// 128×128, 4 warps of 64×64.
+    /// v1 128×128, 4 warps of 64×64.
     T128W4,
-    /// 64×64, 4 warps of 32×32.
+    /// v1 64×64, 4 warps of 32×32.
     T64,
+    /// v2 128×128, 8 warps of 64×32, 96 KiB of shared memory.
+    V2T128,
+    /// v2 128×256, 8 warps of 64×64, 144 KiB of shared memory.
+    V2T128x256,
+}
+
+/// Launch geometry of one GEMM kernel.
+struct GemmLaunch {
+    name: &'static str,
+    bm: usize,
+    bn: usize,
+    threads: u32,
+    smem: u32,
+    /// v2 numbers its blocks itself from a one-dimensional grid.
+    linear_grid: bool,
+}
+
+impl GemmTile {
+    /// Every kernel, for tests and benches (so neither can forget one).
+    pub const ALL: [GemmTile; 5] = [
+        GemmTile::T128,
+        GemmTile::T128W4,
+        GemmTile::T64,
+        GemmTile::V2T128,
+        GemmTile::V2T128x256,
+    ];
+
+    pub fn version(self) -> Option<GemmVersion> {
+        match self {
+            GemmTile::Auto => None,
+            GemmTile::T128 | GemmTile::T128W4 | GemmTile::T64 => Some(GemmVersion::V1),
+            GemmTile::V2T128 | GemmTile::V2T128x256 => Some(GemmVersion::V2),
+        }
+    }
+
+    fn geometry(self) -> GemmLaunch {
+        let (name, bm, bn, threads, smem, linear_grid) = match self {
+            GemmTile::T128 => ("fc_gemm_128x128", 128, 128, 256, 40960, false),
+            GemmTile::T128W4 => ("fc_gemm_128x128w4", 128, 128, 128, 40960, false),
+            GemmTile::V2T128 => ("fc_gemm2_128x128", 128, 128, 256, 3 * 256 * 128, true),
+            GemmTile::V2T128x256 => ("fc_gemm2_128x256", 128, 256, 256, 3 * 384 * 128, true),
+            GemmTile::T64 | GemmTile::Auto => ("fc_gemm_64x64", 64, 64, 128, 20480, false),
+        };
+        GemmLaunch {
+            name,
+            bm,
+            bn,
+            threads,
+            smem,
+            linear_grid,
+        }
+    }
+
+    /// The tile `Auto` takes: the largest whose blocks still fill every SM (guesses until a GPU
+    /// has measured them), v2 only where the device grants its shared memory, else v1.
+    fn auto(gpu: &Gpu, m: usize, n: usize, version: GemmVersion) -> GemmTile {
+        let sms = gpu.info.sm_count as usize;
+        let blocks = |bm: usize, bn: usize| m.div_ceil(bm) * n.div_ceil(bn);
+        let fits = |t: GemmTile| t.geometry().smem <= gpu.info.max_smem_optin;
+        if version == GemmVersion::V2 {
+            if blocks(128, 256) >= 2 * sms && fits(GemmTile::V2T128x256) {
+                return GemmTile::V2T128x256;
+            }
+            if blocks(128, 128) >= sms && fits(GemmTile::V2T128) {
+                return GemmTile::V2T128;
+            }
+        }
+        if blocks(128, 128) >= sms {
+            GemmTile::T128
+        } else {
+            GemmTile::T64
+        }
+    }
 }
 
 /// `out[m, n] = act(Σ_k a[m, k]·w[n, k] + bias[n]) + resid[m, n]`: see kernels/gemm.cu.
@@ -99,28 +195,28 @@ impl Gemm<'_> {
             need(v, m * n, "gemm out16")?;
         }
         let tile = match tile {
-            GemmTile::Auto => {
-                let big = m.div_ceil(128) * n.div_ceil(128);
-                if big >= gpu.info.sm_count as usize {
-                    GemmTile::T128
-                } else {
-                    GemmTile::T64
-                }
-            }
+            GemmTile::Auto => GemmTile::auto(gpu, m, n, GemmVersion::from_env()?),
             t => t,
         };
-        let (name, bm, threads, smem) = match tile {
-            GemmTile::T128 => ("fc_gemm_128x128", 128, 256, 40960),
-            GemmTile::T128W4 => ("fc_gemm_128x128w4", 128, 128, 40960),
-            _ => ("fc_gemm_64x64", 64, 128, 20480),
+        let g = tile.geometry();
+        let grid = if g.linear_grid {
+            let blocks = m.div_ceil(g.bm) * n.div_ceil(g.bn);
+            ensure!(
+                blocks <= i32::MAX as usize,
+                "gemm: {m}×{n} needs more blocks than the grid holds"
+            );
+            (blocks as u32, 1, 1)
+        } else {
+            let grid_y = m.div_ceil(g.bm);
+            ensure!(grid_y <= 65535, "gemm: M = {m} rows exceeds the grid limit");
+            (n.div_ceil(g.bn) as u32, grid_y as u32, 1)
         };
-        let grid_y = m.div_ceil(bm);
-        ensure!(grid_y <= 65535, "gemm: M = {m} rows exceeds the grid limit");
+        gpu.allow_dynamic_smem(g.name, g.smem)?;
         gpu.launch(
-            name,
-            (n.div_ceil(bm) as u32, grid_y as u32, 1),
-            (threads, 1, 1),
-            smem,
+            g.name,
+            grid,
+            (g.threads, 1, 1),
+            g.smem,
             &[
                 self.a.arg(),
                 Arg::I32(int(self.lda, "lda")?),
@@ -137,6 +233,30 @@ impl Gemm<'_> {
             ],
         )
     }
+}
+
+/// The fragment-load self-check (tests only, kernels/fragments.cu): `out[p]` = `a·wᵀ` for
+/// the 16×16 fp16 matrices `a` and `w` (`bt` = `wᵀ`), computed by one warp with each fragment
+/// load path `p` (32-bit loads, ldmatrix.x4, .x4.trans, .x2 and .x2.trans); `out` is `[4, 16, 16]`.
+/// CPU twin: [`super::twins::gemm_epilogue`] without bias or activation.
+pub fn check_fragments(
+    gpu: &Gpu,
+    a: View<f16>,
+    w: View<f16>,
+    bt: View<f16>,
+    out: View<f32>,
+) -> Result<()> {
+    for (v, what) in [(a, "a"), (w, "w"), (bt, "bt")] {
+        need(v, 256, what)?;
+    }
+    need(out, 4 * 256, "out")?;
+    gpu.launch(
+        "fc_check_fragments",
+        (1, 1, 1),
+        (32, 1, 1),
+        3 * 16 * 24 * 2,
+        &[a.arg(), w.arg(), bt.arg(), out.arg()],
+    )
 }
 
 /// LayerNorm of rows of `x` (f32), gathered through `row_index` when given: see
