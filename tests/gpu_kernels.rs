@@ -488,7 +488,7 @@ fn attention_matches_ops_attention() {
             kinds.push(AttentionKernel::Rows);
         }
         if call.hd64_ok() {
-            kinds.push(AttentionKernel::Hd64);
+            kinds.extend([AttentionKernel::Hd64, AttentionKernel::Hd64V2]);
         }
         for kind in kinds {
             gpu.poison(out.view()).unwrap();
@@ -549,7 +549,11 @@ fn attention_splits_grids_over_the_row_limit() {
         head_dim: hd,
         causal: false,
     };
-    for kind in [AttentionKernel::Rows, AttentionKernel::Hd64] {
+    for kind in [
+        AttentionKernel::Rows,
+        AttentionKernel::Hd64,
+        AttentionKernel::Hd64V2,
+    ] {
         gpu.poison(out.view()).unwrap();
         call.launch(&gpu, kind).unwrap();
         let got = twins::from_f16(&gpu.read(out.view()).unwrap());

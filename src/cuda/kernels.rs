@@ -328,10 +328,15 @@ impl LayerNorm<'_> {
 /// Which attention kernel to launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionKernel {
-    /// The tensor-core kernel when the shape allows (head dim 64, aligned), else rows.
+    /// The tensor-core kernel (v1) when the shape allows (head dim 64, aligned), else rows.
+    /// v1 stays Auto's choice until a GPU has measured v2 (emulator-only so far).
     Auto,
     Rows,
+    /// v1, kernels/attention.cu `fc_attention_hd64`.
     Hd64,
+    /// v2, kernels/attention2.cu `fc_attention2_hd64`: cp.async double-buffered K/V,
+    /// ldmatrix (V through `.trans`); the same shapes as `Hd64`.
+    Hd64V2,
 }
 
 /// Multi-head attention over `batch` sequences of `seq` tokens: see kernels/attention.cu.
@@ -387,16 +392,20 @@ impl Attention<'_> {
         }
         need(self.out, span(b * s, width, self.ld_out), "attention out")?;
         let scale = (hd as f32).powf(-0.5);
-        let use_hd64 = match which {
-            AttentionKernel::Auto => self.hd64_ok(),
-            AttentionKernel::Hd64 => {
+        let tensor_kernel = match which {
+            AttentionKernel::Auto if self.hd64_ok() => Some("fc_attention_hd64"),
+            AttentionKernel::Auto | AttentionKernel::Rows => None,
+            AttentionKernel::Hd64 | AttentionKernel::Hd64V2 => {
                 ensure!(self.hd64_ok(), "attention: shape not for the hd64 kernel");
-                true
+                Some(if which == AttentionKernel::Hd64 {
+                    "fc_attention_hd64"
+                } else {
+                    "fc_attention2_hd64"
+                })
             }
-            AttentionKernel::Rows => false,
         };
         let smem_rows = rows_kernel_smem(s, hd);
-        if !use_hd64 {
+        if tensor_kernel.is_none() {
             ensure!(
                 smem_rows <= gpu.info.max_smem_optin as usize,
                 "attention: {s} tokens × head dim {hd} exceed the row kernel's shared memory ({} bytes on this device)",
@@ -428,14 +437,16 @@ impl Attention<'_> {
                 Arg::I32(int(h, "heads")?),
             ];
             let grid_y = (nb * h) as u32;
-            if use_hd64 {
+            if let Some(name) = tensor_kernel {
                 let mut args = common.to_vec();
                 args.extend([Arg::I32(self.causal as i32), Arg::F32(scale)]);
+                // v1: Q, K and transposed V tiles; v2: Q and two K and V tiles. [64][72] halves each.
+                let tiles = if name == "fc_attention_hd64" { 3 } else { 5 };
                 gpu.launch(
-                    "fc_attention_hd64",
+                    name,
                     (s.div_ceil(64) as u32, grid_y, 1),
                     (128, 1, 1),
-                    3 * 64 * 72 * 2,
+                    tiles * 64 * 72 * 2,
                     &args,
                 )?;
             } else {

@@ -49,6 +49,11 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
         kernels: &["fc_attention_rows", "fc_attention_hd64"],
     },
     KernelSource {
+        file: "attention2.cu",
+        source: include_str!("../../kernels/attention2.cu"),
+        kernels: &["fc_attention2_hd64"],
+    },
+    KernelSource {
         file: "embed.cu",
         source: include_str!("../../kernels/embed.cu"),
         kernels: &[
