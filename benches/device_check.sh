@@ -40,7 +40,7 @@ STAGES=(
     "5|45|PyTorch fp16 (eager, SDPA) on the same batches"
     "6|100|gpu_adapter, then the adapter bench against PyTorch at K = 1 and K = 1000"
     "7|45|gpu_run: fedclip run on the GPU against the CPU run"
-    "8g|45|GEMM TFLOP/s on every ViT GEMM shape: v1 and v2 tiles, cuBLAS (cublasGemmEx)"
+    "8g|45|GEMM TFLOP/s on every ViT GEMM shape: v1 and v2 tiles, cuBLAS (cublasGemmEx); attention v1 and v2"
     "8a|70|gpu_towers larger towers (B/16, L/14, L/14-336)"
     "8b|80|encode benches B/16, L/14: ours, then PyTorch"
     "8c|60|compute-sanitizer racecheck and memcheck on a gpu_kernels subset"

@@ -6,9 +6,10 @@
 //! benches/device_check.sh runs both on the device machine.
 //!
 //! Arguments (after `--`): model names to run (b32, b16, l14; default all), `--batches 1,32`,
-//! `--no-gemm`, `--no-encode`, `--gemm v1,v2,cublas` (which GEMMs to time; default all).
+//! `--no-gemm`, `--no-encode`, `--gemm v1,v2,cublas` (which GEMMs to time; default all). With
+//! the GEMMs come the head-dim-64 attention kernels v1 and v2 on the towers' shapes.
 
-use fedclip::cuda::kernels::{Gemm, GemmTile, GemmVersion};
+use fedclip::cuda::kernels::{Attention, AttentionKernel, Gemm, GemmTile, GemmVersion};
 use fedclip::cuda::{CudaVision, Gpu, availability};
 use fedclip::weights::{ClipConfig, TensorStore, write_random_clip};
 use half::f16;
@@ -337,6 +338,50 @@ fn gemms(gpu: &Arc<Gpu>, versions: &[&str]) {
     }
 }
 
+/// Attention v1 against v2 on each tower's shape at batch 256 (the fused QKV buffer, as the
+/// towers use it). FLOPs counted as 4·seq²·width per sequence (Q·Kᵀ and P·V), no masking.
+fn attentions(gpu: &Arc<Gpu>) {
+    // (label, seq, heads)
+    let shapes = [
+        ("B/32", 50, 12),
+        ("B/16", 197, 12),
+        ("L/14", 257, 16),
+        ("L/14-336", 577, 16),
+    ];
+    let batch = 256;
+    for (label, seq, heads) in shapes {
+        let width = heads * 64;
+        let rows = batch * seq;
+        let qkv: Vec<f16> = (0..rows * 3 * width)
+            .map(|i| f16::from_f32(((i * 7919) % 2001) as f32 / 1000.0 - 1.0))
+            .collect();
+        let qkv = gpu.upload(&qkv).unwrap();
+        let out = gpu.alloc::<f16>(rows * width).unwrap();
+        let call = Attention {
+            q: qkv.view(),
+            k: qkv.view().offset(width),
+            v: qkv.view().offset(2 * width),
+            ld_in: 3 * width,
+            out: out.view(),
+            ld_out: width,
+            batch,
+            seq,
+            heads,
+            head_dim: 64,
+            causal: false,
+        };
+        for kind in [AttentionKernel::Hd64, AttentionKernel::Hd64V2] {
+            let s = time(gpu, 10, || call.launch(gpu, kind).unwrap());
+            let flop = 4.0 * (batch * seq * seq * width) as f64;
+            println!(
+                "fedclip cuda attention {label:<8} batch {batch} × {seq} tokens × {heads} heads {kind:<6?}: {:>6.1} TFLOP/s ({:.3} ms)",
+                flop / s / 1e12,
+                s * 1e3
+            );
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match availability() {
@@ -386,5 +431,6 @@ fn main() {
             .and_then(|i| args.get(i + 1))
             .map_or(vec!["v1", "v2", "cublas"], |s| s.split(',').collect());
         gemms(&gpu, &versions);
+        attentions(&gpu);
     }
 }

@@ -55,7 +55,12 @@ pub enum GemmVersion {
 impl GemmVersion {
     /// The version named by `FEDCLIP_GEMM` (unset or empty: v1).
     pub fn from_env() -> Result<GemmVersion> {
-        match std::env::var("FEDCLIP_GEMM").unwrap_or_default().as_str() {
+        Self::parse(&std::env::var("FEDCLIP_GEMM").unwrap_or_default())
+    }
+
+    /// `FEDCLIP_GEMM`'s value: "" or "v1", "v2"; anything else is an error naming it.
+    pub fn parse(value: &str) -> Result<GemmVersion> {
+        match value {
             "" | "v1" => Ok(GemmVersion::V1),
             "v2" => Ok(GemmVersion::V2),
             other => bail!("FEDCLIP_GEMM={other}: expected v1 or v2"),
@@ -608,4 +613,30 @@ pub fn l2_normalize(gpu: &Gpu, x: View<f32>, rows: usize, dim: usize, eps: f32) 
             Arg::F32(eps),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_version_is_v1_unless_v2_is_named() {
+        assert_eq!(GemmVersion::parse("").unwrap(), GemmVersion::V1);
+        assert_eq!(GemmVersion::parse("v1").unwrap(), GemmVersion::V1);
+        assert_eq!(GemmVersion::parse("v2").unwrap(), GemmVersion::V2);
+        let e = GemmVersion::parse("V2").unwrap_err().to_string();
+        assert!(e.contains("FEDCLIP_GEMM=V2: expected v1 or v2"), "{e}");
+    }
+
+    #[test]
+    fn every_gemm_tile_has_a_version_and_a_kernel_of_that_version() {
+        for t in GemmTile::ALL {
+            let name = t.geometry().name;
+            match t.version() {
+                Some(GemmVersion::V1) => assert!(name.starts_with("fc_gemm_"), "{t:?}"),
+                Some(GemmVersion::V2) => assert!(name.starts_with("fc_gemm2_"), "{t:?}"),
+                None => panic!("{t:?} has no version"),
+            }
+        }
+    }
 }
