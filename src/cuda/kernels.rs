@@ -114,6 +114,12 @@ impl GemmTile {
         }
     }
 
+    /// Whether `gpu` grants this kernel's shared memory (v2's 128×256 needs 144 KiB: A100,
+    /// H100, H200 yes; sm_86 / sm_89 cards no).
+    pub fn available(self, gpu: &Gpu) -> bool {
+        self.geometry().smem <= gpu.info.max_smem_optin
+    }
+
     fn geometry(self) -> GemmLaunch {
         let (name, bm, bn, threads, smem, linear_grid) = match self {
             GemmTile::T128 => ("fc_gemm_128x128", 128, 128, 256, 40960, false),
@@ -137,12 +143,11 @@ impl GemmTile {
     fn auto(gpu: &Gpu, m: usize, n: usize, version: GemmVersion) -> GemmTile {
         let sms = gpu.info.sm_count as usize;
         let blocks = |bm: usize, bn: usize| m.div_ceil(bm) * n.div_ceil(bn);
-        let fits = |t: GemmTile| t.geometry().smem <= gpu.info.max_smem_optin;
         if version == GemmVersion::V2 {
-            if blocks(128, 256) >= 2 * sms && fits(GemmTile::V2T128x256) {
+            if blocks(128, 256) >= 2 * sms && GemmTile::V2T128x256.available(gpu) {
                 return GemmTile::V2T128x256;
             }
-            if blocks(128, 128) >= sms && fits(GemmTile::V2T128) {
+            if blocks(128, 128) >= sms && GemmTile::V2T128.available(gpu) {
                 return GemmTile::V2T128;
             }
         }
