@@ -36,10 +36,11 @@ STAGES=(
     "1|75|gpu_kernels: every kernel against its CPU twin"
     "2|60|gpu_towers without the large shapes: tiny models, ViT-B/32 both towers, embed jobs"
     "3|90|compare: fedclip embed --device cuda, ViT-B/32 random weights, vs transformers fp32 (gate) and fp16"
-    "4|45|our encode bench ViT-B/32 batch 1/32/256/1024, GEMM TFLOP/s on the ViT shapes"
+    "4|45|our encode bench ViT-B/32 batch 1/32/256/1024"
     "5|45|PyTorch fp16 (eager, SDPA) on the same batches"
     "6|100|gpu_adapter, then the adapter bench against PyTorch at K = 1 and K = 1000"
     "7|45|gpu_run: fedclip run on the GPU against the CPU run"
+    "8g|45|GEMM TFLOP/s on every ViT GEMM shape: v1 and v2 tiles, cuBLAS (cublasGemmEx); attention v1 and v2"
     "8a|70|gpu_towers larger towers (B/16, L/14, L/14-336)"
     "8b|80|encode benches B/16, L/14: ours, then PyTorch"
     "8c|60|compute-sanitizer racecheck and memcheck on a gpu_kernels subset"
@@ -163,17 +164,20 @@ have_gpu() {
 
 # NVRTC: pip wheels under every site-packages directory, then the usual CUDA folders; all
 # go on the loader path (13 before 12) and fedclip picks the one the driver can load.
-nvrtc_dirs() {
-    local sp=() d
+nvrtc_dirs() { lib_dirs libnvrtc; }
+
+# The directories holding <lib>.so.13 or .so.12 (13 first): pip wheels, then CUDA folders.
+lib_dirs() {
+    local lib="$1" sp=() d
     mapfile -t sp < <("${PY:-python3}" -c 'import site, sys; print("\n".join(site.getsitepackages() + [site.getusersitepackages()] + sys.path))' 2>/dev/null | sort -u)
     for ver in 13 12; do
         for d in "${sp[@]}"; do
-            for f in "$d"/nvidia/*/lib/libnvrtc.so."$ver"; do
+            for f in "$d"/nvidia/*/lib/"$lib".so."$ver"; do
                 [ -e "$f" ] && dirname "$f"
             done
         done
-        for f in /usr/local/cuda/lib64/libnvrtc.so."$ver" /usr/local/cuda-*/lib64/libnvrtc.so."$ver" \
-            /usr/local/cuda*/targets/x86_64-linux/lib/libnvrtc.so."$ver" /usr/lib/x86_64-linux-gnu/libnvrtc.so."$ver"; do
+        for f in /usr/local/cuda/lib64/"$lib".so."$ver" /usr/local/cuda-*/lib64/"$lib".so."$ver" \
+            /usr/local/cuda*/targets/x86_64-linux/lib/"$lib".so."$ver" /usr/lib/x86_64-linux-gnu/"$lib".so."$ver"; do
             [ -e "$f" ] && dirname "$f"
         done
     done | awk '!seen[$0]++'
@@ -280,7 +284,7 @@ stage_body() {
         1) test_binary gpu_kernels ;;
         2) test_binary gpu_towers --skip larger_vision_towers ;;
         3) "$PY" "$ROOT/benches/torch_gpu_encode.py" compare --models b32 --fedclip "$BIN/fedclip" ;;
-        4) "$BIN/bench_gpu_encode" b32 --batches 1,32,256,1024 ;;
+        4) "$BIN/bench_gpu_encode" b32 --batches 1,32,256,1024 --no-gemm ;;
         5) "$PY" "$ROOT/benches/torch_gpu_encode.py" bench --models b32 --batches 1,32,256,1024 ;;
         6)
             local rc=0
@@ -290,10 +294,17 @@ stage_body() {
             return "$rc"
             ;;
         7) test_binary gpu_run ;;
+        8g)
+            # cuBLAS from the pip wheels (torch's), for this bench only.
+            local dirs
+            dirs="$(lib_dirs libcublas | paste -sd:)"
+            LD_LIBRARY_PATH="$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+                "$BIN/bench_gpu_encode" --no-encode --gemm v1,v2,cublas
+            ;;
         8a) test_binary gpu_towers larger_vision_towers ;;
         8b)
             local rc=0
-            "$BIN/bench_gpu_encode" b16 l14 --batches 1,32,256 || rc=$?
+            "$BIN/bench_gpu_encode" b16 l14 --batches 1,32,256 --no-gemm || rc=$?
             "$PY" "$ROOT/benches/torch_gpu_encode.py" bench --models b16,l14 --batches 1,32,256 || rc=$?
             return "$rc"
             ;;
@@ -302,9 +313,10 @@ stage_body() {
             local rc=0 tool
             for tool in racecheck memcheck; do
                 echo "== compute-sanitizer --tool $tool"
-                # The emulator's small cases: GEMM (cp.async, mma), LayerNorm, both attention kernels.
+                # The emulator's small cases: GEMM v1 and v2 (cp.async, ldmatrix, mma), LayerNorm,
+                # both attention kernels.
                 FEDCLIP_SMALL_CASES=1 compute-sanitizer --tool "$tool" --error-exitcode 9 \
-                    "$BIN/gpu_kernels" --test-threads=1 gemm_residual layernorm attention_matches || rc=$?
+                    "$BIN/gpu_kernels" --test-threads=1 gemm_residual ldmatrix layernorm attention_matches || rc=$?
             done
             return "$rc"
             ;;

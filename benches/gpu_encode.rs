@@ -1,13 +1,15 @@
 //! CUDA engine throughput: images/s of the image tower from pixels already on the GPU, at
-//! batch 1/32/256/1024 for ViT-B/32, B/16 and L/14 (random weights), and the GEMM kernel's
-//! TFLOP/s on those models' GEMM shapes. `cargo bench --bench gpu_encode`; prints
-//! `skipped: no CUDA device` without one. benches/torch_gpu_encode.py measures transformers on
-//! the same shapes; benches/device_check.sh runs both on the device machine.
+//! batch 1/32/256/1024 for ViT-B/32, B/16 and L/14 (random weights), and the GEMM kernels'
+//! TFLOP/s on every GEMM shape of those models, each version and tile side by side with cuBLAS
+//! as the yardstick. `cargo bench --bench gpu_encode`; prints `skipped: no CUDA device` without
+//! one. benches/torch_gpu_encode.py measures transformers on the same shapes;
+//! benches/device_check.sh runs both on the device machine.
 //!
 //! Arguments (after `--`): model names to run (b32, b16, l14; default all), `--batches 1,32`,
-//! `--no-gemm`.
+//! `--no-gemm`, `--no-encode`, `--gemm v1,v2,cublas` (which GEMMs to time; default all). With
+//! the GEMMs come the head-dim-64 attention kernels v1 and v2 on the towers' shapes.
 
-use fedclip::cuda::kernels::{Gemm, GemmTile};
+use fedclip::cuda::kernels::{Attention, AttentionKernel, Gemm, GemmTile, GemmVersion};
 use fedclip::cuda::{CudaVision, Gpu, availability};
 use fedclip::weights::{ClipConfig, TensorStore, write_random_clip};
 use half::f16;
@@ -69,48 +71,311 @@ fn encode(gpu: &Arc<Gpu>, label: &str, file: &str, batches: &[usize]) {
     }
 }
 
-fn gemms(gpu: &Arc<Gpu>) {
-    // (label, M, N, K): one layer's GEMMs at batch 256.
-    let shapes = [
-        ("B/32 qkv", 256 * 50, 2304, 768),
-        ("B/32 fc1", 256 * 50, 3072, 768),
-        ("B/16 qkv", 256 * 197, 2304, 768),
-        ("B/16 out", 256 * 197, 768, 768),
-        ("B/16 fc1", 256 * 197, 3072, 768),
-        ("B/16 fc2", 256 * 197, 768, 3072),
-        ("L/14 qkv", 256 * 257, 3072, 1024),
-        ("L/14 out", 256 * 257, 1024, 1024),
-        ("L/14 fc1", 256 * 257, 4096, 1024),
-        ("L/14 fc2", 256 * 257, 1024, 4096),
-        ("L/14 patch", 256 * 256, 1024, 592),
-    ];
-    for (label, m, n, k) in shapes {
-        let a = gpu.upload(&vec![f16::from_f32(0.01); m * k]).unwrap();
-        let w = gpu.upload(&vec![f16::from_f32(0.01); n * k]).unwrap();
-        let bias = gpu.upload(&vec![0.0f32; n]).unwrap();
-        let out = gpu.alloc::<f16>(m * n).unwrap();
-        for tile in [GemmTile::T128, GemmTile::T128W4, GemmTile::T64] {
-            let s = time(gpu, 10, || {
-                Gemm {
-                    a: a.view(),
-                    lda: k,
-                    w: w.view(),
-                    ldw: k,
-                    m,
-                    n,
-                    k,
-                    bias: Some(bias.view()),
-                    act: Some(fedclip::weights::Activation::QuickGelu),
-                    resid: None,
-                    out32: None,
-                    out16: Some(out.view()),
+/// cuBLAS, loaded at run time for this bench only (the engine never needs it): our own
+/// four-function binding, as src/cuda/nvrtc.rs has for NVRTC, because cudarc's panics when the
+/// library is missing and cannot be pointed at a pip-installed copy. The library is
+/// `$FEDCLIP_CUBLAS` when set, else `libcublas.so.13`, then `.so.12`, on the loader path
+/// (benches/device_check.sh puts the pip wheels' directories there).
+mod cublas {
+    use libloading::Library;
+    use std::ffi::{c_int, c_void};
+
+    type CreateFn = unsafe extern "C" fn(*mut *mut c_void) -> c_int;
+    type DestroyFn = unsafe extern "C" fn(*mut c_void) -> c_int;
+    type VersionFn = unsafe extern "C" fn(*mut c_void, *mut c_int) -> c_int;
+    #[allow(clippy::type_complexity)]
+    type GemmExFn = unsafe extern "C" fn(
+        *mut c_void,
+        c_int,
+        c_int,
+        c_int,
+        c_int,
+        c_int,
+        *const c_void,
+        *const c_void,
+        c_int,
+        c_int,
+        *const c_void,
+        c_int,
+        c_int,
+        *const c_void,
+        *mut c_void,
+        c_int,
+        c_int,
+        c_int,
+        c_int,
+    ) -> c_int;
+
+    // cublas_api.h / library_types.h values.
+    const OP_N: c_int = 0;
+    const OP_T: c_int = 1;
+    const R_16F: c_int = 2;
+    const COMPUTE_32F: c_int = 68;
+    const GEMM_DEFAULT: c_int = -1;
+
+    pub struct Cublas {
+        handle: *mut c_void,
+        gemm_ex: GemmExFn,
+        destroy: DestroyFn,
+        pub version: i32,
+        pub path: String,
+        _lib: Library,
+    }
+
+    impl Cublas {
+        /// The first library that loads and creates a handle on the current context, or why
+        /// none did.
+        pub fn open() -> Result<Cublas, String> {
+            let names: Vec<String> = match std::env::var("FEDCLIP_CUBLAS") {
+                Ok(p) => vec![p],
+                Err(_) => vec!["libcublas.so.13".into(), "libcublas.so.12".into()],
+            };
+            let mut why = Vec::new();
+            for name in names {
+                match Self::open_one(&name) {
+                    Ok(c) => return Ok(c),
+                    Err(e) => why.push(format!("{name}: {e}")),
                 }
-                .launch(gpu, tile)
-                .unwrap();
-            });
+            }
+            Err(why.join("; "))
+        }
+
+        fn open_one(name: &str) -> Result<Cublas, String> {
+            // SAFETY: loading a library runs its initialisers; cuBLAS's are benign.
+            let lib = unsafe { Library::new(name) }.map_err(|e| e.to_string())?;
+            // SAFETY: the signatures match cublas_api.h (cublasCreate_v2, cublasDestroy_v2,
+            // cublasGetVersion_v2, cublasGemmEx).
+            let (create, destroy, version, gemm_ex) = unsafe {
+                let create = *lib
+                    .get::<CreateFn>(b"cublasCreate_v2\0")
+                    .map_err(|e| e.to_string())?;
+                let destroy = *lib
+                    .get::<DestroyFn>(b"cublasDestroy_v2\0")
+                    .map_err(|e| e.to_string())?;
+                let version = *lib
+                    .get::<VersionFn>(b"cublasGetVersion_v2\0")
+                    .map_err(|e| e.to_string())?;
+                let gemm = *lib
+                    .get::<GemmExFn>(b"cublasGemmEx\0")
+                    .map_err(|e| e.to_string())?;
+                (create, destroy, version, gemm)
+            };
+            let mut handle = std::ptr::null_mut();
+            // SAFETY: out-pointer to a handle; binds to the calling thread's current context
+            // (the device's primary context, which fedclip's Gpu also uses).
+            let status = unsafe { create(&mut handle) };
+            if status != 0 {
+                return Err(format!("cublasCreate_v2 returned status {status}"));
+            }
+            let mut v = 0;
+            // SAFETY: a live handle and an out-pointer.
+            unsafe { version(handle, &mut v) };
+            Ok(Cublas {
+                handle,
+                gemm_ex,
+                destroy,
+                version: v,
+                path: name.to_string(),
+                _lib: lib,
+            })
+        }
+
+        /// `out[m, n] = Σ_k a[m, k]·w[n, k]`, all row-major fp16 device pointers, f32
+        /// accumulation, on the legacy default stream (our kernels' stream). In cuBLAS's
+        /// column-major terms that is outᵀ (n × m) = (w as k × n)ᵀ · (a as k × m).
+        pub fn gemm_bt(&self, a: u64, w: u64, out: u64, m: usize, n: usize, k: usize) -> i32 {
+            let (alpha, beta) = (1.0f32, 0.0f32);
+            let (m, n, k) = (m as c_int, n as c_int, k as c_int);
+            // SAFETY: device pointers to buffers of the sizes the arguments describe; alpha
+            // and beta are host scalars (the default pointer mode).
+            unsafe {
+                (self.gemm_ex)(
+                    self.handle,
+                    OP_T,
+                    OP_N,
+                    n,
+                    m,
+                    k,
+                    (&alpha as *const f32).cast(),
+                    w as *const c_void,
+                    R_16F,
+                    k,
+                    a as *const c_void,
+                    R_16F,
+                    k,
+                    (&beta as *const f32).cast(),
+                    out as *mut c_void,
+                    R_16F,
+                    n,
+                    COMPUTE_32F,
+                    GEMM_DEFAULT,
+                )
+            }
+        }
+    }
+
+    impl Drop for Cublas {
+        fn drop(&mut self) {
+            // SAFETY: the handle was created by this library and is destroyed once.
+            unsafe { (self.destroy)(self.handle) };
+        }
+    }
+}
+
+/// (label, M, N, K): every GEMM of one image-tower layer, and the patch embedding, at batch 256.
+fn gemm_shapes() -> Vec<(String, usize, usize, usize)> {
+    // (model, width, MLP width, tokens, patch GEMM K: 3·P² rounded up to a multiple of 8)
+    let models = [
+        ("B/32", 768, 3072, 50, 3 * 32 * 32),
+        ("B/16", 768, 3072, 197, 3 * 16 * 16),
+        (
+            "L/14",
+            1024,
+            4096,
+            257,
+            (3 * 14 * 14usize).next_multiple_of(8),
+        ),
+    ];
+    let mut v = Vec::new();
+    for (model, w, mlp, tokens, kp) in models {
+        let rows = 256 * tokens;
+        v.push((format!("{model} qkv"), rows, 3 * w, w));
+        v.push((format!("{model} out"), rows, w, w));
+        v.push((format!("{model} fc1"), rows, mlp, w));
+        v.push((format!("{model} fc2"), rows, w, mlp));
+        v.push((format!("{model} patch"), 256 * (tokens - 1), w, kp));
+    }
+    v
+}
+
+fn tflops(m: usize, n: usize, k: usize, s: f64) -> f64 {
+    2.0 * (m * n * k) as f64 / s / 1e12
+}
+
+/// Each shape through every tile of the versions picked (fused bias + QuickGELU epilogue, fp16
+/// out), then cuBLAS (plain product, fp16 out). Warm L2 between repeats: the A operands
+/// (≥ 19 MB) mostly exceed what a repeat could keep cached anyway.
+fn gemms(gpu: &Arc<Gpu>, versions: &[&str]) {
+    let shapes = gemm_shapes();
+    let max = |f: fn(&(String, usize, usize, usize)) -> usize| shapes.iter().map(f).max().unwrap();
+    let (a_len, w_len, out_len) = (max(|s| s.1 * s.3), max(|s| s.2 * s.3), max(|s| s.1 * s.2));
+    let pattern = |len: usize| -> Vec<f16> {
+        (0..len)
+            .map(|i| f16::from_f32(((i * 7919) % 2001) as f32 / 2000.0 - 0.5))
+            .collect()
+    };
+    let a = gpu.upload(&pattern(a_len)).unwrap();
+    let w = gpu.upload(&pattern(w_len)).unwrap();
+    let out = gpu.alloc::<f16>(out_len).unwrap();
+    let bias = gpu.upload(&vec![0.0f32; max(|s| s.2)]).unwrap();
+    let cublas = if versions.contains(&"cublas") {
+        match cublas::Cublas::open() {
+            Ok(c) => {
+                println!("cuBLAS {} from {}", c.version, c.path);
+                Some(c)
+            }
+            Err(why) => {
+                println!("cuBLAS: not loaded ({why})");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    for (label, m, n, k) in shapes {
+        for tile in GemmTile::ALL {
+            let picked = match tile.version() {
+                Some(GemmVersion::V1) => versions.contains(&"v1"),
+                Some(GemmVersion::V2) => versions.contains(&"v2"),
+                None => false,
+            };
+            if !picked {
+                continue;
+            }
+            let gemm = Gemm {
+                a: a.view(),
+                lda: k,
+                w: w.view(),
+                ldw: k,
+                m,
+                n,
+                k,
+                bias: Some(bias.view()),
+                act: Some(fedclip::weights::Activation::QuickGelu),
+                resid: None,
+                out32: None,
+                out16: Some(out.view()),
+            };
+            if let Err(e) = gemm.launch(gpu, tile) {
+                println!("fedclip cuda gemm {label:<10} {tile:?}: not run ({e:#})");
+                continue;
+            }
+            let s = time(gpu, 10, || gemm.launch(gpu, tile).unwrap());
             println!(
-                "fedclip cuda gemm {label:<10} {m:>6}×{n:>4}×{k:>4} {tile:?}: {:>6.1} TFLOP/s ({:.3} ms)",
-                2.0 * (m * n * k) as f64 / s / 1e12,
+                "fedclip cuda gemm {label:<10} {m:>6}×{n:>4}×{k:>4} {tile:<10?}: {:>6.1} TFLOP/s ({:.3} ms)",
+                tflops(m, n, k, s),
+                s * 1e3
+            );
+        }
+        if let Some(c) = &cublas {
+            let (pa, pw, po) = (
+                a.view().device_ptr(),
+                w.view().device_ptr(),
+                out.view().device_ptr(),
+            );
+            let status = c.gemm_bt(pa, pw, po, m, n, k);
+            if status != 0 {
+                println!("cublas gemm {label:<10}: cublasGemmEx returned status {status}");
+                continue;
+            }
+            let s = time(gpu, 10, || assert_eq!(c.gemm_bt(pa, pw, po, m, n, k), 0));
+            println!(
+                "cublas      gemm {label:<10} {m:>6}×{n:>4}×{k:>4} GemmEx    : {:>6.1} TFLOP/s ({:.3} ms)",
+                tflops(m, n, k, s),
+                s * 1e3
+            );
+        }
+    }
+}
+
+/// Attention v1 against v2 on each tower's shape at batch 256 (the fused QKV buffer, as the
+/// towers use it). FLOPs counted as 4·seq²·width per sequence (Q·Kᵀ and P·V), no masking.
+fn attentions(gpu: &Arc<Gpu>) {
+    // (label, seq, heads)
+    let shapes = [
+        ("B/32", 50, 12),
+        ("B/16", 197, 12),
+        ("L/14", 257, 16),
+        ("L/14-336", 577, 16),
+    ];
+    let batch = 256;
+    for (label, seq, heads) in shapes {
+        let width = heads * 64;
+        let rows = batch * seq;
+        let qkv: Vec<f16> = (0..rows * 3 * width)
+            .map(|i| f16::from_f32(((i * 7919) % 2001) as f32 / 1000.0 - 1.0))
+            .collect();
+        let qkv = gpu.upload(&qkv).unwrap();
+        let out = gpu.alloc::<f16>(rows * width).unwrap();
+        let call = Attention {
+            q: qkv.view(),
+            k: qkv.view().offset(width),
+            v: qkv.view().offset(2 * width),
+            ld_in: 3 * width,
+            out: out.view(),
+            ld_out: width,
+            batch,
+            seq,
+            heads,
+            head_dim: 64,
+            causal: false,
+        };
+        for kind in [AttentionKernel::Hd64, AttentionKernel::Hd64V2] {
+            let s = time(gpu, 10, || call.launch(gpu, kind).unwrap());
+            let flop = 4.0 * (batch * seq * seq * width) as f64;
+            println!(
+                "fedclip cuda attention {label:<8} batch {batch} × {seq} tokens × {heads} heads {kind:<6?}: {:>6.1} TFLOP/s ({:.3} ms)",
+                flop / s / 1e12,
                 s * 1e3
             );
         }
@@ -152,12 +417,20 @@ fn main() {
         .map(String::as_str)
         .filter(|a| models.iter().any(|m| m.0 == *a))
         .collect();
-    for (key, label, file) in models {
-        if picked.is_empty() || picked.contains(&key) {
-            encode(&gpu, label, file, &batches);
+    if !args.iter().any(|a| a == "--no-encode") {
+        for (key, label, file) in models {
+            if picked.is_empty() || picked.contains(&key) {
+                encode(&gpu, label, file, &batches);
+            }
         }
     }
     if !args.iter().any(|a| a == "--no-gemm") {
-        gemms(&gpu);
+        let versions: Vec<&str> = args
+            .iter()
+            .position(|a| a == "--gemm")
+            .and_then(|i| args.get(i + 1))
+            .map_or(vec!["v1", "v2", "cublas"], |s| s.split(',').collect());
+        gemms(&gpu, &versions);
+        attentions(&gpu);
     }
 }

@@ -57,6 +57,45 @@ FC_DEVICE void mma_16816(float d[4], const u32 a[4], const u32 b[2]) {
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// ldmatrix.sync.aligned.m8n8.{x1,x2,x4}[.trans].shared.b16: a warp loads 8×8 matrices of halves
+// from shared memory, each row 16 contiguous, 16-byte aligned bytes. Lanes 8i..8i+7 give the
+// row addresses (rows 0..7) of matrix i (for .x2 only lanes 0..15 are read); register d[i]
+// receives matrix i's fragment, with g = lane / 4 and t = lane % 4 (PTX ISA, "Warp-level matrix
+// load instruction: ldmatrix"):
+//   plain:  d[i] = M_i[g][2t], M_i[g][2t+1]     (lower column in the low 16 bits)
+//   .trans: d[i] = M_i[2t][g], M_i[2t+1][g]     (the fragment of the transposed matrix)
+// So a plain load of rows of A gives mma_16816's a[] (matrices: rows 0-7/8-15 × k 0-7/8-15),
+// and a plain load of rows of W [N, K] gives b[] for B = Wᵀ; .trans serves a K-major B.
+FC_DEVICE u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+FC_DEVICE void ldmatrix_x4(u32 d[4], const half_t* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                 : "r"(smem_addr(row))
+                 : "memory");
+}
+
+FC_DEVICE void ldmatrix_x4_trans(u32 d[4], const half_t* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                 : "r"(smem_addr(row))
+                 : "memory");
+}
+
+FC_DEVICE void ldmatrix_x2(u32 d[2], const half_t* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];"
+                 : "=r"(d[0]), "=r"(d[1])
+                 : "r"(smem_addr(row))
+                 : "memory");
+}
+
+FC_DEVICE void ldmatrix_x2_trans(u32 d[2], const half_t* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];"
+                 : "=r"(d[0]), "=r"(d[1])
+                 : "r"(smem_addr(row))
+                 : "memory");
+}
+
 // Asynchronous 16-byte global → shared copy; when `valid` is false nothing is read and the 16
 // destination bytes are zero-filled (src-size 0). `gmem` must still be a mapped address.
 FC_DEVICE void cp_async16(void* smem, const void* gmem, bool valid) {

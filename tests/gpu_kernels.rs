@@ -130,6 +130,8 @@ fn gemm_cases(emulated: bool) -> Vec<GemmCase> {
             c(197, 130, 72),
             c(64, 257, 40),
             c(130, 50, 200),
+            // K over many 64-wide steps: v2's three stages each refilled twice or more.
+            c(40, 264, 456),
         ]
     } else {
         let sizes = [1usize, 17, 50, 197, 257, 1000, 3072];
@@ -162,7 +164,18 @@ fn gemm_matches_linear_with_every_epilogue() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng::new("gemm");
     let cases = gemm_cases(small(&gpu));
-    println!("{} shapes × 3 tiles", cases.len());
+    let missing: Vec<GemmTile> = GemmTile::ALL
+        .into_iter()
+        .filter(|t| !t.available(&gpu))
+        .collect();
+    println!(
+        "{} shapes × {} tiles (not on this device, too little shared memory: {missing:?})",
+        cases.len(),
+        GemmTile::ALL.len() - missing.len()
+    );
+    // The epilogue rotates through its four variants from a random start, so that every run
+    // covers each of them at several shapes.
+    let first_variant = rng.below(4);
     for (ci, case) in cases.iter().enumerate() {
         let (m, n, k) = (case.m, case.n, case.k);
         let lda = k + case.pad_a;
@@ -172,7 +185,7 @@ fn gemm_matches_linear_with_every_epilogue() {
         let bias = rng.vec(n, 0.5);
         let resid = rng.vec(m * n, 1.0);
         // The epilogue varies with the case: bias/act/residual on or off, both outputs.
-        let variant = rng.below(4);
+        let variant = (first_variant + ci as u64) % 4;
         let act = match variant {
             0 => None,
             1 => Some(Activation::QuickGelu),
@@ -200,7 +213,8 @@ fn gemm_matches_linear_with_every_epilogue() {
         let r_dev = gpu.upload(&resid).unwrap();
         let out32 = gpu.alloc::<f32>(m * n).unwrap();
         let out16 = gpu.alloc::<f16>(m * n).unwrap();
-        for tile in [GemmTile::T128, GemmTile::T128W4, GemmTile::T64] {
+        // Every tile the device can launch (v2's 128×256 needs 144 KiB of shared memory).
+        for tile in GemmTile::ALL.into_iter().filter(|t| t.available(&gpu)) {
             gpu.poison(out32.view()).unwrap();
             gpu.poison(out16.view()).unwrap();
             Gemm {
@@ -249,24 +263,66 @@ fn gemm_residual_update_in_place() {
         gpu.upload(&f16s(&w)).unwrap(),
         gpu.upload(&bias).unwrap(),
     );
-    let h_dev = gpu.upload(&h).unwrap();
-    Gemm {
-        a: a_dev.view(),
-        lda: k,
-        w: w_dev.view(),
-        ldw: k,
-        m,
-        n,
-        k,
-        bias: Some(b_dev.view()),
-        act: None,
-        resid: Some(h_dev.view()),
-        out32: Some(h_dev.view()),
-        out16: None,
+    let tiles = GemmTile::ALL.into_iter().filter(|t| t.available(&gpu));
+    for tile in [GemmTile::Auto].into_iter().chain(tiles) {
+        let h_dev = gpu.upload(&h).unwrap();
+        Gemm {
+            a: a_dev.view(),
+            lda: k,
+            w: w_dev.view(),
+            ldw: k,
+            m,
+            n,
+            k,
+            bias: Some(b_dev.view()),
+            act: None,
+            resid: Some(h_dev.view()),
+            out32: Some(h_dev.view()),
+            out16: None,
+        }
+        .launch(&gpu, tile)
+        .unwrap();
+        check(
+            &format!("h += x·wᵀ + b {tile:?}"),
+            &gpu.read(h_dev.view()).unwrap(),
+            &want,
+        );
     }
-    .launch(&gpu, GemmTile::Auto)
-    .unwrap();
-    check("h += x·wᵀ + b", &gpu.read(h_dev.view()).unwrap(), &want);
+}
+
+/// ldmatrix (x4, x4.trans, x2, x2.trans) gives mma the same fragments as v1's 32-bit loads:
+/// the four products of kernels/fragments.cu agree bit for bit (same fragments, same mma), and
+/// the first matches the CPU within the GEMM's error model.
+#[test]
+fn ldmatrix_fragments_equal_the_32_bit_loads() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("ldmatrix");
+    let a = twins::round_f16(&rng.vec(256, 1.0));
+    let w = twins::round_f16(&rng.vec(256, 0.25));
+    let bt: Vec<f32> = (0..256).map(|i| w[(i % 16) * 16 + i / 16]).collect();
+    let want = twins::gemm_epilogue(&a, 16, 16, &w, 16, None, None, None);
+    let (a_dev, w_dev, bt_dev) = (
+        gpu.upload(&f16s(&a)).unwrap(),
+        gpu.upload(&f16s(&w)).unwrap(),
+        gpu.upload(&f16s(&bt)).unwrap(),
+    );
+    let out = gpu.alloc::<f32>(4 * 256).unwrap();
+    gpu.poison(out.view()).unwrap();
+    kernels::check_fragments(&gpu, a_dev.view(), w_dev.view(), bt_dev.view(), out.view()).unwrap();
+    let got = gpu.read(out.view()).unwrap();
+    check("fragments via 32-bit loads", &got[..256], &want);
+    let paths = ["ldmatrix.x4", "ldmatrix.x4.trans", "ldmatrix.x2(.trans)"];
+    for (p, name) in paths.iter().enumerate() {
+        let path = &got[256 * (p + 1)..256 * (p + 2)];
+        let differ = path
+            .iter()
+            .zip(&got[..256])
+            .position(|(x, y)| x.to_bits() != y.to_bits());
+        assert_eq!(
+            differ, None,
+            "{name}: element {differ:?} differs from the 32-bit-load path"
+        );
+    }
 }
 
 #[test]
@@ -442,7 +498,7 @@ fn attention_matches_ops_attention() {
             kinds.push(AttentionKernel::Rows);
         }
         if call.hd64_ok() {
-            kinds.push(AttentionKernel::Hd64);
+            kinds.extend([AttentionKernel::Hd64, AttentionKernel::Hd64V2]);
         }
         for kind in kinds {
             gpu.poison(out.view()).unwrap();
@@ -503,7 +559,11 @@ fn attention_splits_grids_over_the_row_limit() {
         head_dim: hd,
         causal: false,
     };
-    for kind in [AttentionKernel::Rows, AttentionKernel::Hd64] {
+    for kind in [
+        AttentionKernel::Rows,
+        AttentionKernel::Hd64,
+        AttentionKernel::Hd64V2,
+    ] {
         gpu.poison(out.view()).unwrap();
         call.launch(&gpu, kind).unwrap();
         let got = twins::from_f16(&gpu.read(out.view()).unwrap());

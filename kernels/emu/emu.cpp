@@ -52,6 +52,7 @@ struct Warp {
     float vals[32];
     uint32_t a[32][4];
     uint32_t b[32][2];
+    const void* rows[32]; // ldmatrix row addresses
 };
 
 struct Block {
@@ -67,6 +68,8 @@ struct Block {
     std::vector<Warp> warps;
     std::vector<unsigned char> smem;
     bool eager_copies = false; // cp.async lands at issue (else: only when waited for)
+    std::string fault;         // a kernel's misuse of an instruction (first one), or ""
+
     std::function<void()> body;
 };
 
@@ -118,6 +121,7 @@ bool runnable(const Block& b, const Fiber& f) {
 std::string run_block(Block& b, bool reverse) {
     b.bar_count = 0;
     b.bar_gen = 0;
+    b.fault.clear();
     for (Warp& w : b.warps) w.count = 0;
     std::fill(b.smem.begin(), b.smem.end(), (unsigned char)0xFF);
     for (int i = 0; i < b.n; ++i) {
@@ -156,7 +160,7 @@ std::string run_block(Block& b, bool reverse) {
                    std::to_string(b.bidx.z) + ")";
         }
     }
-    return "";
+    return b.fault;
 }
 
 template <typename... A, size_t... I>
@@ -271,6 +275,50 @@ void mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
         for (int k = 0; k < 16; ++k) s += A[row][k] * B[k][col];
         d[i] = s;
     }
+}
+
+// Records the block's first fault (the launch then fails with it).
+void fault(const std::string& what) {
+    if (tb->fault.empty()) {
+        tb->fault = what + " (block " + std::to_string(tb->bidx.x) + "," +
+                    std::to_string(tb->bidx.y) + "," + std::to_string(tb->bidx.z) + ", thread " +
+                    std::to_string(tb->cur->tid.x) + ")";
+    }
+}
+
+// ldmatrix.sync.aligned.m8n8.x{count}[.trans].shared.b16, from the PTX ISA's description: lanes
+// 8i..8i+7 hold the addresses of rows 0..7 of matrix i (16 bytes each, 16-byte aligned, in
+// shared memory; lanes from 8·count on are not read); with g = lane >> 2, t = lane & 3,
+// register d[i] receives row g, columns 2t and 2t+1 of matrix i (the lower column in the low 16
+// bits), or with .trans rows 2t and 2t+1 of column g.
+void ldmatrix(uint32_t* d, int count, bool trans, const void* row) {
+    Warp& w = tb->warps[tb->cur->warp];
+    const int lane = tb->cur->lane;
+    w.rows[lane] = row;
+    warp_barrier();
+    const unsigned char* lo = tb->smem.data();
+    const unsigned char* hi = lo + tb->smem.size();
+    for (int l = 0; l < 8 * count; ++l) {
+        const unsigned char* p = static_cast<const unsigned char*>(w.rows[l]);
+        if (p < lo || p + 16 > hi || ((uintptr_t)p & 15) != 0) {
+            fault("ldmatrix: lane " + std::to_string(l) +
+                  "'s row address is not 16 aligned bytes inside dynamic shared memory");
+        }
+    }
+    const int g = lane >> 2, t = lane & 3;
+    auto half_at = [&](int matrix, int r, int c) -> uint32_t {
+        const unsigned char* p = static_cast<const unsigned char*>(w.rows[8 * matrix + r]);
+        if (p < lo || p + 16 > hi) return 0;
+        uint16_t v;
+        memcpy(&v, p + 2 * c, 2);
+        return v;
+    };
+    for (int i = 0; i < count; ++i) {
+        const uint32_t a = trans ? half_at(i, 2 * t, g) : half_at(i, g, 2 * t);
+        const uint32_t b = trans ? half_at(i, 2 * t + 1, g) : half_at(i, g, 2 * t + 1);
+        d[i] = a | (b << 16);
+    }
+    warp_barrier(); // every lane has read the addresses
 }
 
 void do_copy(const Copy& c) {

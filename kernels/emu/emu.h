@@ -7,9 +7,10 @@
 // the next warp: every warp gets as far ahead of the others as the barriers allow, so a
 // missing __syncthreads shows up as a wrong result. Four schedules, cycled over successive
 // launches: warps in forward or reverse order, cp.async copies landing at issue or only when
-// waited for. Dynamic shared memory starts as NaN bytes (0xFF), and mma.sync is computed from
-// the PTX ISA's fragment layouts (see mma_16816 in emu.cpp). Not modelled: memory ordering
-// between lanes of a warp without __syncwarp, timing, and bank conflicts.
+// waited for. Dynamic shared memory starts as NaN bytes (0xFF), and mma.sync and ldmatrix are
+// computed from the PTX ISA's fragment layouts (see mma_16816 and ldmatrix in emu.cpp). Not
+// modelled: memory ordering between lanes of a warp without __syncwarp, timing, and bank
+// conflicts.
 #pragma once
 
 #include <math.h>
@@ -44,6 +45,7 @@ void syncthreads();
 void syncwarp();
 float shfl_xor(float v, int mask);
 void mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2]);
+void ldmatrix(uint32_t* d, int count, bool trans, const void* row);
 void cp_async16(void* dst, const void* src, bool valid);
 void cp_async_commit();
 void cp_async_wait(int pending);
@@ -55,6 +57,18 @@ FC_DEVICE float h2f(unsigned short h) { return emu::h2f(h); }
 FC_DEVICE unsigned short f2h(float f) { return emu::f2h(f); }
 FC_DEVICE void mma_16816(float d[4], const unsigned a[4], const unsigned b[2]) {
     emu::mma_16816(d, a, b);
+}
+FC_DEVICE void ldmatrix_x4(unsigned d[4], const unsigned short* row) {
+    emu::ldmatrix(d, 4, false, row);
+}
+FC_DEVICE void ldmatrix_x4_trans(unsigned d[4], const unsigned short* row) {
+    emu::ldmatrix(d, 4, true, row);
+}
+FC_DEVICE void ldmatrix_x2(unsigned d[2], const unsigned short* row) {
+    emu::ldmatrix(d, 2, false, row);
+}
+FC_DEVICE void ldmatrix_x2_trans(unsigned d[2], const unsigned short* row) {
+    emu::ldmatrix(d, 2, true, row);
 }
 FC_DEVICE void cp_async16(void* smem, const void* gmem, bool valid) {
     emu::cp_async16(smem, gmem, valid);

@@ -682,6 +682,12 @@ impl<'a, T> View<'a, T> {
         Arg::Ptr(self.ptr)
     }
 
+    /// The raw device address (a `CUdeviceptr`), for handing to another CUDA library on the
+    /// same context (benches/gpu_encode.rs times cuBLAS on our buffers).
+    pub fn device_ptr(self) -> u64 {
+        self.ptr
+    }
+
     pub(crate) fn aligned16(self) -> bool {
         self.ptr.is_multiple_of(16)
     }

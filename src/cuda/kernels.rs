@@ -40,17 +40,123 @@ fn opt<T>(v: Option<View<T>>) -> Arg {
     v.map_or(Arg::Ptr(0), |v| v.arg())
 }
 
-/// Which GEMM tile shape to launch.
+/// Which GEMM kernel version `GemmTile::Auto` takes: `FEDCLIP_GEMM=v1|v2`, default v1.
+///
+/// v1 stays the default until a GPU has measured v2 (benches/gpu_encode.rs prints both side
+/// by side): v2 has so far run only on the host emulator, never on a GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmVersion {
+    /// kernels/gemm.cu: K step 32, two cp.async stages, 32-bit fragment loads.
+    V1,
+    /// kernels/gemm2.cu: K step 64, three stages, ldmatrix, swizzled shared memory.
+    V2,
+}
+
+impl GemmVersion {
+    /// The version named by `FEDCLIP_GEMM` (unset or empty: v1).
+    pub fn from_env() -> Result<GemmVersion> {
+        Self::parse(&std::env::var("FEDCLIP_GEMM").unwrap_or_default())
+    }
+
+    /// `FEDCLIP_GEMM`'s value: "" or "v1", "v2"; anything else is an error naming it.
+    pub fn parse(value: &str) -> Result<GemmVersion> {
+        match value {
+            "" | "v1" => Ok(GemmVersion::V1),
+            "v2" => Ok(GemmVersion::V2),
+            other => bail!("FEDCLIP_GEMM={other}: expected v1 or v2"),
+        }
+    }
+}
+
+/// Which GEMM kernel (version and tile shape) to launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmTile {
-    /// 128×128 (8 warps) when that fills the GPU, else 64×64.
+    /// [`GemmVersion::from_env`]'s version, with the tile that fills the GPU (see `auto`).
     Auto,
-    /// 128×128, 8 warps of 64×32.
+    /// v1 128×128, 8 warps of 64×32.
     T128,
-    /// 128×128, 4 warps of 64×64.
+    /// v1 128×128, 4 warps of 64×64.
     T128W4,
-    /// 64×64, 4 warps of 32×32.
+    /// v1 64×64, 4 warps of 32×32.
     T64,
+    /// v2 128×128, 8 warps of 64×32, 96 KiB of shared memory.
+    V2T128,
+    /// v2 128×256, 8 warps of 64×64, 144 KiB of shared memory.
+    V2T128x256,
+}
+
+/// Launch geometry of one GEMM kernel.
+struct GemmLaunch {
+    name: &'static str,
+    bm: usize,
+    bn: usize,
+    threads: u32,
+    smem: u32,
+    /// v2 numbers its blocks itself from a one-dimensional grid.
+    linear_grid: bool,
+}
+
+impl GemmTile {
+    /// Every kernel, for tests and benches (so neither can forget one).
+    pub const ALL: [GemmTile; 5] = [
+        GemmTile::T128,
+        GemmTile::T128W4,
+        GemmTile::T64,
+        GemmTile::V2T128,
+        GemmTile::V2T128x256,
+    ];
+
+    pub fn version(self) -> Option<GemmVersion> {
+        match self {
+            GemmTile::Auto => None,
+            GemmTile::T128 | GemmTile::T128W4 | GemmTile::T64 => Some(GemmVersion::V1),
+            GemmTile::V2T128 | GemmTile::V2T128x256 => Some(GemmVersion::V2),
+        }
+    }
+
+    /// Whether `gpu` grants this kernel's shared memory (v2's 128×256 needs 144 KiB: A100,
+    /// H100, H200 yes; sm_86 / sm_89 cards no).
+    pub fn available(self, gpu: &Gpu) -> bool {
+        self.geometry().smem <= gpu.info.max_smem_optin
+    }
+
+    fn geometry(self) -> GemmLaunch {
+        let (name, bm, bn, threads, smem, linear_grid) = match self {
+            GemmTile::T128 => ("fc_gemm_128x128", 128, 128, 256, 40960, false),
+            GemmTile::T128W4 => ("fc_gemm_128x128w4", 128, 128, 128, 40960, false),
+            GemmTile::V2T128 => ("fc_gemm2_128x128", 128, 128, 256, 3 * 256 * 128, true),
+            GemmTile::V2T128x256 => ("fc_gemm2_128x256", 128, 256, 256, 3 * 384 * 128, true),
+            GemmTile::T64 | GemmTile::Auto => ("fc_gemm_64x64", 64, 64, 128, 20480, false),
+        };
+        GemmLaunch {
+            name,
+            bm,
+            bn,
+            threads,
+            smem,
+            linear_grid,
+        }
+    }
+
+    /// The tile `Auto` takes: the largest whose blocks still fill every SM (guesses until a GPU
+    /// has measured them), v2 only where the device grants its shared memory, else v1.
+    fn auto(gpu: &Gpu, m: usize, n: usize, version: GemmVersion) -> GemmTile {
+        let sms = gpu.info.sm_count as usize;
+        let blocks = |bm: usize, bn: usize| m.div_ceil(bm) * n.div_ceil(bn);
+        if version == GemmVersion::V2 {
+            if blocks(128, 256) >= 2 * sms && GemmTile::V2T128x256.available(gpu) {
+                return GemmTile::V2T128x256;
+            }
+            if blocks(128, 128) >= sms && GemmTile::V2T128.available(gpu) {
+                return GemmTile::V2T128;
+            }
+        }
+        if blocks(128, 128) >= sms {
+            GemmTile::T128
+        } else {
+            GemmTile::T64
+        }
+    }
 }
 
 /// `out[m, n] = act(Σ_k a[m, k]·w[n, k] + bias[n]) + resid[m, n]`: see kernels/gemm.cu.
@@ -99,28 +205,28 @@ impl Gemm<'_> {
             need(v, m * n, "gemm out16")?;
         }
         let tile = match tile {
-            GemmTile::Auto => {
-                let big = m.div_ceil(128) * n.div_ceil(128);
-                if big >= gpu.info.sm_count as usize {
-                    GemmTile::T128
-                } else {
-                    GemmTile::T64
-                }
-            }
+            GemmTile::Auto => GemmTile::auto(gpu, m, n, GemmVersion::from_env()?),
             t => t,
         };
-        let (name, bm, threads, smem) = match tile {
-            GemmTile::T128 => ("fc_gemm_128x128", 128, 256, 40960),
-            GemmTile::T128W4 => ("fc_gemm_128x128w4", 128, 128, 40960),
-            _ => ("fc_gemm_64x64", 64, 128, 20480),
+        let g = tile.geometry();
+        let grid = if g.linear_grid {
+            let blocks = m.div_ceil(g.bm) * n.div_ceil(g.bn);
+            ensure!(
+                blocks <= i32::MAX as usize,
+                "gemm: {m}×{n} needs more blocks than the grid holds"
+            );
+            (blocks as u32, 1, 1)
+        } else {
+            let grid_y = m.div_ceil(g.bm);
+            ensure!(grid_y <= 65535, "gemm: M = {m} rows exceeds the grid limit");
+            (n.div_ceil(g.bn) as u32, grid_y as u32, 1)
         };
-        let grid_y = m.div_ceil(bm);
-        ensure!(grid_y <= 65535, "gemm: M = {m} rows exceeds the grid limit");
+        gpu.allow_dynamic_smem(g.name, g.smem)?;
         gpu.launch(
-            name,
-            (n.div_ceil(bm) as u32, grid_y as u32, 1),
-            (threads, 1, 1),
-            smem,
+            g.name,
+            grid,
+            (g.threads, 1, 1),
+            g.smem,
             &[
                 self.a.arg(),
                 Arg::I32(int(self.lda, "lda")?),
@@ -137,6 +243,30 @@ impl Gemm<'_> {
             ],
         )
     }
+}
+
+/// The fragment-load self-check (tests only, kernels/fragments.cu): `out[p]` = `a·wᵀ` for
+/// the 16×16 fp16 matrices `a` and `w` (`bt` = `wᵀ`), computed by one warp with each fragment
+/// load path `p` (32-bit loads, ldmatrix.x4, .x4.trans, .x2 and .x2.trans); `out` is `[4, 16, 16]`.
+/// CPU twin: [`super::twins::gemm_epilogue`] without bias or activation.
+pub fn check_fragments(
+    gpu: &Gpu,
+    a: View<f16>,
+    w: View<f16>,
+    bt: View<f16>,
+    out: View<f32>,
+) -> Result<()> {
+    for (v, what) in [(a, "a"), (w, "w"), (bt, "bt")] {
+        need(v, 256, what)?;
+    }
+    need(out, 4 * 256, "out")?;
+    gpu.launch(
+        "fc_check_fragments",
+        (1, 1, 1),
+        (32, 1, 1),
+        3 * 16 * 24 * 2,
+        &[a.arg(), w.arg(), bt.arg(), out.arg()],
+    )
 }
 
 /// LayerNorm of rows of `x` (f32), gathered through `row_index` when given: see
@@ -208,10 +338,15 @@ impl LayerNorm<'_> {
 /// Which attention kernel to launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionKernel {
-    /// The tensor-core kernel when the shape allows (head dim 64, aligned), else rows.
+    /// The tensor-core kernel (v1) when the shape allows (head dim 64, aligned), else rows.
+    /// v1 stays Auto's choice until a GPU has measured v2 (emulator-only so far).
     Auto,
     Rows,
+    /// v1, kernels/attention.cu `fc_attention_hd64`.
     Hd64,
+    /// v2, kernels/attention2.cu `fc_attention2_hd64`: cp.async double-buffered K/V,
+    /// ldmatrix (V through `.trans`); the same shapes as `Hd64`.
+    Hd64V2,
 }
 
 /// Multi-head attention over `batch` sequences of `seq` tokens: see kernels/attention.cu.
@@ -267,16 +402,20 @@ impl Attention<'_> {
         }
         need(self.out, span(b * s, width, self.ld_out), "attention out")?;
         let scale = (hd as f32).powf(-0.5);
-        let use_hd64 = match which {
-            AttentionKernel::Auto => self.hd64_ok(),
-            AttentionKernel::Hd64 => {
+        let tensor_kernel = match which {
+            AttentionKernel::Auto if self.hd64_ok() => Some("fc_attention_hd64"),
+            AttentionKernel::Auto | AttentionKernel::Rows => None,
+            AttentionKernel::Hd64 | AttentionKernel::Hd64V2 => {
                 ensure!(self.hd64_ok(), "attention: shape not for the hd64 kernel");
-                true
+                Some(if which == AttentionKernel::Hd64 {
+                    "fc_attention_hd64"
+                } else {
+                    "fc_attention2_hd64"
+                })
             }
-            AttentionKernel::Rows => false,
         };
         let smem_rows = rows_kernel_smem(s, hd);
-        if !use_hd64 {
+        if tensor_kernel.is_none() {
             ensure!(
                 smem_rows <= gpu.info.max_smem_optin as usize,
                 "attention: {s} tokens × head dim {hd} exceed the row kernel's shared memory ({} bytes on this device)",
@@ -308,14 +447,16 @@ impl Attention<'_> {
                 Arg::I32(int(h, "heads")?),
             ];
             let grid_y = (nb * h) as u32;
-            if use_hd64 {
+            if let Some(name) = tensor_kernel {
                 let mut args = common.to_vec();
                 args.extend([Arg::I32(self.causal as i32), Arg::F32(scale)]);
+                // v1: Q, K and transposed V tiles; v2: Q and two K and V tiles. [64][72] halves each.
+                let tiles = if name == "fc_attention_hd64" { 3 } else { 5 };
                 gpu.launch(
-                    "fc_attention_hd64",
+                    name,
                     (s.div_ceil(64) as u32, grid_y, 1),
                     (128, 1, 1),
-                    3 * 64 * 72 * 2,
+                    tiles * 64 * 72 * 2,
                     &args,
                 )?;
             } else {
@@ -477,4 +618,30 @@ pub fn l2_normalize(gpu: &Gpu, x: View<f32>, rows: usize, dim: usize, eps: f32) 
             Arg::F32(eps),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_version_is_v1_unless_v2_is_named() {
+        assert_eq!(GemmVersion::parse("").unwrap(), GemmVersion::V1);
+        assert_eq!(GemmVersion::parse("v1").unwrap(), GemmVersion::V1);
+        assert_eq!(GemmVersion::parse("v2").unwrap(), GemmVersion::V2);
+        let e = GemmVersion::parse("V2").unwrap_err().to_string();
+        assert!(e.contains("FEDCLIP_GEMM=V2: expected v1 or v2"), "{e}");
+    }
+
+    #[test]
+    fn every_gemm_tile_has_a_version_and_a_kernel_of_that_version() {
+        for t in GemmTile::ALL {
+            let name = t.geometry().name;
+            match t.version() {
+                Some(GemmVersion::V1) => assert!(name.starts_with("fc_gemm_"), "{t:?}"),
+                Some(GemmVersion::V2) => assert!(name.starts_with("fc_gemm2_"), "{t:?}"),
+                None => panic!("{t:?} has no version"),
+            }
+        }
+    }
 }

@@ -29,6 +29,16 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
         kernels: &["fc_gemm_128x128", "fc_gemm_128x128w4", "fc_gemm_64x64"],
     },
     KernelSource {
+        file: "gemm2.cu",
+        source: include_str!("../../kernels/gemm2.cu"),
+        kernels: &["fc_gemm2_128x128", "fc_gemm2_128x256"],
+    },
+    KernelSource {
+        file: "fragments.cu",
+        source: include_str!("../../kernels/fragments.cu"),
+        kernels: &["fc_check_fragments"],
+    },
+    KernelSource {
         file: "layernorm.cu",
         source: include_str!("../../kernels/layernorm.cu"),
         kernels: &["fc_layernorm"],
@@ -37,6 +47,11 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
         file: "attention.cu",
         source: include_str!("../../kernels/attention.cu"),
         kernels: &["fc_attention_rows", "fc_attention_hd64"],
+    },
+    KernelSource {
+        file: "attention2.cu",
+        source: include_str!("../../kernels/attention2.cu"),
+        kernels: &["fc_attention2_hd64"],
     },
     KernelSource {
         file: "embed.cu",
