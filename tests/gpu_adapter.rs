@@ -2,8 +2,10 @@
 //! random inputs: awkward widths (37, 61, 512), batches of 1, 2, 31, 33 and 1000, one client
 //! and 37 clients with ragged batches (absent, size 1, different sizes), several steps with a
 //! reset and FedProx in between, both losses, Adam and AdamW. Losses agree within 1e-4
-//! relative and every client's parameters within 1e-4 relative (f32 on both sides); the updates
-//! of a step are compared with an f64 reference, where the GPU must be as accurate as the CPU.
+//! relative and every client's parameters within 1e-4 relative (f32 on both sides), each plus
+//! a per-element allowance from the error model ([`Drift`]: the gradient's rounding carried
+//! through Adam); the updates of a step are compared with an f64 reference, where the GPU
+//! must be as accurate as the CPU's error model allows.
 //!
 //! Without a GPU each test prints `skipped: no CUDA device` and passes; with
 //! `FEDCLIP_EMULATE=1` the same comparisons run the kernels on the host emulator
@@ -20,14 +22,14 @@ use fedclip::adapter::{
 use fedclip::cuda::{CudaAdapters, Gpu, test_gpu};
 use std::sync::Arc;
 
-/// Losses and parameters: relative tolerance (f32 on both sides, different summation orders).
-/// Losses: off by ≤ 16u·(s + |loss|) by the first-step test's model, 2e-5 relative for s = 100
-/// and losses above 1. Parameters: NOT yet from an error model. Adam moves an element by
-/// −lr·g/(|g| + eps), so the backends differ where |g| is within a few eps of zero, by up to
-/// lr·δg/eps with δg the f32 gradient's rounding; with s = 100 the gradients reach ~10 and δg
-/// ~1e-6, so one such element can exceed 1e-4 of ‖θ‖ (seed 205212118255506 on the emulator:
-/// `ragged_clients_match_cpu` K=37 d=37, client 9 off by 1.73e-4 after its first step). The
-/// fix is the first-step test's per-element allowance in `check_params`; to do.
+/// Losses: see [`close`]. Parameters: a client's two parameter vectors may be
+/// TOL·‖θ‖ apart plus the norm of a per-element allowance ([`Drift`]): Adam moves an element by
+/// about −lr·m/(√v + eps), so where the gradient is within its rounding of zero the two
+/// backends' updates are independent draws in ±lr (seed 205212118255506 on the emulator:
+/// `ragged_clients_match_cpu` K=37 d=37, client 9 off by 1.73e-4 after its first step, before
+/// the allowance). TOL is what the allowance leaves out: the feedback of an earlier difference
+/// through the next gradients (curvature × allowance, ≪ ‖θ‖) and f32 summation-order drift of
+/// well-conditioned elements (a few u per step).
 const TOL: f64 = 1e-4;
 /// The parameters' change since the start of a case, relative to the larger of its norm and
 /// the norm of one full Adam step (lr per parameter). A guard against gross errors only: Adam
@@ -122,41 +124,139 @@ enum Op {
     NoProximal,
 }
 
-fn close(a: f32, b: f32) -> bool {
-    (a as f64 - b as f64).abs() <= TOL * (b as f64).abs() + 1e-6
+/// Two losses of one batch agree: each backend is within 16u·(s + |loss|) of the exact loss
+/// (the first-step test's model: logits are s·cos in ±s, so the log-sum-exp's rounding is set
+/// by s, not by the loss, which can be a cancellation near 0), so they are within twice that,
+/// plus `slack` when they were computed at different parameters.
+fn close(a: f32, b: f32, cfg: &TrainConfig, slack: f64) -> bool {
+    let s = (cfg.logit_scale as f64).exp();
+    (a as f64 - b as f64).abs() <= 32.0 * U32 * (s + (b as f64).abs()) + slack
+}
+
+/// Per element, how far the GPU's parameters may be from the CPU's after the steps so far:
+/// the first-step test's error model carried through every step. Before each step, with the
+/// CPU's parameters θ, moments m, v and gradient g (f32), and σ the gradient's rounding
+/// ([`gradient_noise`]): beside the CPU's moments, two Adam trajectories are kept whose every
+/// gradient was off by +K·σ and by −K·σ (K = [`NOISE_SPREAD`]; one sign throughout is the
+/// worst case, as mixed signs cancel in m), and the element's allowance grows by the larger
+/// difference between their update and the CPU's, plus Adam's own f32 rounding
+/// (2u·|θ| + 8u·|Δ|). Where |g| ≫ K·σ that is a few u of the update; where g is within its
+/// rounding of zero, up to the ±lr an Adam step can take.
+struct Drift {
+    allow: Vec<f64>,
+    /// The moments (m, v) of the +Kσ and −Kσ trajectories.
+    high: Vec<(f64, f64)>,
+    low: Vec<(f64, f64)>,
+    /// Per client, how far this step's losses may differ: to first order Σ |∂loss/∂θ_i|·allow_i
+    /// over the allowance before the step (the backends step from different parameters).
+    loss_slack: Vec<f64>,
+    /// For σ's draws: its own stream, so that the case's inputs are those of the same seed
+    /// without the allowance.
+    rng: Rng,
+}
+
+impl Drift {
+    fn new(len: usize, rng: &Rng) -> Drift {
+        Drift {
+            rng: Rng(rng.0.rotate_left(41) | 1),
+            allow: vec![0.0; len],
+            high: vec![(0.0, 0.0); len],
+            low: vec![(0.0, 0.0); len],
+            loss_slack: Vec::new(),
+        }
+    }
+
+    /// Moments restart at zero (a reset): so do the trajectories'.
+    fn reset(&mut self) {
+        self.high.fill((0.0, 0.0));
+        self.low.fill((0.0, 0.0));
+    }
+
+    /// Grows the allowance for the step the CPU is about to take on `data`.
+    fn step(
+        &mut self,
+        cpu: &CpuAdapters,
+        prox: Option<(f32, &[f32])>,
+        data: &[Option<(Vec<f32>, Vec<u32>)>],
+    ) {
+        let cfg = *cpu.config();
+        let opt = &cfg.optimizer;
+        let state = cpu.optimizer_state();
+        let theta = cpu.read_all_params().unwrap();
+        let texts = cpu.texts().as_slice();
+        let c = texts.len() / cpu.dim();
+        let p = theta.len() / cpu.num_clients();
+        self.loss_slack = vec![0.0; data.len()];
+        for (k, batch) in data.iter().enumerate() {
+            let Some((x, labels)) = batch else { continue };
+            if labels.len() < cfg.min_batch.max(1) {
+                continue;
+            }
+            let th = &theta[k * p..(k + 1) * p];
+            let g = client_loss_grad(&cfg, prox, labels, [th, x, texts], c).1;
+            let sigma = gradient_noise(&mut self.rng, &cfg, prox, labels, [th, x, texts]);
+            let t = state.steps[k] + 1;
+            let allow = &self.allow[k * p..(k + 1) * p];
+            self.loss_slack[k] = g.iter().zip(allow).map(|(&g, &a)| g.abs() as f64 * a).sum();
+            for i in 0..p {
+                let e = k * p + i;
+                let (t0, gi, b) = (th[i] as f64, g[i] as f64, NOISE_SPREAD * sigma[i]);
+                let (m, v) = adam_moments(opt, t0, state.m[e] as f64, state.v[e] as f64, gi);
+                let want = adam_apply(opt, t, t0, m, v);
+                let mut worst = 0.0f64;
+                for (side, db) in [(&mut self.high[e], b), (&mut self.low[e], -b)] {
+                    *side = adam_moments(opt, t0, side.0, side.1, gi + db);
+                    worst = worst.max((adam_apply(opt, t, t0, side.0, side.1) - want).abs());
+                }
+                let delta = (want - t0).abs();
+                self.allow[e] += worst + 2.0 * U32 * t0.abs() + 8.0 * U32 * delta;
+            }
+        }
+    }
 }
 
 /// Both backends agree on every client's parameters, and on their change since `start`.
-fn check_params(what: &str, gpu: &CudaAdapters, cpu: &CpuAdapters, start: &[f32]) {
+/// `drift`: the per-element allowance ([`Drift`]); none where no step has been taken.
+fn check_params(
+    what: &str,
+    gpu: &CudaAdapters,
+    cpu: &CpuAdapters,
+    start: &[f32],
+    drift: Option<&Drift>,
+) {
     let lr = cpu.config().optimizer.lr;
     let got = gpu.read_all_params().unwrap();
     let want = cpu.read_all_params().unwrap();
     let p = want.len() / cpu.num_clients();
-    let (mut worst, mut worst_update) = (0.0f64, 0.0f64);
+    let (mut worst, mut worst_update, mut worst_allow) = (0.0f64, 0.0f64, 0.0f64);
     for k in 0..cpu.num_clients() {
         let (g, w) = (&got[k * p..(k + 1) * p], &want[k * p..(k + 1) * p]);
         assert!(
             g.iter().all(|v| v.is_finite()),
             "{what}: client {k} has non-finite parameters"
         );
+        let allowed = drift.map_or(0.0, |d| norm64(d.allow[k * p..(k + 1) * p].iter().copied()));
+        let limit = TOL + allowed / norm64(w.iter().map(|&v| v as f64)).max(f64::MIN_POSITIVE);
         let err = relative_error(g, w);
         assert!(
-            err <= TOL,
-            "{what}: client {k} parameters differ by {err:.2e} (> {TOL:.0e})"
+            err <= limit,
+            "{what}: client {k} parameters differ by {err:.2e} (> {TOL:.0e} + allowance = {limit:.2e})"
         );
-        worst = worst.max(err);
+        worst = worst.max(err / limit);
+        worst_allow = worst_allow.max(limit);
         let s = &start[k * p..(k + 1) * p];
         let dg: Vec<f32> = g.iter().zip(s).map(|(a, b)| a - b).collect();
         let dw: Vec<f32> = w.iter().zip(s).map(|(a, b)| a - b).collect();
         if dw.iter().any(|&v| v != 0.0) {
             let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
             let diff: Vec<f32> = dg.iter().zip(&dw).map(|(a, b)| a - b).collect();
-            let e = norm(&diff) / norm(&dw).max(lr * (p as f64).sqrt());
+            let scale = norm(&dw).max(lr * (p as f64).sqrt());
+            let (e, limit) = (norm(&diff) / scale, TOL_UPDATE + allowed / scale);
             assert!(
-                e <= TOL_UPDATE,
-                "{what}: client {k} parameter updates differ by {e:.2e} (> {TOL_UPDATE:.0e})"
+                e <= limit,
+                "{what}: client {k} parameter updates differ by {e:.2e} (> {TOL_UPDATE:.0e} + allowance = {limit:.2e})"
             );
-            worst_update = worst_update.max(e);
+            worst_update = worst_update.max(e / limit);
         } else {
             assert!(
                 dg.iter().all(|&v| v == 0.0),
@@ -164,7 +264,9 @@ fn check_params(what: &str, gpu: &CudaAdapters, cpu: &CpuAdapters, start: &[f32]
             );
         }
     }
-    println!("  {what}: parameters {worst:.2e}, updates {worst_update:.2e}");
+    println!(
+        "  {what}: parameters {worst:.2} of their limit (largest limit {worst_allow:.1e}), updates {worst_update:.2} of theirs"
+    );
 }
 
 /// Runs `ops` on both backends, comparing after every step.
@@ -198,7 +300,9 @@ fn compare(
         dev.set_client_params(j, &p).unwrap();
     }
     let start = cpu.read_all_params().unwrap();
-    check_params(&format!("{name} start"), &dev, &cpu, &start);
+    check_params(&format!("{name} start"), &dev, &cpu, &start, None);
+    let mut drift = Drift::new(start.len(), rng);
+    let mut prox: Option<(f32, Vec<f32>)> = None;
     for (i, op) in ops.iter().enumerate() {
         match op {
             Op::Step(sizes) => {
@@ -209,13 +313,15 @@ fn compare(
                     .iter()
                     .map(|o| o.as_ref().map(|(f, l)| ClientBatch::new(f, l)))
                     .collect();
+                let anchor = prox.as_ref().map(|(mu, a)| (*mu, a.as_slice()));
+                drift.step(&cpu, anchor, &data);
                 let want = cpu.step(&batches).unwrap();
                 let got = dev.step(&batches).unwrap();
                 for j in 0..k {
                     match (got[j], want[j]) {
                         (None, None) => {}
                         (Some(g), Some(w)) => assert!(
-                            close(g, w),
+                            close(g, w, &config, drift.loss_slack[j]),
                             "{name} op {i}: client {j} loss {g} on the GPU, {w} on the CPU"
                         ),
                         (g, w) => panic!("{name} op {i}: client {j} loss {g:?} vs {w:?}"),
@@ -226,20 +332,23 @@ fn compare(
                     .map(|j| format!("{:?}/{:?}", got[j], want[j]))
                     .collect();
                 println!("  {name} op {i} step: losses (GPU/CPU) {}", shown.join(" "));
-                check_params(&format!("{name} op {i}"), &dev, &cpu, &start);
+                check_params(&format!("{name} op {i}"), &dev, &cpu, &start, Some(&drift));
             }
             Op::Reset => {
                 cpu.reset();
                 dev.reset();
+                drift.reset();
             }
             Op::Proximal(mu) => {
                 let anchor = cpu.client_params(0).unwrap();
                 cpu.set_proximal(*mu, Some(&anchor)).unwrap();
                 dev.set_proximal(*mu, Some(&anchor)).unwrap();
+                prox = Some((*mu, anchor.as_slice().to_vec()));
             }
             Op::NoProximal => {
                 cpu.set_proximal(0.0, None).unwrap();
                 dev.set_proximal(0.0, None).unwrap();
+                prox = None;
             }
         }
         assert_eq!(dev.steps(), cpu.steps());
@@ -495,6 +604,31 @@ fn adam_first_step_one(cfg: &OptimizerConfig, p: f64, g: f64) -> f64 {
     p - cfg.lr / bc1 * m / (v.sqrt() / bc2.sqrt() + cfg.eps)
 }
 
+/// Adam's moments after step t from (m, v) with loss gradient `g` at parameter `p`, in f64.
+fn adam_moments(cfg: &OptimizerConfig, p: f64, m: f64, v: f64, g: f64) -> (f64, f64) {
+    let g = match cfg.kind {
+        OptimizerKind::Adam => g + cfg.weight_decay * p,
+        OptimizerKind::AdamW => g,
+    };
+    (
+        m + (1.0 - cfg.beta1) * (g - m),
+        cfg.beta2 * v + (1.0 - cfg.beta2) * g * g,
+    )
+}
+
+/// The parameter after step t with the new moments (m, v), in f64.
+fn adam_apply(cfg: &OptimizerConfig, t: u64, p: f64, m: f64, v: f64) -> f64 {
+    let (bc1, bc2) = (
+        1.0 - cfg.beta1.powf(t as f64),
+        1.0 - cfg.beta2.powf(t as f64),
+    );
+    let p = match cfg.kind {
+        OptimizerKind::Adam => p,
+        OptimizerKind::AdamW => p * (1.0 - cfg.lr * cfg.weight_decay),
+    };
+    p - cfg.lr / bc1 * m / (v.sqrt() / bc2.sqrt() + cfg.eps)
+}
+
 fn norm64(v: impl Iterator<Item = f64>) -> f64 {
     v.map(|x| x * x).sum::<f64>().sqrt()
 }
@@ -539,45 +673,77 @@ fn client_loss_grad<T: Real>(
     (l, grad)
 }
 
-/// A client's gradient at (parameters, features, texts).
-type GradAt<'a, T> = dyn Fn(&[T], &[T], &[T]) -> Vec<T> + 'a;
-
 /// The rounding error of an f32 gradient of one client's batch, per element: the RMS, over
-/// eight draws of inputs (parameters, features, texts) each moved by at most one ulp, of the
-/// CPU's f32 gradient (`loss_and_grad::<f32>`, the code `CpuAdapters` runs) minus the f64
-/// gradient at the same inputs. This samples every rounding the f32 computation makes: the
-/// accumulations (whose error is set by the terms' magnitudes, not the result's), and the
-/// element-wise ones that cancel, 1 − H² where tanh saturates and p − 1 where the softmax is
-/// confident, which both backends round alike and which no perturbation of the inputs alone
-/// would show.
+/// eight draws, of the CPU's f32 gradient (`loss_and_grad::<f32>`, the code `CpuAdapters`
+/// runs) minus the f64 gradient at the same inputs, where each draw moves every input
+/// (parameters, features, texts) by at most one ulp and renumbers the classes at random
+/// (texts' rows and labels alike, which leaves the exact gradient as it is). This samples
+/// every rounding the f32 computation makes: the accumulations (whose error is set by the
+/// terms' magnitudes, not the result's), and the element-wise ones that cancel, 1 − H² where
+/// tanh saturates and p − 1 where the softmax is confident.
+///
+/// Why renumber the classes: where the softmax over the classes is confident, p_y − 1 =
+/// e_y/Σe − 1 carries the rounding of Σe ≈ 1 (a few ulp of 1) divided by 1 − p_y, and that
+/// rounding depends on where in the sum the dominant term comes; moving the inputs by an ulp
+/// moves Σe by far less than an ulp of 1, so without renumbering all eight draws repeat the
+/// CPU's one rounding of it. Seed 101012974736978 (class loss, C = 45, B = 2, 1 − p_y =
+/// 1.3e-4): the CPU's sequential sum happened to be within 0.05 ulp, the GPU's warp sum
+/// (32 lanes, then 5 butterfly steps) 0.95 ulp off, so σ was ~20× too small there and the
+/// GPU's update error 1.2× the model's. Over random rows of this shape the warp sum is the
+/// more accurate of the two orders (0.7 against 1.4 ulp RMS): not a GPU defect.
 fn gradient_noise(
     rng: &mut Rng,
+    cfg: &TrainConfig,
+    prox: Option<(f32, &[f32])>,
+    labels: &[u32],
     inputs: [&[f32]; 3],
-    grad32: &GradAt<'_, f32>,
-    grad64: &GradAt<'_, f64>,
 ) -> Vec<f64> {
-    let mut jitter = |v: &[f32]| -> Vec<f32> {
-        v.iter()
-            .map(|&a| match rng.below(3) {
-                0 => a.next_down(),
-                1 => a,
-                _ => a.next_up(),
-            })
-            .collect()
-    };
+    let [theta, x, texts] = inputs;
+    let d = theta_width(theta.len());
+    let c = texts.len() / d;
     let wide = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
     const SAMPLES: usize = 8;
+    // The renumbering draws from its own stream, so that `rng` advances as it did before
+    // renumbering existed and old seeds still replay the same inputs.
+    let mut renumber = Rng(rng.0.rotate_left(29) | 1);
     let mut sq = Vec::new();
     for _ in 0..SAMPLES {
-        let [t, x, tx] = inputs.map(&mut jitter);
-        let g32 = grad32(&t, &x, &tx);
-        let g64 = grad64(&wide(&t), &wide(&x), &wide(&tx));
+        let mut jitter = |v: &[f32]| -> Vec<f32> {
+            v.iter()
+                .map(|&a| match rng.below(3) {
+                    0 => a.next_down(),
+                    1 => a,
+                    _ => a.next_up(),
+                })
+                .collect()
+        };
+        let (t, x) = (jitter(theta), jitter(x));
+        let tx = jitter(texts);
+        // Class k becomes class order[k].
+        let mut order: Vec<usize> = (0..c).collect();
+        for i in (1..c).rev() {
+            order.swap(i, renumber.below(i + 1));
+        }
+        let mut tx_perm = vec![0.0f32; tx.len()];
+        for (k, row) in tx.chunks_exact(d).enumerate() {
+            tx_perm[order[k] * d..(order[k] + 1) * d].copy_from_slice(row);
+        }
+        let y: Vec<u32> = labels.iter().map(|&l| order[l as usize] as u32).collect();
+        let g32 = client_loss_grad(cfg, prox, &y, [&t, &x, &tx_perm], c).1;
+        let g64 = client_loss_grad(cfg, prox, &y, [&wide(&t), &wide(&x), &wide(&tx_perm)], c).1;
         sq.resize(g64.len(), 0.0);
         for ((s, &a), b) in sq.iter_mut().zip(&g32).zip(&g64) {
             *s += (a as f64 - b) * (a as f64 - b);
         }
     }
     sq.iter().map(|s| (s / SAMPLES as f64).sqrt()).collect()
+}
+
+/// The width d of an adapter with `p` = 2d² + 2d parameters.
+fn theta_width(p: usize) -> usize {
+    let d = ((p as f64 / 2.0).sqrt()) as usize;
+    assert_eq!(2 * d * d + 2 * d, p, "not an adapter's parameter count");
+    d
 }
 
 /// The first step's loss and update of every client against the same step computed in f64
@@ -598,10 +764,9 @@ fn gradient_noise(
 /// `expf`/`tanhf`/`logf` within 2 ulp where the CPU's are within 3). The CPU is held to the
 /// same model, so the model is not tuned to the GPU.
 ///
-/// Open: it held on 26 of 27 emulator seeds; on seed 101012974736978 (class loss, C = 45,
-/// AdamW, B = 2) the emulated GPU's gradient is off by ≈ 13σ at several elements with
-/// |g| ≈ 1e-5 where the CPU's is within 1σ (update error GPU 1.4e-5, model 1.1e-5, CPU
-/// 3.4e-6): a real accuracy difference of the GPU path, not yet located.
+/// It failed on seed 101012974736978 (GPU 1.4e-5, model 1.1e-5, CPU 3.4e-6) until σ's draws
+/// also renumbered the classes: the CPU's rounding of a confident softmax's sum had been
+/// frozen into σ (see [`gradient_noise`]); the model, not the kernel, was wrong.
 #[test]
 fn first_step_is_as_accurate_as_the_cpu() {
     let Some(gpu) = gpu() else { return };
@@ -652,17 +817,15 @@ fn first_step_is_as_accurate_as_the_cpu() {
             let loss_grad = |theta: &[f64], x: &[f64], texts: &[f64]| {
                 client_loss_grad(&cfg, prox, labels, [theta, x, texts], c)
             };
-            let loss_grad32 = |theta: &[f32], x: &[f32], texts: &[f32]| {
-                client_loss_grad(&cfg, prox, labels, [theta, x, texts], c)
-            };
             let wide = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
             let (theta64, x64) = (wide(theta), wide(&data[j].0));
             let (l64, grad) = loss_grad(&theta64, &x64, &wide(s.texts.as_slice()));
             let sigma = gradient_noise(
                 &mut rng,
+                &cfg,
+                prox,
+                labels,
                 [theta, &data[j].0, s.texts.as_slice()],
-                &|t, x, tx| loss_grad32(t, x, tx).1,
-                &|t, x, tx| loss_grad(t, x, tx).1,
             );
             let want64 = adam_first_step_f64(&cfg.optimizer, &theta64, &grad);
             let delta64: Vec<f64> = want64.iter().zip(&theta64).map(|(a, b)| a - b).collect();
@@ -783,14 +946,14 @@ fn errors_name_client_and_step_and_leave_state_alone() {
     let mut start = start;
     let p = s.init.as_slice().len();
     start[p..2 * p].copy_from_slice(s.init.as_slice());
-    check_params("after divergence", &dev, &cpu, &start);
+    check_params("after divergence", &dev, &cpu, &start, None);
     // And training goes on.
     let want = cpu.step(&batches(&data)).unwrap();
     let got = dev.step(&batches(&data)).unwrap();
     for j in 0..k {
-        assert!(close(got[j].unwrap(), want[j].unwrap()));
+        assert!(close(got[j].unwrap(), want[j].unwrap(), &cfg, 0.0));
     }
-    check_params("after recovery", &dev, &cpu, &start);
+    check_params("after recovery", &dev, &cpu, &start, None);
 
     // Predict checks its input too.
     let e = dev.predict(0, &[f32::NAN; 37]).unwrap_err().to_string();
@@ -820,7 +983,7 @@ fn optimizer_state_round_trips() {
         let got = dev.step(&b).unwrap();
         for j in 0..k {
             match (got[j], want[j]) {
-                (Some(g), Some(w)) => assert!(close(g, w), "loss {g} vs {w}"),
+                (Some(g), Some(w)) => assert!(close(g, w, &cfg, 0.0), "loss {g} vs {w}"),
                 (g, w) => assert_eq!(g.is_some(), w.is_some()),
             }
         }
@@ -845,7 +1008,7 @@ fn optimizer_state_round_trips() {
         .copied()
         .collect::<Vec<f32>>();
     step_both(&mut rng, &mut cpu, &mut dev2);
-    check_params("restored", &dev2, &cpu, &start);
+    check_params("restored", &dev2, &cpu, &start, None);
     // Reset forgets moments and counts, keeps parameters.
     let params = dev2.read_all_params().unwrap();
     dev2.reset();
