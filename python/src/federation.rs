@@ -5,7 +5,7 @@
 //! over these in Python reproduces `fedclip run`'s adapters bit for bit.
 
 use crate::errors::{Kind, to_py};
-use crate::report::score_splits;
+use crate::report::{score_splits, split_data};
 use crate::{FeatureStore, matrix, parse_device};
 use anyhow::Context;
 use fedclip::adapter::{AdapterBackend, AdapterParams, OptimizerState, TextFeatures};
@@ -444,17 +444,7 @@ fn client_data(
 ) -> PyResult<Vec<ClientData>> {
     (train.iter().enumerate())
         .map(|(k, (f, l))| {
-            if f.shape()[1] != dim || f.shape()[0] != l.len() {
-                return Err(PyValueError::new_err(format!(
-                    "client {k}: features must be [N, {dim}] with N labels, got {:?} and {}",
-                    f.shape(),
-                    l.len()
-                )));
-            }
-            let split = SplitData {
-                features: f.as_slice()?.to_vec(),
-                labels: l.as_slice()?.to_vec(),
-            };
+            let split = split_data(&format!("client {k}"), f, l, dim)?;
             Ok(ClientData {
                 name: format!("slot {k}"),
                 held_out: false,

@@ -55,6 +55,26 @@ pub fn evaluate_splits(
     score_splits(py, &classifier, dim, &splits, params.as_deref())
 }
 
+/// `features [N, D]` and their labels as a split, refused (naming `who`) unless they fit.
+pub(crate) fn split_data(
+    who: &str,
+    f: &PyReadonlyArray2<f32>,
+    l: &PyReadonlyArray1<u32>,
+    dim: usize,
+) -> PyResult<SplitData> {
+    if f.shape()[1] != dim || f.shape()[0] != l.len() {
+        return Err(PyValueError::new_err(format!(
+            "{who}: features must be [N, {dim}] with N labels, got {:?} and {}",
+            f.shape(),
+            l.len()
+        )));
+    }
+    Ok(SplitData {
+        features: f.as_slice()?.to_vec(),
+        labels: l.as_slice()?.to_vec(),
+    })
+}
+
 /// The scores of [`evaluate_splits`] with any family's classifier.
 pub(crate) fn score_splits(
     py: Python<'_>,
@@ -65,18 +85,10 @@ pub(crate) fn score_splits(
 ) -> PyResult<Vec<(String, f64, usize)>> {
     let mut data = Vec::new();
     for (name, f, l) in splits {
-        if f.shape()[1] != dim || f.shape()[0] != l.len() {
-            return Err(PyValueError::new_err(format!(
-                "split {name}: features must be [N, {dim}] with N labels, got {:?} and {}",
-                f.shape(),
-                l.len()
-            )));
-        }
-        let split = SplitData {
-            features: f.as_slice()?.to_vec(),
-            labels: l.as_slice()?.to_vec(),
-        };
-        data.push((name.clone(), split));
+        data.push((
+            name.clone(),
+            split_data(&format!("split {name}"), f, l, dim)?,
+        ));
     }
     py.detach(|| {
         (data.iter().filter(|(_, s)| !s.is_empty()))
