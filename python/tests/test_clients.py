@@ -93,3 +93,9 @@ def test_tip_adapter_takes_the_federations_cache_capacity():
     assert clients.param_count == 11 * (D + C) and clients.local_epochs == 0
     with pytest.raises(ValueError, match="cache capacity 3 is below a client's 4"):
         fedclip.Clients(text, texts, 2.0, [data(4, 1)], "cpu", cache_capacity=3)
+
+
+def test_splits_refuse_a_domain_outside_the_federation():
+    text = json.dumps(fedclip.run_config(rounds=1, clients_per_domain=2))
+    with pytest.raises(ValueError, match="domain `art_painting` is not one of the federation's"):
+        fedclip.Splits(text, ["cartoon", "photo", "sketch"])
