@@ -235,7 +235,17 @@ fn embed_command(a: EmbedArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_command(mut a: RunArgs) -> Result<()> {
+fn run_command(a: RunArgs) -> Result<()> {
+    let (resume, device) = (a.resume, a.device);
+    let cfg = run_config(a)?;
+    let outcome = federated::run(&cfg, resume, device)?;
+    print_outcome(&outcome);
+    Ok(())
+}
+
+/// The run's configuration from its flags: the embedded data and model where none is
+/// given, the first domain held out by default, and the run directory's default name.
+fn run_config(mut a: RunArgs) -> Result<RunConfig> {
     let data = match a.data.take() {
         Some(d) => d,
         None => bundled_data()?,
@@ -276,7 +286,7 @@ fn run_command(mut a: RunArgs) -> Result<()> {
             a.resume,
         )?,
     };
-    let cfg = RunConfig {
+    Ok(RunConfig {
         data,
         model,
         test_domains,
@@ -319,8 +329,11 @@ fn run_command(mut a: RunArgs) -> Result<()> {
         max_image_pixels: a.max_image_pixels,
         drop_empty_clients: a.drop_empty_clients,
         skip_bad: a.skip_bad,
-    };
-    let outcome = federated::run(&cfg, a.resume, a.device)?;
+    })
+}
+
+/// What a finished run prints: cache use, timings, the best round, held-out accuracies.
+fn print_outcome(outcome: &federated::RunOutcome) {
     let s = &outcome.summary;
     if let Some(r) = outcome.resumed_from {
         eprintln!("resumed after round {r}");
@@ -339,7 +352,6 @@ fn run_command(mut a: RunArgs) -> Result<()> {
         eprintln!("held-out {domain}: test accuracy {:.2}%", 100.0 * acc);
     }
     eprintln!("run directory: {}", outcome.out.display());
-    Ok(())
 }
 
 /// Without `--out`: a new run takes the next free `runs/<name>[-N]`; `--resume` continues

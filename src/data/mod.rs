@@ -104,46 +104,9 @@ impl Dataset {
         let mut warnings = Vec::new();
         let found = Self::domain_folders(root)?;
         let (preset, names) = match preset {
-            Some(p) => {
-                let mut names = Vec::new();
-                let mut missing = Vec::new();
-                for want in p.domains() {
-                    let alt = want.replace('_', " ");
-                    if found.iter().any(|f| f == want) {
-                        names.push(want.to_string());
-                    } else if found.contains(&alt) {
-                        names.push(alt);
-                    } else {
-                        missing.push(*want);
-                    }
-                }
-                if !missing.is_empty() {
-                    bail!(
-                        "dataset root {}: {} domain folder(s) {} missing (found: {})",
-                        root.display(),
-                        p.display_name(),
-                        missing.join(", "),
-                        found.join(", ")
-                    );
-                }
-                let extra: Vec<&String> = found.iter().filter(|f| !names.contains(f)).collect();
-                if !extra.is_empty() {
-                    warnings.push(format!(
-                        "{}: ignoring folder(s) {} that are not {} domains",
-                        root.display(),
-                        extra
-                            .iter()
-                            .map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        p.display_name()
-                    ));
-                }
-                (Some(p), names)
-            }
+            Some(p) => (Some(p), preset_domains(root, p, &found, &mut warnings)?),
             None => (Preset::detect(&found), found),
         };
-
         let mut domains = Vec::new();
         let mut class_sets: Vec<Vec<String>> = Vec::new();
         for name in &names {
@@ -156,58 +119,10 @@ impl Dataset {
                 samples,
             });
         }
-        let union: BTreeSet<&String> = class_sets.iter().flatten().collect();
-        for (d, classes) in domains.iter().zip(&class_sets) {
-            let missing: Vec<&str> = union
-                .iter()
-                .filter(|c| !classes.contains(c))
-                .map(|c| c.as_str())
-                .collect();
-            if !missing.is_empty() {
-                let other = domains
-                    .iter()
-                    .zip(&class_sets)
-                    .find(|(_, cs)| cs.iter().any(|c| c == missing[0]))
-                    .map(|(o, _)| o.name.as_str())
-                    .unwrap_or("?");
-                bail!(
-                    "domain {} lacks class folder(s) {} (present in domain `{other}`); every \
-                     domain must have the same classes so that labels agree",
-                    d.dir.display(),
-                    missing.join(", ")
-                );
-            }
-        }
+        check_same_classes(&domains, &class_sets)?;
         let classes = class_sets.swap_remove(0);
-        if let Some(p) = preset
-            && classes.len() != p.num_classes()
-        {
-            warnings.push(format!(
-                "{}: looks like {} by its domains but has {} classes, not {} (a subset?)",
-                root.display(),
-                p.display_name(),
-                classes.len(),
-                p.num_classes()
-            ));
-        } else if let Some(p) = preset {
-            let unknown: Vec<&str> = classes
-                .iter()
-                .filter(|c| !p.classes().contains(&c.as_str()))
-                .map(String::as_str)
-                .collect();
-            if !unknown.is_empty() {
-                warnings.push(format!(
-                    "{}: class folder(s) {} are not {}'s (label order follows the folders)",
-                    root.display(),
-                    unknown
-                        .iter()
-                        .take(5)
-                        .copied()
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    p.display_name()
-                ));
-            }
+        if let Some(p) = preset {
+            warnings.extend(preset_class_warning(root, p, &classes));
         }
         Ok(Dataset {
             root: root.to_path_buf(),
@@ -465,4 +380,109 @@ fn walk_dirs(
     }
     stack.pop();
     Ok(())
+}
+
+/// A named preset's domain folders among those `found` (a space may stand for the preset's
+/// underscore): an error naming any that are missing, a warning for folders it ignores.
+fn preset_domains(
+    root: &Path,
+    p: Preset,
+    found: &[String],
+    warnings: &mut Vec<String>,
+) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let mut missing = Vec::new();
+    for want in p.domains() {
+        let alt = want.replace('_', " ");
+        if found.iter().any(|f| f == want) {
+            names.push(want.to_string());
+        } else if found.contains(&alt) {
+            names.push(alt);
+        } else {
+            missing.push(*want);
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "dataset root {}: {} domain folder(s) {} missing (found: {})",
+            root.display(),
+            p.display_name(),
+            missing.join(", "),
+            found.join(", ")
+        );
+    }
+    let extra: Vec<&str> = found
+        .iter()
+        .filter(|f| !names.contains(f))
+        .map(String::as_str)
+        .collect();
+    if !extra.is_empty() {
+        warnings.push(format!(
+            "{}: ignoring folder(s) {} that are not {} domains",
+            root.display(),
+            extra.join(", "),
+            p.display_name()
+        ));
+    }
+    Ok(names)
+}
+
+/// Every domain has the same class folders, so that labels agree: else an error naming a
+/// domain, what it lacks and a domain that has it.
+fn check_same_classes(domains: &[Domain], class_sets: &[Vec<String>]) -> Result<()> {
+    let union: BTreeSet<&String> = class_sets.iter().flatten().collect();
+    for (d, classes) in domains.iter().zip(class_sets) {
+        let missing: Vec<&str> = union
+            .iter()
+            .filter(|c| !classes.contains(c))
+            .map(|c| c.as_str())
+            .collect();
+        if !missing.is_empty() {
+            let other = domains
+                .iter()
+                .zip(class_sets)
+                .find(|(_, cs)| cs.iter().any(|c| c == missing[0]))
+                .map(|(o, _)| o.name.as_str())
+                .unwrap_or("?");
+            bail!(
+                "domain {} lacks class folder(s) {} (present in domain `{other}`); every \
+                 domain must have the same classes so that labels agree",
+                d.dir.display(),
+                missing.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A warning when a dataset that looks like preset `p` has another number of classes (a
+/// subset?) or class folders that are not the preset's.
+fn preset_class_warning(root: &Path, p: Preset, classes: &[String]) -> Option<String> {
+    if classes.len() != p.num_classes() {
+        return Some(format!(
+            "{}: looks like {} by its domains but has {} classes, not {} (a subset?)",
+            root.display(),
+            p.display_name(),
+            classes.len(),
+            p.num_classes()
+        ));
+    }
+    let unknown: Vec<&str> = classes
+        .iter()
+        .filter(|c| !p.classes().contains(&c.as_str()))
+        .map(String::as_str)
+        .collect();
+    (!unknown.is_empty()).then(|| {
+        format!(
+            "{}: class folder(s) {} are not {}'s (label order follows the folders)",
+            root.display(),
+            unknown
+                .iter()
+                .take(5)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", "),
+            p.display_name()
+        )
+    })
 }
