@@ -216,6 +216,29 @@ fn vit_b32_random_weights_match_the_cpu_engine() {
     check_model(&gpu, tmp.path(), "ViT-B/32", batch, true);
 }
 
+/// The towers with GEMM v2 (kernels/gemm2.cu) where `GemmTile::Auto` picks it, as
+/// `FEDCLIP_GEMM=v2` would: on the emulator posing as a one-SM GPU, so that the tiny models'
+/// matrices get v2's 128×128 and 128×256 tiles; on a GPU, ViT-B/32 at batch 64 (3,200 rows:
+/// v2 128×128 on 132 SMs). The same tolerance as v1: the same fp16 inputs and f32 sums.
+#[test]
+fn towers_with_gemm_v2_match_the_cpu_engine() {
+    use fedclip::cuda::kernels::GemmVersion;
+    let Some(gpu) = test_gpu() else { return };
+    if gpu.info.emulated {
+        let small = Gpu::emulator_with_sm_count(1).unwrap();
+        small.set_gemm_version(GemmVersion::V2);
+        for name in ["tiny-f32", "oc-tiny-gelu"] {
+            let dir = repo().join("tests/fixtures/models").join(name);
+            check_model(&small, &dir, &format!("{name} gemm v2"), 5, true);
+        }
+        return;
+    }
+    gpu.set_gemm_version(GemmVersion::V2);
+    let tmp = tempfile::tempdir().unwrap();
+    write_random_clip(tmp.path(), &config_text("clip-vit-base-patch32"), 11).unwrap();
+    check_model(&gpu, tmp.path(), "ViT-B/32 gemm v2", 64, false);
+}
+
 #[test]
 fn larger_vision_towers_match_the_cpu_engine() {
     let Some(gpu) = test_gpu() else { return };

@@ -6,6 +6,7 @@
 //! without explicit synchronisation; copies to the host wait for the kernels before them.
 
 use super::emu::{EmuAlloc, EmuLib};
+use super::kernels::GemmVersion;
 use super::nvrtc::{KERNEL_SOURCES, Nvrtc};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use bytemuck::Pod;
@@ -69,6 +70,9 @@ pub struct Gpu {
     /// The first failed cuMemFree (a drop cannot return it): reported by the next
     /// [`Gpu::synchronize`] or [`Gpu::read`].
     free_error: Mutex<Option<String>>,
+    /// The GEMM version `GemmTile::Auto` takes when set ([`Gpu::set_gemm_version`]); else
+    /// `FEDCLIP_GEMM`'s.
+    gemm_version: Mutex<Option<GemmVersion>>,
 }
 
 // SAFETY: the CUDA handles are plain driver handles, usable from any thread once the context
@@ -115,6 +119,7 @@ impl Gpu {
             sync_launches: sync_requested(),
             smem_optin: Mutex::new(HashMap::new()),
             free_error: Mutex::new(None),
+            gemm_version: Mutex::new(None),
         }
     }
 
@@ -247,6 +252,16 @@ impl Gpu {
     /// The emulator with a grid y limit of `max_grid_y` rows instead of a GPU's 65535, so
     /// that launches which split their grid can be tested at small sizes.
     pub fn emulator_with_grid_limit(max_grid_y: u32) -> Result<Arc<Gpu>> {
+        Self::emulator_shaped(max_grid_y, 132)
+    }
+
+    /// The emulator posing as a GPU of `sm_count` SMs, so that the tile choices made for a
+    /// large GPU's large matrices (`GemmTile::Auto`) are taken at small sizes.
+    pub fn emulator_with_sm_count(sm_count: u32) -> Result<Arc<Gpu>> {
+        Self::emulator_shaped(65535, sm_count)
+    }
+
+    fn emulator_shaped(max_grid_y: u32, sm_count: u32) -> Result<Arc<Gpu>> {
         let lib = EmuLib::build()?;
         Ok(Arc::new(Gpu::with_backend(
             Backend::Emu {
@@ -256,7 +271,7 @@ impl Gpu {
             DeviceInfo {
                 name: "host emulator".into(),
                 compute_capability: (9, 0),
-                sm_count: 132,
+                sm_count: sm_count.max(1),
                 total_memory: 1 << 34,
                 nvrtc: "-".into(),
                 driver: "-".into(),
@@ -267,6 +282,21 @@ impl Gpu {
                 emulated: true,
             },
         )))
+    }
+
+    /// Makes `GemmTile::Auto` take `version` on this device, whatever `FEDCLIP_GEMM` says
+    /// (tests and benches; the engine follows the variable).
+    pub fn set_gemm_version(&self, version: GemmVersion) {
+        *self.gemm_version.lock().unwrap() = Some(version);
+    }
+
+    /// The GEMM version `GemmTile::Auto` takes: the one set, else `FEDCLIP_GEMM`'s (an
+    /// error naming a bad value).
+    pub(crate) fn gemm_version(&self) -> Result<GemmVersion> {
+        match *self.gemm_version.lock().unwrap() {
+            Some(v) => Ok(v),
+            None => GemmVersion::from_env(),
+        }
     }
 
     /// Raises `kernel`'s dynamic shared memory limit to at least `bytes`

@@ -138,16 +138,23 @@ impl GemmTile {
         }
     }
 
-    /// The tile `Auto` takes: the largest whose blocks still fill every SM (guesses until a GPU
-    /// has measured them), v2 only where the device grants its shared memory, else v1.
+    /// The tile `Auto` takes on `gpu`: see [`GemmTile::auto_for`].
     fn auto(gpu: &Gpu, m: usize, n: usize, version: GemmVersion) -> GemmTile {
-        let sms = gpu.info.sm_count as usize;
+        Self::auto_for(gpu.info.sm_count, gpu.info.max_smem_optin, m, n, version)
+    }
+
+    /// The tile `Auto` takes on a device of `sms` SMs granting `smem_optin` bytes of shared
+    /// memory per block: the largest whose blocks still fill every SM (guesses until a GPU has
+    /// measured them), v2 only where the device grants its shared memory, else v1.
+    fn auto_for(sms: u32, smem_optin: u32, m: usize, n: usize, version: GemmVersion) -> GemmTile {
+        let sms = sms as usize;
         let blocks = |bm: usize, bn: usize| m.div_ceil(bm) * n.div_ceil(bn);
+        let granted = |t: GemmTile| t.geometry().smem <= smem_optin;
         if version == GemmVersion::V2 {
-            if blocks(128, 256) >= 2 * sms && GemmTile::V2T128x256.available(gpu) {
+            if blocks(128, 256) >= 2 * sms && granted(GemmTile::V2T128x256) {
                 return GemmTile::V2T128x256;
             }
-            if blocks(128, 128) >= sms && GemmTile::V2T128.available(gpu) {
+            if blocks(128, 128) >= sms && granted(GemmTile::V2T128) {
                 return GemmTile::V2T128;
             }
         }
@@ -205,7 +212,7 @@ impl Gemm<'_> {
             need(v, m * n, "gemm out16")?;
         }
         let tile = match tile {
-            GemmTile::Auto => GemmTile::auto(gpu, m, n, GemmVersion::from_env()?),
+            GemmTile::Auto => GemmTile::auto(gpu, m, n, gpu.gemm_version()?),
             t => t,
         };
         let g = tile.geometry();
@@ -631,6 +638,28 @@ mod tests {
         assert_eq!(GemmVersion::parse("v2").unwrap(), GemmVersion::V2);
         let e = GemmVersion::parse("V2").unwrap_err().to_string();
         assert!(e.contains("FEDCLIP_GEMM=V2: expected v1 or v2"), "{e}");
+    }
+
+    #[test]
+    fn auto_takes_v2_only_when_asked_and_granted() {
+        use GemmTile::*;
+        let (h100, big) = (132, 227 * 1024);
+        // ViT-B/32 at batch 1024: 51,200 rows.
+        let v = GemmVersion::V2;
+        assert_eq!(GemmTile::auto_for(h100, big, 51200, 2304, v), V2T128x256);
+        assert_eq!(
+            GemmTile::auto_for(h100, big, 51200, 2304, GemmVersion::V1),
+            T128
+        );
+        // Too few blocks for 128×256 to fill the SMs twice: 128×128; too few for that: v1 64×64.
+        assert_eq!(GemmTile::auto_for(h100, big, 4096, 768, v), V2T128);
+        assert_eq!(GemmTile::auto_for(h100, big, 256, 768, v), T64);
+        // A device that cannot grant 144 KiB (sm_86/89: 99 KiB) never gets 128×256.
+        assert_eq!(GemmTile::auto_for(h100, 99 * 1024, 51200, 2304, v), V2T128);
+        assert_eq!(GemmTile::auto_for(h100, 48 * 1024, 51200, 2304, v), T128);
+        // One SM (the emulator posing as a small GPU): v2 at a tiny model's sizes.
+        assert_eq!(GemmTile::auto_for(1, big, 250, 192, v), V2T128x256);
+        assert_eq!(GemmTile::auto_for(1, big, 100, 192, v), V2T128);
     }
 
     #[test]
