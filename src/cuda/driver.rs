@@ -7,7 +7,7 @@
 
 use super::emu::{EmuAlloc, EmuLib};
 use super::kernels::GemmVersion;
-use super::nvrtc::{KERNEL_SOURCES, Nvrtc};
+use super::nvrtc::{KERNEL_SOURCES, KernelSource, Nvrtc};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use bytemuck::Pod;
 use cudarc::driver::{result, sys};
@@ -81,6 +81,97 @@ pub struct Gpu {
 unsafe impl Send for Gpu {}
 unsafe impl Sync for Gpu {}
 
+/// What [`Gpu::open`] reads of device 0.
+struct DeviceAttributes {
+    name: String,
+    compute_capability: (i32, i32),
+    sm_count: i32,
+    max_grid_y: i32,
+    max_smem_optin: i32,
+    total_memory: usize,
+}
+
+impl DeviceAttributes {
+    fn query(dev: sys::CUdevice) -> Result<DeviceAttributes> {
+        let attr = |a: sys::CUdevice_attribute| {
+            // SAFETY: `dev` came from cuDeviceGet.
+            unsafe { result::device::get_attribute(dev, a) }
+                .map_err(driver_err("cuDeviceGetAttribute"))
+        };
+        use sys::CUdevice_attribute::*;
+        let major = attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+        let minor = attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+        let sm_count = attr(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+        let max_grid_y = attr(CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y)?;
+        let max_smem_optin = attr(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
+        let name = result::device::get_name(dev).map_err(driver_err("cuDeviceGetName"))?;
+        // SAFETY: as above.
+        let total_memory =
+            unsafe { result::device::total_mem(dev) }.map_err(driver_err("cuDeviceTotalMem"))?;
+        Ok(DeviceAttributes {
+            name,
+            compute_capability: (major, minor),
+            sm_count,
+            max_grid_y,
+            max_smem_optin,
+            total_memory,
+        })
+    }
+}
+
+impl CudaState {
+    /// Compiles (or takes from the disk cache) and loads every kernel source for `arch`, in
+    /// the current context; returns how many modules were cached and how many compiled.
+    fn load_kernels(
+        &mut self,
+        nvrtc: &Nvrtc,
+        arch: i32,
+        driver: (i32, i32),
+    ) -> Result<(usize, usize)> {
+        let versions = format!(
+            "NVRTC {}.{} ({}), driver CUDA {}.{}",
+            nvrtc.version.0, nvrtc.version.1, nvrtc.path, driver.0, driver.1
+        );
+        let (mut cached, mut compiled) = (0, 0);
+        for src in KERNEL_SOURCES {
+            let (module, was_cached) = load_source(nvrtc, src, arch).with_context(|| {
+                format!("loading kernels/{} for sm_{arch}; {versions}", src.file)
+            })?;
+            if was_cached {
+                cached += 1;
+            } else {
+                compiled += 1;
+            }
+            self.modules.push(module);
+            for &k in src.kernels {
+                // SAFETY: a module just loaded.
+                let f = unsafe { result::module::get_function(module, CString::new(k)?) }
+                    .map_err(driver_err("cuModuleGetFunction"))
+                    .with_context(|| format!("kernel {k} in kernels/{}", src.file))?;
+                self.functions.insert(k, f);
+            }
+        }
+        Ok((cached, compiled))
+    }
+}
+
+/// One kernel source's module for `arch`, and whether its cubin came from the cache: a cached
+/// cubin the driver refuses (stale or damaged) is compiled afresh.
+fn load_source(nvrtc: &Nvrtc, src: &KernelSource, arch: i32) -> Result<(sys::CUmodule, bool)> {
+    let image = nvrtc.compile_cached(src, arch)?;
+    // SAFETY: a cubin produced by NVRTC for this device's architecture.
+    match unsafe { load_module(&image.cubin) } {
+        Ok(m) => Ok((m, image.cached)),
+        Err(_) if image.cached => {
+            let image = nvrtc.compile(src, arch, &[])?;
+            // SAFETY: as above.
+            let m = unsafe { load_module(&image.cubin) }.map_err(driver_err("cuModuleLoadData"))?;
+            Ok((m, false))
+        }
+        Err(e) => Err(driver_err("cuModuleLoadData")(e)),
+    }
+}
+
 fn driver_err(what: &str) -> impl FnOnce(result::DriverError) -> anyhow::Error + '_ {
     move |e| {
         let name = e
@@ -143,35 +234,12 @@ impl Gpu {
             bail!("no CUDA device");
         }
         let dev = result::device::get(0).map_err(driver_err("cuDeviceGet"))?;
-        let attr = |a: sys::CUdevice_attribute, what: &str| {
-            // SAFETY: `dev` came from cuDeviceGet.
-            unsafe { result::device::get_attribute(dev, a) }.map_err(driver_err(what))
-        };
-        use sys::CUdevice_attribute::*;
-        let major = attr(
-            CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
-            "cuDeviceGetAttribute",
-        )?;
-        let minor = attr(
-            CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
-            "cuDeviceGetAttribute",
-        )?;
-        let sm_count = attr(
-            CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-            "cuDeviceGetAttribute",
-        )?;
-        let max_grid_y = attr(CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y, "cuDeviceGetAttribute")?;
-        let max_smem_optin = attr(
-            CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
-            "cuDeviceGetAttribute",
-        )?;
-        let name = result::device::get_name(dev).map_err(driver_err("cuDeviceGetName"))?;
-        // SAFETY: as above.
-        let total_memory =
-            unsafe { result::device::total_mem(dev) }.map_err(driver_err("cuDeviceTotalMem"))?;
+        let a = DeviceAttributes::query(dev)?;
+        let (major, minor) = a.compute_capability;
         if major < 8 {
             bail!(
-                "{name} has compute capability {major}.{minor}; the CUDA engine needs 8.0 or newer (mma.sync m16n8k16, cp.async)"
+                "{} has compute capability {major}.{minor}; the CUDA engine needs 8.0 or newer (mma.sync m16n8k16, cp.async)",
+                a.name
             );
         }
         // SAFETY: `dev` is valid; the context is released in Drop.
@@ -185,58 +253,18 @@ impl Gpu {
         };
         // SAFETY: a context just retained.
         unsafe { result::ctx::set_current(ctx) }.map_err(driver_err("cuCtxSetCurrent"))?;
-        let arch = major * 10 + minor;
-        let versions = format!(
-            "NVRTC {}.{} ({}), driver CUDA {}.{}",
-            nvrtc.version.0, nvrtc.version.1, nvrtc.path, driver.0, driver.1
-        );
-        let (mut cached, mut compiled) = (0, 0);
-        for src in KERNEL_SOURCES {
-            let mut image = nvrtc.compile_cached(src, arch)?;
-            // SAFETY: a cubin produced by NVRTC for this device's architecture.
-            let module = match unsafe { load_module(&image.cubin) } {
-                Ok(m) => m,
-                Err(_) if image.cached => {
-                    // A stale or damaged cache entry: compile afresh.
-                    image = nvrtc.compile(src, arch, &[])?;
-                    // SAFETY: as above.
-                    unsafe { load_module(&image.cubin) }
-                        .map_err(driver_err("cuModuleLoadData"))
-                        .with_context(|| {
-                            format!("loading kernels/{} for sm_{arch}; {versions}", src.file)
-                        })?
-                }
-                Err(e) => {
-                    return Err(driver_err("cuModuleLoadData")(e)).with_context(|| {
-                        format!("loading kernels/{} for sm_{arch}; {versions}", src.file)
-                    });
-                }
-            };
-            if image.cached {
-                cached += 1;
-            } else {
-                compiled += 1;
-            }
-            state.modules.push(module);
-            for &k in src.kernels {
-                // SAFETY: a module just loaded.
-                let f = unsafe { result::module::get_function(module, CString::new(k)?) }
-                    .map_err(driver_err("cuModuleGetFunction"))
-                    .with_context(|| format!("kernel {k} in kernels/{}", src.file))?;
-                state.functions.insert(k, f);
-            }
-        }
+        let (cached, compiled) = state.load_kernels(nvrtc, major * 10 + minor, driver)?;
         Ok(Gpu::with_backend(
             Backend::Cuda(state),
             DeviceInfo {
-                name,
-                compute_capability: (major, minor),
-                sm_count: sm_count.max(1) as u32,
-                total_memory,
+                name: a.name,
+                compute_capability: a.compute_capability,
+                sm_count: a.sm_count.max(1) as u32,
+                total_memory: a.total_memory,
                 nvrtc: format!("{}.{}", nvrtc.version.0, nvrtc.version.1),
                 driver: format!("{}.{}", driver.0, driver.1),
-                max_grid_y: max_grid_y.max(1) as u32,
-                max_smem_optin: max_smem_optin.max(0) as u32,
+                max_grid_y: a.max_grid_y.max(1) as u32,
+                max_smem_optin: a.max_smem_optin.max(0) as u32,
                 kernels_cached: cached,
                 kernels_compiled: compiled,
                 emulated: false,
