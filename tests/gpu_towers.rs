@@ -148,14 +148,25 @@ fn check_model(gpu: &Arc<Gpu>, dir: &Path, what: &str, batch: usize, text: bool)
             e < 1e-6,
             "{what}: batch of one differs from the batch ({e:.2e})"
         );
-        // Pixels already on the device (the bench's path) give the same result.
-        let on_device = gpu.upload(&px).unwrap();
-        gv.forward_device(on_device.view(), batch).unwrap();
-        let dev_out = gv.last_output(batch).unwrap();
-        assert!(
-            relative_error(&dev_out.embeds, &got.embeds) < 1e-6,
-            "{what}: forward_device differs"
-        );
+        // Pixels already on the device (the bench's path), as f32 (rounded to fp16 by
+        // im2col) or as fp16, give `forward`'s result (fp16 pixels rounded on the host) bit
+        // for bit: im2col's output is the same bits (gpu_kernels proves it), and everything
+        // after it is the same launches on the same inputs.
+        let f32_px = gpu.upload(&px).unwrap();
+        let f16_px = gpu.upload(&fedclip::cuda::pixels_to_f16(&px)).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        for kind in ["f32", "fp16"] {
+            match kind {
+                "f32" => gv.forward_device(f32_px.view(), batch).unwrap(),
+                _ => gv.forward_device(f16_px.view(), batch).unwrap(),
+            }
+            let dev_out = gv.last_output(batch).unwrap();
+            assert!(
+                bits(&dev_out.embeds) == bits(&got.embeds)
+                    && bits(&dev_out.pooled) == bits(&got.pooled),
+                "{what}: forward_device from {kind} pixels differs from forward"
+            );
+        }
     }
     if text && let (Some(ct), Some(gt)) = (&cpu.text, &dev.text) {
         let seq = ct.config.max_position_embeddings.min(20);
