@@ -282,3 +282,61 @@ fn embed_jobs_on_cuda_match_the_cpu_engine() {
     println!("  embed texts: relative error {e:.2e}");
     assert!(e <= TOWER_TOL, "texts: {e:.2e}");
 }
+
+/// Decoding batch i+1 while the GPU encodes batch i (`Encoder::set_decode_ahead`, on by
+/// default on the CUDA engine) changes nothing: the same embeddings bit for bit, the same
+/// kept and skipped names in the same order, the same error naming every failed file. Files
+/// that cannot be decoded sit in the first, a middle and the last batch; the batch size
+/// leaves a short last batch.
+#[test]
+fn decoding_ahead_gives_what_decoding_in_turn_gives() {
+    use fedclip::embed::collect_images;
+    use fedclip::encode::{EncodedImages, Encoder, ImageEntry};
+    let Some(gpu) = test_gpu() else { return };
+    let dir = repo().join("weights/tiny-clip");
+    let mut dev = Encoder::cuda(CudaClip::load(&gpu, &dir).unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = |name: &str| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, b"not a JPEG").unwrap();
+        ImageEntry::from_path(&path)
+    };
+    let good = collect_images(&[repo().join("tests/fixtures/images/pacs")]).unwrap();
+    let mut entries = vec![bad("first.jpg")];
+    entries.extend_from_slice(&good[..3]);
+    entries.push(bad("middle.jpg"));
+    entries.extend_from_slice(&good[3..]);
+    entries.push(bad("last.jpg"));
+    let bits = |e: &EncodedImages| e.embeds.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let mut runs = Vec::new();
+    for ahead in [false, true] {
+        dev.set_decode_ahead(ahead);
+        let clean = dev.encode_images(&good, 4, false).unwrap();
+        let skipping = dev.encode_images(&entries, 3, true).unwrap();
+        let failing = format!("{:#}", dev.encode_images(&entries, 3, false).unwrap_err());
+        runs.push((clean, skipping, failing));
+    }
+    let ((c0, s0, f0), (c1, s1, f1)) = (&runs[0], &runs[1]);
+    assert_eq!(c0.kept, c1.kept, "kept, no failures");
+    assert_eq!(bits(c0), bits(c1), "embeddings, no failures");
+    assert_eq!(c0.kept.len(), good.len());
+    assert!(c1.skipped.is_empty());
+    assert_eq!(s0.kept, s1.kept, "kept with --skip-bad");
+    assert_eq!(s0.skipped, s1.skipped, "skipped with --skip-bad");
+    assert_eq!(bits(s0), bits(s1), "embeddings with --skip-bad");
+    assert_eq!(s1.kept, c1.kept);
+    let skipped: Vec<String> = ["first.jpg", "middle.jpg", "last.jpg"]
+        .iter()
+        .map(|n| tmp.path().join(n).display().to_string())
+        .collect();
+    assert_eq!(s1.skipped, skipped);
+    assert_eq!(f0, f1, "the error without --skip-bad");
+    assert!(f1.starts_with("3 images cannot be used"), "{f1}");
+    for name in &skipped {
+        assert!(f1.contains(name.as_str()), "{f1} does not name {name}");
+    }
+    // On the CPU engine (which never decodes ahead) the same names are kept and skipped.
+    let cpu: Encoder = ClipModel::load(&dir).unwrap().into();
+    let on_cpu = cpu.encode_images(&entries, 3, true).unwrap();
+    assert_eq!((&on_cpu.kept, &on_cpu.skipped), (&s1.kept, &s1.skipped));
+}
