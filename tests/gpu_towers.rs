@@ -148,6 +148,17 @@ fn check_model(gpu: &Arc<Gpu>, dir: &Path, what: &str, batch: usize, text: bool)
             e < 1e-6,
             "{what}: batch of one differs from the batch ({e:.2e})"
         );
+        // The staging buffer too: the full batch again, after the batch of one wrote its start,
+        // gives the first result bit for bit.
+        let again = gv.forward(&px, batch, false).unwrap();
+        assert!(
+            again
+                .embeds
+                .iter()
+                .map(|v| v.to_bits())
+                .eq(got.embeds.iter().map(|v| v.to_bits())),
+            "{what}: a batch repeated after a smaller one differs"
+        );
         // Pixels already on the device (the bench's path), as f32 (rounded to fp16 by
         // im2col) or as fp16, give `forward`'s result (fp16 pixels rounded on the host) bit
         // for bit: im2col's output is the same bits (gpu_kernels proves it), and everything
