@@ -66,7 +66,8 @@ fn encode(gpu: &Arc<Gpu>, label: &str, file: &str, batches: &[usize]) {
     let pixels: Vec<f32> = (0..max * per)
         .map(|i| ((i * 7919) % 2000) as f32 / 1000.0 - 1.0)
         .collect();
-    let dev = gpu.upload(&pixels).unwrap();
+    // fp16 on the device, as CudaVision::forward uploads them (fc_im2col_f16).
+    let dev = gpu.upload(&fedclip::cuda::pixels_to_f16(&pixels)).unwrap();
     for &b in batches {
         let reps = (2048 / b).clamp(3, 50);
         let s = time(gpu, reps, || {
