@@ -41,6 +41,7 @@ STAGES=(
     "6|100|gpu_adapter, then the adapter bench against PyTorch at K = 1 and K = 1000"
     "7|45|gpu_run: fedclip run on the GPU against the CPU run"
     "8g|45|GEMM TFLOP/s on every ViT GEMM shape: v1 and v2 tiles, cuBLAS (cublasGemmEx); attention v1 and v2"
+    "8e|45|end-to-end encode from JPEG (data/pacs-mini, ViT-B/32): decoding ahead vs in turn, decode only, encode only"
     "8a|70|gpu_towers larger towers (B/16, L/14, L/14-336)"
     "8b|80|encode benches B/16, L/14: ours, then PyTorch"
     "8c|60|compute-sanitizer racecheck and memcheck on a gpu_kernels subset"
@@ -312,6 +313,7 @@ stage_body() {
             LD_LIBRARY_PATH="$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
                 "$BIN/bench_gpu_encode" --no-encode --gemm v1,v2,cublas
             ;;
+        8e) "$BIN/bench_gpu_encode" --from-jpeg "$ROOT/data/pacs-mini" --images 2048 --batches 256,1024 ;;
         8a) test_binary gpu_towers larger_vision_towers ;;
         8b)
             local rc=0

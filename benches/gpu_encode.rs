@@ -8,6 +8,16 @@
 //! Arguments (after `--`): model names to run (b32, b16, l14; default all), `--batches 1,32`,
 //! `--no-gemm`, `--no-encode`, `--gemm v1,v2,cublas` (which GEMMs to time; default all). With
 //! the GEMMs come the head-dim-64 attention kernels v1 and v2 on the towers' shapes.
+//!
+//! `--from-jpeg DIR` (with `--batches`, default 256,1024) times instead the whole image path
+//! of `fedclip embed` on ViT-B/32 (random weights): `Encoder::encode_images` from the JPEG/PNG
+//! files under DIR (repeated up to `--images N`, default 2048), with the next batch decoded
+//! while the GPU encodes (the default) and in turn, beside decode-only (the rayon pool, no
+//! GPU) and encode-only (host pixels: fp16 rounding, upload, tower, download) images/s, so the
+//! slower side shows. `--model DIR` takes a model directory instead of ViT-B/32; with
+//! `FEDCLIP_EMULATE=1` and no GPU the host emulator runs it (a functional check only, e.g.
+//! `FEDCLIP_EMULATE=1 cargo bench --bench gpu_encode -- --from-jpeg data/pacs-mini
+//! --model weights/tiny-clip --images 40 --batches 8,16`).
 
 use fedclip::cuda::kernels::{Attention, AttentionKernel, Gemm, GemmTile, GemmVersion};
 use fedclip::cuda::{CudaVision, Gpu, availability};
@@ -56,7 +66,8 @@ fn encode(gpu: &Arc<Gpu>, label: &str, file: &str, batches: &[usize]) {
     let pixels: Vec<f32> = (0..max * per)
         .map(|i| ((i * 7919) % 2000) as f32 / 1000.0 - 1.0)
         .collect();
-    let dev = gpu.upload(&pixels).unwrap();
+    // fp16 on the device, as CudaVision::forward uploads them (fc_im2col_f16).
+    let dev = gpu.upload(&fedclip::cuda::pixels_to_f16(&pixels)).unwrap();
     for &b in batches {
         let reps = (2048 / b).clamp(3, 50);
         let s = time(gpu, reps, || {
@@ -382,17 +393,122 @@ fn attentions(gpu: &Arc<Gpu>) {
     }
 }
 
+/// Median seconds of `reps` runs of `f` (after one warm-up); `f` synchronises itself.
+fn time_host(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    t[t.len() / 2]
+}
+
+/// `--from-jpeg DIR`: images/s of `encode_images` from files, and of its two halves alone.
+fn from_jpeg(
+    gpu: &Arc<Gpu>,
+    dir: &std::path::Path,
+    model: Option<&str>,
+    images: usize,
+    batches: &[usize],
+) {
+    use fedclip::cuda::CudaClip;
+    use fedclip::embed::collect_images;
+    use fedclip::encode::Encoder;
+    use fedclip::preprocess::{PreprocessConfig, preprocess_file};
+    use rayon::prelude::*;
+    let found = collect_images(&[dir.to_path_buf()]).unwrap();
+    assert!(
+        !found.is_empty(),
+        "no JPEG or PNG files under {}",
+        dir.display()
+    );
+    let entries: Vec<_> = found.iter().cycle().take(images.max(1)).cloned().collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let (model_dir, label) = match model {
+        Some(m) => (std::path::PathBuf::from(m), m.to_string()),
+        None => {
+            write_random_clip(tmp.path(), &config("clip-vit-base-patch32"), 1).unwrap();
+            (tmp.path().to_path_buf(), "ViT-B/32".to_string())
+        }
+    };
+    let clip = CudaClip::load(gpu, &model_dir).unwrap();
+    let threads = rayon::current_num_threads();
+    let n = entries.len();
+    println!(
+        "from JPEG: {n} images ({} files under {}), {label}, {threads} decode threads",
+        found.len(),
+        dir.display()
+    );
+    // Encode only: one batch of decoded pixels from the host, as encode_images hands them over.
+    let vision = clip.vision.as_ref().unwrap();
+    let cfg = PreprocessConfig::from_model_dir(&model_dir, vision.config.image_size).unwrap();
+    let encode_only: Vec<f64> = batches
+        .iter()
+        .map(|&b| {
+            let b = b.min(n);
+            let px: Vec<f32> = entries[..b]
+                .par_iter()
+                .flat_map_iter(|e| preprocess_file(&e.path, &cfg).unwrap())
+                .collect();
+            b as f64 / time_host(5, || drop(vision.forward(&px, b, false).unwrap()))
+        })
+        .collect();
+    println!(
+        "encode only uploads fp16 pixels from {} host memory",
+        if vision.staging_pinned() {
+            "page-locked"
+        } else {
+            "pageable (emulator, or pinning failed)"
+        }
+    );
+    let mut encoder = Encoder::cuda(clip).unwrap();
+    for (&b, encode_only) in batches.iter().zip(encode_only) {
+        let decode = time_host(3, || {
+            for chunk in entries.chunks(b) {
+                let px: Vec<_> = chunk
+                    .par_iter()
+                    .map(|e| preprocess_file(&e.path, &cfg))
+                    .collect();
+                assert!(px.iter().all(|p| p.is_ok()));
+            }
+        });
+        let mut rates = Vec::new();
+        for ahead in [true, false] {
+            encoder.set_decode_ahead(ahead);
+            let s = time_host(3, || {
+                let out = encoder.encode_images(&entries, b, false).unwrap();
+                assert_eq!(out.kept.len(), n);
+            });
+            rates.push(n as f64 / s);
+        }
+        println!(
+            "fedclip cuda {label} from JPEG batch {b:>4}: {:>8.1} images/s decoding ahead, {:>8.1} in turn | decode only {:>8.1}, encode only {:>8.1} images/s ({})",
+            rates[0],
+            rates[1],
+            n as f64 / decode,
+            encode_only,
+            gpu.info.name
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match availability() {
-        Ok(()) => {}
+    let emulate = std::env::var("FEDCLIP_EMULATE").is_ok_and(|v| v == "1");
+    let gpu = match availability() {
+        Ok(()) => Gpu::open().expect("CUDA device present but unusable"),
+        // The emulator only for the functional check of --from-jpeg (far too slow to time).
+        Err(why) if why.starts_with("no CUDA device") && emulate => Gpu::emulator().unwrap(),
         Err(why) if why.starts_with("no CUDA device") => {
             println!("skipped: no CUDA device");
             return;
         }
         Err(why) => panic!("CUDA driver present but unusable: {why}"),
-    }
-    let gpu = Gpu::open().expect("CUDA device present but unusable");
+    };
     println!(
         "device: {} (sm_{}{}, {} SMs), NVRTC {}",
         gpu.info.name,
@@ -401,12 +517,30 @@ fn main() {
         gpu.info.sm_count,
         gpu.info.nvrtc
     );
-    let batches: Vec<usize> = args
-        .iter()
-        .position(|a| a == "--batches")
-        .and_then(|i| args.get(i + 1))
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+    };
+    let jpeg_dir = value("--from-jpeg");
+    let default_batches = if jpeg_dir.is_some() {
+        vec![256, 1024]
+    } else {
+        vec![1, 32, 256, 1024]
+    };
+    let batches: Vec<usize> = value("--batches")
         .map(|s| s.split(',').map(|v| v.parse().unwrap()).collect())
-        .unwrap_or_else(|| vec![1, 32, 256, 1024]);
+        .unwrap_or(default_batches);
+    if let Some(dir) = jpeg_dir {
+        let images = value("--images").map_or(2048, |v| v.parse().unwrap());
+        let model = value("--model").map(String::as_str);
+        from_jpeg(&gpu, std::path::Path::new(dir), model, images, &batches);
+        return;
+    }
+    if gpu.info.emulated {
+        println!("skipped: the emulator runs only --from-jpeg (a functional check)");
+        return;
+    }
     let models = [
         ("b32", "ViT-B/32", "clip-vit-base-patch32"),
         ("b16", "ViT-B/16", "clip-vit-base-patch16"),

@@ -3,30 +3,51 @@
 // batch 1024).
 #include "common.cuh"
 
-// pixels [B, C, S, S] f32 → patch rows [B·G·G, kp] fp16 with G = S / P, each row the
+// One pixel as the fp16 the patch GEMM reads: f32 rounded here (cvt.rn, nearest even), fp16
+// (rounded on the host by `half::f16::from_f32`, also nearest even) passed through as is.
+FC_DEVICE half_t pixel_to_half(float v) { return f2h(v); }
+FC_DEVICE half_t pixel_to_half(half_t v) { return v; }
+
+// pixels [B, C, S, S] (f32 or fp16) → patch rows [B·G·G, kp] fp16 with G = S / P, each row the
 // (channel, row, column)-ordered P×P window of the convolution weight, zero-padded from C·P·P
 // up to kp (the GEMM's K, a multiple of 8 for vector loads). Pixels past the last whole patch
 // are dropped, as the stride-P convolution does.
-// CPU twin: src/model/vision.rs `im2col` (+ zero padding: src/cuda/twins.rs `im2col_padded`).
-extern "C" __global__ void __launch_bounds__(256)
-    fc_im2col(const float* pixels, half_t* out, int batch, int channels, int size, int patch,
-              int kp) {
+template <typename T>
+FC_DEVICE void im2col_rows(const T* pixels, half_t* out, int batch, int channels, int size,
+                           int patch, int kp) {
     const int grid = size / patch, pp = patch * patch, k = channels * pp;
     const size_t total = (size_t)batch * grid * grid * kp;
     for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
          idx += (size_t)gridDim.x * blockDim.x) {
         const int col = (int)(idx % kp);
         const size_t row = idx / kp;
-        float v = 0.0f;
+        half_t v = 0; // +0.0 in fp16, as f2h(0.0f)
         if (col < k) {
             const int ch = col / pp, py = (col % pp) / patch, px = col % patch;
             const int b = (int)(row / (grid * grid)), cell = (int)(row % (grid * grid));
             const int gy = cell / grid, gx = cell % grid;
-            v = pixels[(((size_t)b * channels + ch) * size + gy * patch + py) * size +
-                       gx * patch + px];
+            v = pixel_to_half(pixels[(((size_t)b * channels + ch) * size + gy * patch + py) *
+                                         size +
+                                     gx * patch + px]);
         }
-        out[idx] = f2h(v);
+        out[idx] = v;
     }
+}
+
+// f32 pixels, rounded to fp16 here (forward_device's f32 path).
+// CPU twin: src/model/vision.rs `im2col` (+ zero padding: src/cuda/twins.rs `im2col_padded`).
+extern "C" __global__ void __launch_bounds__(256)
+    fc_im2col(const float* pixels, half_t* out, int batch, int channels, int size, int patch,
+              int kp) {
+    im2col_rows(pixels, out, batch, channels, size, patch, kp);
+}
+
+// fp16 pixels, already rounded on the host (half the upload of f32): the same output bits.
+// CPU twin: as fc_im2col, rounded to fp16.
+extern "C" __global__ void __launch_bounds__(256)
+    fc_im2col_f16(const half_t* pixels, half_t* out, int batch, int channels, int size,
+                  int patch, int kp) {
+    im2col_rows(pixels, out, batch, channels, size, patch, kp);
 }
 
 // h[b, t, :] = (t == 0 ? class_embedding : patches[b, t − 1, :]) + positions[t, :], f32.

@@ -86,6 +86,8 @@ pub struct Encoder {
     logit_scale: Option<f32>,
     /// Pillow's `MAX_IMAGE_PIXELS` rule, checked from each image's header before decoding.
     max_image_pixels: u64,
+    /// On the CUDA engine, decode the next batch of images while the GPU encodes this one.
+    decode_ahead: bool,
 }
 
 impl From<ClipModel> for Encoder {
@@ -94,6 +96,7 @@ impl From<ClipModel> for Encoder {
             logit_scale: model.logit_scale,
             towers: Towers::Cpu(Box::new(model)),
             max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
+            decode_ahead: true,
         }
     }
 }
@@ -122,6 +125,7 @@ impl Encoder {
             logit_scale: model.logit_scale,
             towers: Towers::Cuda(Box::new(model)),
             max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
+            decode_ahead: true,
         })
     }
 
@@ -129,6 +133,13 @@ impl Encoder {
     /// (`--max-image-pixels`; a warning above `max`).
     pub fn set_max_image_pixels(&mut self, max: u64) {
         self.max_image_pixels = max;
+    }
+
+    /// On the CUDA engine, whether [`encode_images`](Self::encode_images) decodes batch i+1
+    /// on the CPUs while the GPU encodes batch i (default on; the results are the same either
+    /// way). The CPU engine never overlaps: its encoding already uses every core.
+    pub fn set_decode_ahead(&mut self, on: bool) {
+        self.decode_ahead = on;
     }
 
     /// The model's files (layout, config and weight files).
@@ -181,10 +192,10 @@ impl Encoder {
         tower.with_context(|| format!("{} has no text tower", self.dir().display()))
     }
 
-    /// Encodes images in batches. Decoding runs in parallel; files that fail are one error
-    /// naming every one (decoding goes on after the first, encoding stops), or with
-    /// `skip_bad` a warning each, and they are left out. A non-finite embedding is an error
-    /// naming the batch and the image.
+    /// Encodes images in batches. Decoding runs in parallel (on the CUDA engine, one batch
+    /// ahead of the GPU); files that fail are one error naming every one (decoding goes on
+    /// after the first, encoding stops), or with `skip_bad` a warning each, and they are
+    /// left out. A non-finite embedding is an error naming the batch and the image.
     pub fn encode_images(
         &self,
         entries: &[ImageEntry],
@@ -199,16 +210,33 @@ impl Encoder {
             );
         }
         let cfg = self.preprocess_config()?;
+        let ahead = self.decode_ahead && matches!(vision, Vision::Cuda(_));
         let bar = progress(entries.len(), "images");
         let mut out = EncodedImages::default();
         let mut failures = Vec::new();
-        for (b, chunk) in entries.chunks(batch.max(1)).enumerate() {
+        let chunks: Vec<&[ImageEntry]> = entries.chunks(batch.max(1)).collect();
+        // Batch b's decoded files, when they were decoded during batch b − 1's encoding.
+        let mut pending = None;
+        for (b, &chunk) in chunks.iter().enumerate() {
+            let decoded = pending.take().unwrap_or_else(|| decode_files(&cfg, chunk));
+            // Names, warnings and failures are recorded in batch order, as without overlap.
             let first = out.kept.len();
-            let decoded = decode_batch(&vision, &cfg, chunk, skip_bad, &bar, &mut out)?;
+            let decoded = record_batch(&vision, chunk, decoded, skip_bad, &bar, &mut out)?;
             failures.extend(decoded.failures);
             let n = decoded.pixels.len() / vision.pixels_per_image();
-            if n > 0 && failures.is_empty() {
-                let embeds = vision.embeds(&decoded.pixels, n)?;
+            let encode = || match n > 0 && failures.is_empty() {
+                true => vision.embeds(&decoded.pixels, n).map(Some),
+                false => Ok(None),
+            };
+            let embeds = match chunks.get(b + 1).filter(|_| ahead) {
+                Some(&next) => {
+                    let (embeds, next) = rayon::join(encode, || decode_files(&cfg, next));
+                    pending = Some(next);
+                    embeds?
+                }
+                None => encode()?,
+            };
+            if let Some(embeds) = embeds {
                 check_finite(&embeds, &out.kept[first..], b, "image")?;
                 out.embeds.extend(embeds);
             }
@@ -289,20 +317,25 @@ struct DecodedBatch {
     failures: Vec<String>,
 }
 
-/// Decodes one chunk of images in parallel into `[n, pixels_per_image]`, recording each
-/// image as kept or (with `skip_bad`) skipped in `out`.
-fn decode_batch(
+/// Decodes one chunk of images in parallel, each to its pixels or its error; nothing is
+/// recorded or printed yet (a chunk decoded ahead may never be used).
+fn decode_files(cfg: &PreprocessConfig, chunk: &[ImageEntry]) -> Vec<Result<Vec<f32>>> {
+    chunk
+        .par_iter()
+        .map(|e| preprocess_file(&e.path, cfg))
+        .collect()
+}
+
+/// Gathers one decoded chunk into `[n, pixels_per_image]`, recording each image as kept or
+/// (with `skip_bad`, and a warning) skipped in `out`.
+fn record_batch(
     vision: &Vision,
-    cfg: &PreprocessConfig,
     chunk: &[ImageEntry],
+    decoded: Vec<Result<Vec<f32>>>,
     skip_bad: bool,
     bar: &ProgressBar,
     out: &mut EncodedImages,
 ) -> Result<DecodedBatch> {
-    let decoded: Vec<Result<Vec<f32>>> = chunk
-        .par_iter()
-        .map(|e| preprocess_file(&e.path, cfg))
-        .collect();
     let per_image = vision.pixels_per_image();
     let mut pixels = Vec::with_capacity(chunk.len() * per_image);
     let mut failures = Vec::new();

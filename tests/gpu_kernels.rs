@@ -575,6 +575,111 @@ fn attention_splits_grids_over_the_row_limit() {
     }
 }
 
+/// Pixels with the values where fp16 rounding can go wrong mixed in (one in four): exact ties
+/// between two fp16 neighbours and one f32 ulp either side of them (round to nearest *even*),
+/// the overflow edge (65 519.996 → 65 504, 65 520 → inf), subnormals, the tie below the
+/// smallest subnormal, and −0; the rest uniform in [−3, 3).
+fn rounding_edge_pixels(rng: &mut Rng, n: usize) -> Vec<f32> {
+    let mut px = rng.vec(n, 3.0);
+    for v in px.iter_mut() {
+        let pick = rng.below(16);
+        if pick >= 4 {
+            continue;
+        }
+        let sign = if rng.below(2) == 0 { 1.0f32 } else { -1.0 };
+        // A random finite fp16 below the largest, and the exact midpoint to its successor.
+        let h = f16::from_bits(rng.below(0x7BFF) as u16);
+        let mid = (h.to_f32() + f16::from_bits(h.to_bits() + 1).to_f32()) / 2.0;
+        *v = sign
+            * match pick {
+                0 => mid,
+                1 => f32::from_bits(mid.to_bits() + 1),
+                2 => f32::from_bits(mid.to_bits().saturating_sub(1)),
+                _ => [
+                    65519.996,
+                    65520.0,
+                    1e6,
+                    3e-8,
+                    2.9802322e-8,
+                    1e-45,
+                    0.0,
+                    -0.0,
+                ][rng.below(8) as usize],
+            };
+    }
+    px
+}
+
+/// `fc_im2col_f16` (pixels rounded on the host, what `CudaVision::forward` uploads) against
+/// `fc_im2col` (f32 pixels rounded on the device) and the CPU twin rounded to fp16, compared
+/// as fp16 bits with zero tolerance. Exact by construction, so any difference is a bug: each
+/// patch element is one pixel (or padding 0), and all three make it by one rounding of the
+/// same f32 value to nearest even — `half::f16::from_f32` on the host (the twin and
+/// `pixels_to_f16`), `cvt.rn.f16.f32` on the device — after which nothing but copies
+/// happen. No accumulation, no order, so no error model and no tolerance.
+#[test]
+fn im2col_of_fp16_pixels_is_bit_identical() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("im2col fp16");
+    // (batch, channels, size, patch): sizes not a multiple of the patch, K not a multiple of
+    // 8, one channel, a patch of the whole image, and ViT-B/32's and /14's on a GPU.
+    let shapes: &[(usize, usize, usize, usize)] = if small(&gpu) {
+        &[(3, 3, 31, 7), (1, 1, 9, 9), (2, 3, 29, 14), (1, 2, 17, 5)]
+    } else {
+        &[
+            (3, 3, 31, 7),
+            (1, 1, 9, 9),
+            (5, 3, 224, 32),
+            (3, 3, 338, 14),
+        ]
+    };
+    let bits = |v: &[f16]| v.iter().map(|h| h.to_bits()).collect::<Vec<u16>>();
+    for &(batch, c, size, p) in shapes {
+        let kp = (c * p * p).div_ceil(8) * 8;
+        let what = format!("b{batch} c{c} s{size} p{p} kp{kp}");
+        let pixels = rounding_edge_pixels(&mut rng, batch * c * size * size);
+        let want = bits(&twins::to_f16(&twins::im2col_padded(
+            &pixels, batch, c, size, p, kp,
+        )));
+        // The first index where two bit patterns differ (None: identical), so a failure
+        // names one element rather than printing megabytes.
+        let first_diff = |a: &[u16], b: &[u16]| {
+            assert_eq!(a.len(), b.len(), "{what}: length");
+            a.iter().zip(b).position(|(x, y)| x != y)
+        };
+        let host16 = fedclip::cuda::pixels_to_f16(&pixels);
+        let at = first_diff(&bits(&host16), &bits(&twins::to_f16(&pixels)));
+        assert_eq!(
+            at,
+            None,
+            "{what}: pixels_to_f16 (pixel {:?})",
+            at.map(|i| pixels[i])
+        );
+        let (px32, px16) = (gpu.upload(&pixels).unwrap(), gpu.upload(&host16).unwrap());
+        let out = gpu.alloc::<f16>(want.len()).unwrap();
+        kernels::im2col(&gpu, px16.view(), out.view(), batch, c, size, p, kp).unwrap();
+        let from16 = bits(&gpu.read(out.view()).unwrap());
+        gpu.poison(out.view()).unwrap();
+        kernels::im2col(&gpu, px32.view(), out.view(), batch, c, size, p, kp).unwrap();
+        let from32 = bits(&gpu.read(out.view()).unwrap());
+        assert_eq!(
+            first_diff(&from16, &want),
+            None,
+            "{what}: fp16 pixels vs the twin"
+        );
+        assert_eq!(
+            first_diff(&from32, &want),
+            None,
+            "{what}: f32 pixels vs the twin"
+        );
+        println!("  im2col fp16 {what}: bit-identical to f32 im2col and the twin");
+    }
+    // The wrapper checks the pixel buffer's length for the fp16 kernel too.
+    let short = gpu.alloc::<f16>(3 * 31 * 31 - 1).unwrap();
+    let out = gpu.alloc::<f16>(16 * 152).unwrap();
+    assert!(kernels::im2col(&gpu, short.view(), out.view(), 1, 3, 31, 7, 152).is_err());
+}
+
 #[test]
 fn embedding_kernels_match_their_twins() {
     let Some(gpu) = gpu() else { return };

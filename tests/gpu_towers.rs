@@ -148,14 +148,36 @@ fn check_model(gpu: &Arc<Gpu>, dir: &Path, what: &str, batch: usize, text: bool)
             e < 1e-6,
             "{what}: batch of one differs from the batch ({e:.2e})"
         );
-        // Pixels already on the device (the bench's path) give the same result.
-        let on_device = gpu.upload(&px).unwrap();
-        gv.forward_device(on_device.view(), batch).unwrap();
-        let dev_out = gv.last_output(batch).unwrap();
+        // The staging buffer too: the full batch again, after the batch of one wrote its start,
+        // gives the first result bit for bit.
+        let again = gv.forward(&px, batch, false).unwrap();
         assert!(
-            relative_error(&dev_out.embeds, &got.embeds) < 1e-6,
-            "{what}: forward_device differs"
+            again
+                .embeds
+                .iter()
+                .map(|v| v.to_bits())
+                .eq(got.embeds.iter().map(|v| v.to_bits())),
+            "{what}: a batch repeated after a smaller one differs"
         );
+        // Pixels already on the device (the bench's path), as f32 (rounded to fp16 by
+        // im2col) or as fp16, give `forward`'s result (fp16 pixels rounded on the host) bit
+        // for bit: im2col's output is the same bits (gpu_kernels proves it), and everything
+        // after it is the same launches on the same inputs.
+        let f32_px = gpu.upload(&px).unwrap();
+        let f16_px = gpu.upload(&fedclip::cuda::pixels_to_f16(&px)).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        for kind in ["f32", "fp16"] {
+            match kind {
+                "f32" => gv.forward_device(f32_px.view(), batch).unwrap(),
+                _ => gv.forward_device(f16_px.view(), batch).unwrap(),
+            }
+            let dev_out = gv.last_output(batch).unwrap();
+            assert!(
+                bits(&dev_out.embeds) == bits(&got.embeds)
+                    && bits(&dev_out.pooled) == bits(&got.pooled),
+                "{what}: forward_device from {kind} pixels differs from forward"
+            );
+        }
     }
     if text && let (Some(ct), Some(gt)) = (&cpu.text, &dev.text) {
         let seq = ct.config.max_position_embeddings.min(20);
@@ -293,4 +315,62 @@ fn embed_jobs_on_cuda_match_the_cpu_engine() {
     let e = relative_error(&got, &want);
     println!("  embed texts: relative error {e:.2e}");
     assert!(e <= TOWER_TOL, "texts: {e:.2e}");
+}
+
+/// Decoding batch i+1 while the GPU encodes batch i (`Encoder::set_decode_ahead`, on by
+/// default on the CUDA engine) changes nothing: the same embeddings bit for bit, the same
+/// kept and skipped names in the same order, the same error naming every failed file. Files
+/// that cannot be decoded sit in the first, a middle and the last batch; the batch size
+/// leaves a short last batch.
+#[test]
+fn decoding_ahead_gives_what_decoding_in_turn_gives() {
+    use fedclip::embed::collect_images;
+    use fedclip::encode::{EncodedImages, Encoder, ImageEntry};
+    let Some(gpu) = test_gpu() else { return };
+    let dir = repo().join("weights/tiny-clip");
+    let mut dev = Encoder::cuda(CudaClip::load(&gpu, &dir).unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = |name: &str| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, b"not a JPEG").unwrap();
+        ImageEntry::from_path(&path)
+    };
+    let good = collect_images(&[repo().join("tests/fixtures/images/pacs")]).unwrap();
+    let mut entries = vec![bad("first.jpg")];
+    entries.extend_from_slice(&good[..3]);
+    entries.push(bad("middle.jpg"));
+    entries.extend_from_slice(&good[3..]);
+    entries.push(bad("last.jpg"));
+    let bits = |e: &EncodedImages| e.embeds.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let mut runs = Vec::new();
+    for ahead in [false, true] {
+        dev.set_decode_ahead(ahead);
+        let clean = dev.encode_images(&good, 4, false).unwrap();
+        let skipping = dev.encode_images(&entries, 3, true).unwrap();
+        let failing = format!("{:#}", dev.encode_images(&entries, 3, false).unwrap_err());
+        runs.push((clean, skipping, failing));
+    }
+    let ((c0, s0, f0), (c1, s1, f1)) = (&runs[0], &runs[1]);
+    assert_eq!(c0.kept, c1.kept, "kept, no failures");
+    assert_eq!(bits(c0), bits(c1), "embeddings, no failures");
+    assert_eq!(c0.kept.len(), good.len());
+    assert!(c1.skipped.is_empty());
+    assert_eq!(s0.kept, s1.kept, "kept with --skip-bad");
+    assert_eq!(s0.skipped, s1.skipped, "skipped with --skip-bad");
+    assert_eq!(bits(s0), bits(s1), "embeddings with --skip-bad");
+    assert_eq!(s1.kept, c1.kept);
+    let skipped: Vec<String> = ["first.jpg", "middle.jpg", "last.jpg"]
+        .iter()
+        .map(|n| tmp.path().join(n).display().to_string())
+        .collect();
+    assert_eq!(s1.skipped, skipped);
+    assert_eq!(f0, f1, "the error without --skip-bad");
+    assert!(f1.starts_with("3 images cannot be used"), "{f1}");
+    for name in &skipped {
+        assert!(f1.contains(name.as_str()), "{f1} does not name {name}");
+    }
+    // On the CPU engine (which never decodes ahead) the same names are kept and skipped.
+    let cpu: Encoder = ClipModel::load(&dir).unwrap().into();
+    let on_cpu = cpu.encode_images(&entries, 3, true).unwrap();
+    assert_eq!((&on_cpu.kept, &on_cpu.skipped), (&s1.kept, &s1.skipped));
 }

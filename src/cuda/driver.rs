@@ -449,6 +449,38 @@ impl Gpu {
         }
     }
 
+    /// A host buffer of `len` zeroed elements for uploads: page-locked on a GPU
+    /// (cuMemHostAlloc), so a copy from it is one DMA transfer instead of the driver's staged
+    /// pageable copy; plain memory on the emulator, or when pinning fails (no error: the
+    /// copy is only slower).
+    pub fn host_buffer<T: Pod>(self: &Arc<Self>, len: usize) -> HostBuf<T> {
+        let pageable = || HostBuf {
+            mem: HostMem::Pageable(vec![T::zeroed(); len]),
+            len,
+        };
+        let bytes = len * std::mem::size_of::<T>();
+        if !matches!(self.backend, Backend::Cuda(_)) || bytes == 0 || self.make_current().is_err() {
+            return pageable();
+        }
+        // SAFETY: plain allocation on the current context; freed in HostBuf::drop.
+        match unsafe { result::malloc_host(bytes, 0) } {
+            Ok(ptr) if !ptr.is_null() => {
+                // Zeroed so the slice never exposes uninitialised bytes.
+                // SAFETY: `bytes` writable bytes start at `ptr` (page aligned, so aligned
+                // for T).
+                unsafe { std::ptr::write_bytes(ptr as *mut u8, 0, bytes) };
+                HostBuf {
+                    mem: HostMem::Pinned {
+                        gpu: self.clone(),
+                        ptr: ptr as *mut T,
+                    },
+                    len,
+                }
+            }
+            _ => pageable(),
+        }
+    }
+
     /// Copies `src` to the host, after every kernel launched before.
     pub fn read<T: Pod>(&self, src: View<T>) -> Result<Vec<T>> {
         self.check_frees()?;
@@ -693,6 +725,75 @@ impl<T> Drop for DevBuf<T> {
     }
 }
 
+/// Host memory for uploads, from [`Gpu::host_buffer`]: page-locked when the driver gave it.
+pub struct HostBuf<T> {
+    mem: HostMem<T>,
+    len: usize,
+}
+
+enum HostMem<T> {
+    Pinned { gpu: Arc<Gpu>, ptr: *mut T },
+    Pageable(Vec<T>),
+}
+
+// SAFETY: the pinned pointer is owned by this buffer alone (as a Vec's would be).
+unsafe impl<T: Send> Send for HostBuf<T> {}
+unsafe impl<T: Sync> Sync for HostBuf<T> {}
+
+impl<T> HostBuf<T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the memory is page-locked (false on the emulator or when pinning failed).
+    pub fn is_pinned(&self) -> bool {
+        matches!(self.mem, HostMem::Pinned { .. })
+    }
+}
+
+impl<T> std::ops::Deref for HostBuf<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match &self.mem {
+            // SAFETY: `len` initialised (zeroed, then written) elements owned by self.
+            HostMem::Pinned { ptr, .. } => unsafe { std::slice::from_raw_parts(*ptr, self.len) },
+            HostMem::Pageable(v) => v,
+        }
+    }
+}
+
+impl<T> std::ops::DerefMut for HostBuf<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        match &mut self.mem {
+            // SAFETY: as above, borrowed mutably through self.
+            HostMem::Pinned { ptr, .. } => unsafe {
+                std::slice::from_raw_parts_mut(*ptr, self.len)
+            },
+            HostMem::Pageable(v) => v,
+        }
+    }
+}
+
+impl<T> Drop for HostBuf<T> {
+    fn drop(&mut self) {
+        if let HostMem::Pinned { gpu, ptr } = &self.mem {
+            // SAFETY: ptr came from malloc_host and is freed once; copies from it are
+            // synchronous, so none is in flight. A failure only leaks the buffer.
+            let freed = gpu.make_current().and_then(|()| {
+                unsafe { result::free_host(*ptr as *mut c_void) }
+                    .map_err(driver_err("cuMemFreeHost"))
+            });
+            if let Err(e) = freed {
+                eprintln!("fedclip: {e:#} (freeing page-locked host memory)");
+            }
+        }
+    }
+}
+
 /// A borrowed range of device memory.
 pub struct View<'a, T> {
     pub(crate) ptr: u64,
@@ -763,6 +864,22 @@ mod tests {
             eprintln!("skipped: FEDCLIP_EMULATE is not 1");
             None
         }
+    }
+
+    /// The emulator's upload buffers are plain zeroed memory (pinning is GPU-only), usable
+    /// as a slice and as the source of a copy.
+    #[test]
+    fn host_buffers_fall_back_to_pageable_memory() {
+        let Some(gpu) = emulator() else { return };
+        let mut buf = gpu.host_buffer::<half::f16>(1000);
+        assert!(!buf.is_pinned());
+        assert_eq!(buf.len(), 1000);
+        assert!(buf.iter().all(|v| v.to_bits() == 0));
+        buf[999] = half::f16::from_f32(1.5);
+        let dev = gpu.alloc::<half::f16>(1000).unwrap();
+        gpu.write(dev.view(), &buf).unwrap();
+        assert_eq!(gpu.read(dev.view()).unwrap()[999].to_f32(), 1.5);
+        assert!(gpu.host_buffer::<f32>(0).is_empty());
     }
 
     /// Over 48 KiB of dynamic shared memory is refused, naming the kernel, its sizes and the

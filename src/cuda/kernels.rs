@@ -492,12 +492,27 @@ fn stride_grid(total: usize) -> u32 {
     total.div_ceil(256).clamp(1, 1 << 20) as u32
 }
 
+/// A pixel type im2col reads: f32 (rounded to fp16 on the device) or fp16 (rounded on the
+/// host, half the upload); both give the same patch rows bit for bit.
+pub trait ImagePixel: bytemuck::Pod {
+    /// The kernel in kernels/embed.cu for this type.
+    const IM2COL: &'static str;
+}
+
+impl ImagePixel for f32 {
+    const IM2COL: &'static str = "fc_im2col";
+}
+
+impl ImagePixel for f16 {
+    const IM2COL: &'static str = "fc_im2col_f16";
+}
+
 /// Patch rows `[batch·grid², kp]` fp16 from pixels `[batch, channels, size, size]`: see
-/// kernels/embed.cu. CPU twin: [`super::twins::im2col_padded`].
+/// kernels/embed.cu. CPU twin: [`super::twins::im2col_padded`], rounded to fp16.
 #[allow(clippy::too_many_arguments)]
-pub fn im2col(
+pub fn im2col<T: ImagePixel>(
     gpu: &Gpu,
-    pixels: View<f32>,
+    pixels: View<T>,
     out: View<f16>,
     batch: usize,
     channels: usize,
@@ -515,7 +530,7 @@ pub fn im2col(
     let total = batch * grid * grid * kp;
     need(out, total, "im2col out")?;
     gpu.launch(
-        "fc_im2col",
+        T::IM2COL,
         (stride_grid(total), 1, 1),
         (256, 1, 1),
         0,

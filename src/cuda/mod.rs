@@ -20,8 +20,8 @@ mod tower;
 pub mod twins;
 
 pub use adapter::{CudaAdapters, StepProfile};
-pub use driver::{Arg, DevBuf, DeviceInfo, Gpu, View};
-pub use tower::{CudaClip, CudaText, CudaVision, TowerOutput};
+pub use driver::{Arg, DevBuf, DeviceInfo, Gpu, HostBuf, View};
+pub use tower::{CudaClip, CudaText, CudaVision, TowerOutput, pixels_to_f16};
 
 use std::sync::Arc;
 

@@ -58,6 +58,7 @@ pub const KERNEL_SOURCES: &[KernelSource] = &[
         source: include_str!("../../kernels/embed.cu"),
         kernels: &[
             "fc_im2col",
+            "fc_im2col_f16",
             "fc_vision_embed",
             "fc_text_embed",
             "fc_l2_normalize",
