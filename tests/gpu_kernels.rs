@@ -330,7 +330,7 @@ fn layernorm_matches_ops_layer_norm() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng::new("layernorm");
     let shapes: &[(usize, usize)] = if small(&gpu) {
-        &[(1, 24), (17, 40), (50, 768), (9, 1024)]
+        &[(1, 24), (17, 40), (50, 768), (9, 1024), (13, 772), (5, 17)]
     } else {
         &[
             (1, 24),
@@ -339,6 +339,7 @@ fn layernorm_matches_ops_layer_norm() {
             (1000, 1024),
             (3072, 512),
             (257, 17),
+            (13, 772),
         ]
     };
     for &(rows, dim) in shapes {
@@ -408,6 +409,26 @@ fn layernorm_matches_ops_layer_norm() {
             &format!("layernorm {rows}×{dim} gathered"),
             &gpu.read(out32.slice(0, index.len() * dim)).unwrap(),
             &want_g,
+        );
+
+        // The same rows 4 bytes past a 16-byte boundary: the 32-bit path, whatever the width.
+        let mut x_pad = vec![0.0f32];
+        x_pad.extend_from_slice(&x);
+        let x_off = gpu.upload(&x_pad).unwrap();
+        gpu.poison(out32.view()).unwrap();
+        ln(
+            x_off.slice(1, rows * dim),
+            None,
+            rows,
+            Some(out32.view()),
+            None,
+        )
+        .launch(&gpu, None)
+        .unwrap();
+        check(
+            &format!("layernorm {rows}×{dim} misaligned input"),
+            &gpu.read(out32.view()).unwrap(),
+            &want,
         );
 
         // In place on the residual stream.
