@@ -42,6 +42,7 @@ STAGES=(
     "7|45|gpu_run: fedclip run on the GPU against the CPU run"
     "8g|45|GEMM TFLOP/s on every ViT GEMM shape: v1 and v2 tiles, cuBLAS (cublasGemmEx); attention v1 and v2"
     "8e|45|end-to-end encode from JPEG (data/pacs-mini, ViT-B/32): decoding ahead vs in turn, decode only, encode only"
+    "8p|40|per-kernel time table of one ViT-B/32 batch-1024 forward (CUDA events per launch)"
     "8a|70|gpu_towers larger towers (B/16, L/14, L/14-336)"
     "8b|80|encode benches B/16, L/14: ours, then PyTorch"
     "8c|60|compute-sanitizer racecheck and memcheck on a gpu_kernels subset"
@@ -314,6 +315,7 @@ stage_body() {
                 "$BIN/bench_gpu_encode" --no-encode --gemm v1,v2,cublas
             ;;
         8e) "$BIN/bench_gpu_encode" --from-jpeg "$ROOT/data/pacs-mini" --images 2048 --batches 256,1024 ;;
+        8p) "$BIN/bench_gpu_encode" b32 --batches 1024 --no-gemm --profile ;;
         8a) test_binary gpu_towers larger_vision_towers ;;
         8b)
             local rc=0

@@ -8,6 +8,9 @@
 //! Arguments (after `--`): model names to run (b32, b16, l14; default all), `--batches 1,32`,
 //! `--no-gemm`, `--no-encode`, `--gemm v1,v2,cublas` (which GEMMs to time; default all). With
 //! the GEMMs come the head-dim-64 attention kernels v1 and v2 on the towers' shapes.
+//! `--profile`: after each model's timings, one forward pass at the largest batch with every
+//! launch timed by CUDA events, as a per-kernel table (src/cuda/profile.rs), beside the
+//! unprofiled median so the events' own cost shows.
 //!
 //! `--from-jpeg DIR` (with `--batches`, default 256,1024) times instead the whole image path
 //! of `fedclip embed` on ViT-B/32 (random weights): `Encoder::encode_images` from the JPEG/PNG
@@ -50,7 +53,7 @@ fn time(gpu: &Gpu, reps: usize, mut f: impl FnMut()) -> f64 {
     t[t.len() / 2]
 }
 
-fn encode(gpu: &Arc<Gpu>, label: &str, file: &str, batches: &[usize]) {
+fn encode(gpu: &Arc<Gpu>, label: &str, file: &str, batches: &[usize], profile: bool) {
     let tmp = tempfile::tempdir().unwrap();
     write_random_clip(tmp.path(), &config(file), 1).unwrap();
     let cfg = ClipConfig::load(tmp.path()).unwrap();
@@ -68,16 +71,30 @@ fn encode(gpu: &Arc<Gpu>, label: &str, file: &str, batches: &[usize]) {
         .collect();
     // fp16 on the device, as CudaVision::forward uploads them (fc_im2col_f16).
     let dev = gpu.upload(&fedclip::cuda::pixels_to_f16(&pixels)).unwrap();
+    let mut last_ms = 0.0;
     for &b in batches {
         let reps = (2048 / b).clamp(3, 50);
         let s = time(gpu, reps, || {
             vision.forward_device(dev.slice(0, b * per), b).unwrap();
         });
+        last_ms = s * 1e3;
         println!(
             "fedclip cuda {label} batch {b:>4}: {:>9.1} images/s ({:.2} ms/batch, median of {reps}, {})",
             b as f64 / s,
             s * 1e3,
             gpu.info.name
+        );
+    }
+    if profile {
+        gpu.start_profile().unwrap();
+        vision.forward_device(dev.slice(0, max * per), max).unwrap();
+        let launches = gpu.finish_profile().unwrap();
+        println!(
+            "per-kernel time of one {label} batch-{max} forward (unprofiled median {last_ms:.2} ms):"
+        );
+        print!(
+            "{}",
+            fedclip::cuda::profile::profile_table(&launches, "CUDA events")
         );
     }
 }
@@ -541,6 +558,7 @@ fn main() {
         println!("skipped: the emulator runs only --from-jpeg (a functional check)");
         return;
     }
+    let profile = args.iter().any(|a| a == "--profile");
     let models = [
         ("b32", "ViT-B/32", "clip-vit-base-patch32"),
         ("b16", "ViT-B/16", "clip-vit-base-patch16"),
@@ -554,7 +572,7 @@ fn main() {
     if !args.iter().any(|a| a == "--no-encode") {
         for (key, label, file) in models {
             if picked.is_empty() || picked.contains(&key) {
-                encode(&gpu, label, file, &batches);
+                encode(&gpu, label, file, &batches, profile);
             }
         }
     }

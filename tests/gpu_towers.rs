@@ -374,3 +374,62 @@ fn decoding_ahead_gives_what_decoding_in_turn_gives() {
     let on_cpu = cpu.encode_images(&entries, 3, true).unwrap();
     assert_eq!((&on_cpu.kept, &on_cpu.skipped), (&s1.kept, &s1.skipped));
 }
+
+/// The per-kernel profile (`gpu_encode --profile`'s table) holds every launch of a forward
+/// pass, in order, each once, with a time; profiling changes no output bit; a profile
+/// cannot be finished twice or started inside another.
+#[test]
+fn profile_lists_every_launch_of_a_forward() {
+    use fedclip::cuda::profile::{kernel_totals, profile_table};
+    let Some(gpu) = test_gpu() else { return };
+    let dev = CudaClip::load(&gpu, &repo().join("weights/tiny-clip")).unwrap();
+    let vision = dev.vision.as_ref().unwrap();
+    let batch = 3;
+    let mut rng = Rng::new("profile");
+    let px = gpu
+        .upload(&fedclip::cuda::pixels_to_f16(&pixels(
+            &mut rng,
+            batch * vision.pixels_per_image(),
+        )))
+        .unwrap();
+    vision.forward_device(px.view(), batch).unwrap();
+    let plain = vision.last_output(batch).unwrap().embeds;
+
+    assert!(gpu.finish_profile().is_err(), "finish without start");
+    gpu.start_profile().unwrap();
+    assert!(gpu.start_profile().is_err(), "a profile inside a profile");
+    let before = gpu.launch_count();
+    vision.forward_device(px.view(), batch).unwrap();
+    let launched = (gpu.launch_count() - before) as usize;
+    let launches = gpu.finish_profile().unwrap();
+    assert!(gpu.finish_profile().is_err(), "finished twice");
+
+    assert_eq!(launches.len(), launched, "one record per launch");
+    assert!(launches.iter().all(|l| l.ms.is_finite() && l.ms >= 0.0));
+    assert!(
+        launches[0].kernel.starts_with("fc_im2col"),
+        "{:?}",
+        launches[0]
+    );
+    let totals = kernel_totals(&launches);
+    assert_eq!(
+        totals.iter().map(|t| t.launches).sum::<usize>(),
+        launched,
+        "totals cover every launch"
+    );
+    let layers = vision.config.num_hidden_layers;
+    let ln = totals.iter().find(|t| t.kernel == "fc_layernorm").unwrap();
+    // pre-LN, then two per block, then the pooled class tokens' post-LN.
+    assert_eq!(ln.launches, 2 * layers + 2, "{totals:?}");
+    let table = profile_table(&launches, "host emulator");
+    println!("{table}");
+    for t in &totals {
+        assert!(table.contains(t.kernel), "{} missing:\n{table}", t.kernel);
+    }
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    assert_eq!(
+        bits(&vision.last_output(batch).unwrap().embeds),
+        bits(&plain),
+        "profiling changed the output"
+    );
+}

@@ -8,6 +8,7 @@
 use super::emu::{EmuAlloc, EmuLib};
 use super::kernels::GemmVersion;
 use super::nvrtc::{KERNEL_SOURCES, KernelSource, Nvrtc};
+use super::profile::{Launch, LaunchTime, Recorder};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use bytemuck::Pod;
 use cudarc::driver::{result, sys};
@@ -73,6 +74,8 @@ pub struct Gpu {
     /// The GEMM version `GemmTile::Auto` takes when set ([`Gpu::set_gemm_version`]); else
     /// `FEDCLIP_GEMM`'s.
     gemm_version: Mutex<Option<GemmVersion>>,
+    /// The launches being timed, between [`Gpu::start_profile`] and [`Gpu::finish_profile`].
+    profile: Mutex<Option<Recorder>>,
 }
 
 // SAFETY: the CUDA handles are plain driver handles, usable from any thread once the context
@@ -211,6 +214,7 @@ impl Gpu {
             smem_optin: Mutex::new(HashMap::new()),
             free_error: Mutex::new(None),
             gemm_version: Mutex::new(None),
+            profile: Mutex::new(None),
         }
     }
 
@@ -588,10 +592,10 @@ impl Gpu {
                 // SAFETY: `params` holds one pointer per kernel parameter, to values of the
                 // parameter's type (see the wrappers in kernels.rs); they outlive the call,
                 // which copies them.
-                unsafe {
+                self.timed(kernel, grid, block, || unsafe {
                     result::launch_kernel(f, grid, block, smem, std::ptr::null_mut(), &mut params)
-                }
-                .map_err(driver_err("cuLaunchKernel"))
+                        .map_err(driver_err("cuLaunchKernel"))
+                })
                 .with_context(|| launch_description(kernel, grid, block, smem, args))?;
                 if self.sync_launches {
                     result::ctx::synchronize()
@@ -601,17 +605,70 @@ impl Gpu {
                 Ok(())
             }
             // Successive launches cycle through the emulator's four schedules.
-            Backend::Emu { lib, .. } => lib
-                .launch(
-                    kernel,
-                    grid,
-                    block,
-                    smem,
-                    &mut params,
-                    ((n + n / 4) % 4) as u32,
-                )
+            Backend::Emu { lib, .. } => self
+                .timed(kernel, grid, block, || {
+                    lib.launch(
+                        kernel,
+                        grid,
+                        block,
+                        smem,
+                        &mut params,
+                        ((n + n / 4) % 4) as u32,
+                    )
+                })
                 .with_context(|| launch_description(kernel, grid, block, smem, args)),
         }
+    }
+
+    /// Runs `launch`, timed when a profile is in progress (the context is current).
+    fn timed(
+        &self,
+        kernel: &'static str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        launch: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let mut profile = self.profile.lock().unwrap();
+        let Some(recorder) = profile.as_mut() else {
+            drop(profile);
+            return launch();
+        };
+        let started = recorder.start(Launch {
+            kernel,
+            grid,
+            block,
+        })?;
+        launch()?;
+        recorder.stop(started)
+    }
+
+    /// Kernel launches issued on this device so far.
+    pub fn launch_count(&self) -> u64 {
+        self.launches.load(Ordering::Relaxed)
+    }
+
+    /// Starts timing every launch, each on its own, until [`Gpu::finish_profile`]: see
+    /// [`super::profile`].
+    pub fn start_profile(&self) -> Result<()> {
+        let mut profile = self.profile.lock().unwrap();
+        ensure!(profile.is_none(), "a profile is already in progress");
+        *profile = Some(Recorder::new(self.info.emulated));
+        Ok(())
+    }
+
+    /// Every launch since [`Gpu::start_profile`], in launch order, with its time; waits for
+    /// them to finish.
+    pub fn finish_profile(&self) -> Result<Vec<LaunchTime>> {
+        let recorder = self
+            .profile
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or_else(|| anyhow!("finish_profile without start_profile"))?;
+        // Also makes the context current, as reading and destroying the events needs.
+        self.synchronize()
+            .context("finishing the profile (a profiled kernel failed)")?;
+        recorder.finish()
     }
 
     fn free(&self, ptr: u64) {

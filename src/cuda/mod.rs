@@ -5,6 +5,7 @@
 //!   toolkit is needed to build; at run time only the driver (libcuda) and libnvrtc.
 //! - [`kernels`]: one checked launch wrapper per kernel; [`twins`]: the CPU function each
 //!   kernel is tested against (most are `crate::model::ops` itself).
+//! - [`profile`]: per-kernel time of a stretch of launches (CUDA events).
 //! - [`CudaClip`]: fp16 weights uploaded once, f32 residual stream, fp16 GEMM inputs, a
 //!   workspace reused across batches.
 //!
@@ -16,6 +17,7 @@ pub mod driver;
 mod emu;
 pub mod kernels;
 pub mod nvrtc;
+pub mod profile;
 mod tower;
 pub mod twins;
 
