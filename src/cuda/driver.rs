@@ -175,7 +175,7 @@ fn load_source(nvrtc: &Nvrtc, src: &KernelSource, arch: i32) -> Result<(sys::CUm
     }
 }
 
-fn driver_err(what: &str) -> impl FnOnce(result::DriverError) -> anyhow::Error + '_ {
+pub(super) fn driver_err(what: &str) -> impl FnOnce(result::DriverError) -> anyhow::Error + '_ {
     move |e| {
         let name = e
             .error_name()

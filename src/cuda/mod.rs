@@ -27,7 +27,7 @@ pub use tower::{CudaClip, CudaText, CudaVision, TowerOutput, pixels_to_f16};
 
 use std::sync::Arc;
 
-const DRIVER_NAMES: &[&str] = &["libcuda.so.1", "libcuda.so"];
+pub(crate) const DRIVER_NAMES: &[&str] = &["libcuda.so.1", "libcuda.so"];
 
 /// Whether the CUDA driver library can be `dlopen`ed.
 pub fn driver_present() -> bool {

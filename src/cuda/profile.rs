@@ -7,6 +7,8 @@
 //! prints both). On the host emulator launches run synchronously and the time is host wall
 //! time: it shows which kernels the emulator spends its time in, nothing about a GPU.
 
+use super::DRIVER_NAMES;
+use super::driver::driver_err;
 use anyhow::{Context, Result, anyhow};
 use cudarc::driver::{result, sys};
 use std::collections::HashMap;
@@ -95,6 +97,17 @@ pub(crate) struct Launch {
     pub block: (u32, u32, u32),
 }
 
+impl Launch {
+    fn took(self, ms: f64) -> LaunchTime {
+        LaunchTime {
+            kernel: self.kernel,
+            grid: self.grid,
+            block: self.block,
+            ms,
+        }
+    }
+}
+
 /// A launch being timed: its start event (GPU) or instant (emulator).
 pub(crate) enum Started {
     Event(Launch, sys::CUevent),
@@ -121,12 +134,9 @@ impl Recorder {
     /// After the launch `started` began.
     pub fn stop(&mut self, started: Started) -> Result<()> {
         match (self, started) {
-            (Recorder::Host(v), Started::Host(l, t0)) => v.push(LaunchTime {
-                kernel: l.kernel,
-                grid: l.grid,
-                block: l.block,
-                ms: t0.elapsed().as_secs_f64() * 1e3,
-            }),
+            (Recorder::Host(v), Started::Host(l, t0)) => {
+                v.push(l.took(t0.elapsed().as_secs_f64() * 1e3))
+            }
             (Recorder::Events(v), Started::Event(l, start)) => v.push((l, start, record_event()?)),
             _ => unreachable!("a launch starts and stops on the same recorder"),
         }
@@ -155,12 +165,7 @@ impl Recorder {
                         let _ = result::event::destroy(start);
                         let _ = result::event::destroy(end);
                     }
-                    out.push(LaunchTime {
-                        kernel: l.kernel,
-                        grid: l.grid,
-                        block: l.block,
-                        ms: ms as f64,
-                    });
+                    out.push(l.took(ms as f64));
                 }
                 match first_error {
                     Some(e) => Err(anyhow!(e)),
@@ -174,10 +179,10 @@ impl Recorder {
 /// A new event, recorded on the default stream.
 fn record_event() -> Result<sys::CUevent> {
     let e = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)
-        .map_err(|e| anyhow!("cuEventCreate: {e:?}"))?;
+        .map_err(driver_err("cuEventCreate"))?;
     // SAFETY: an event just created; the null stream is the context's default stream.
     unsafe { result::event::record(e, std::ptr::null_mut()) }
-        .map_err(|e| anyhow!("cuEventRecord: {e:?}"))?;
+        .map_err(driver_err("cuEventRecord"))?;
     Ok(e)
 }
 
@@ -191,7 +196,7 @@ fn event_elapsed_fn() -> Result<ElapsedFn> {
     let found = FOUND.get_or_init(|| {
         // SAFETY: the driver library, already loaded by cudarc; loading it again only adds a
         // reference.
-        let lib = ["libcuda.so.1", "libcuda.so"]
+        let lib = DRIVER_NAMES
             .iter()
             .find_map(|n| unsafe { libloading::Library::new(*n) }.ok())
             .ok_or("libcuda.so.1 cannot be loaded")?;
