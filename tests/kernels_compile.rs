@@ -4,7 +4,8 @@
 //! Without libnvrtc the test prints `skipped: NVRTC not found` and passes — unless `CI` is
 //! set: `.ci/run` installs NVRTC, so there a missing library is a failure.
 
-use fedclip::cuda::nvrtc::{KERNEL_SOURCES, KernelSource, Nvrtc, kernel_names};
+use fedclip::cuda::nvrtc::Nvrtc;
+use fedclip::cuda::sources::{KERNEL_SOURCES, KernelSource, kernel_names};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
@@ -60,7 +61,7 @@ fn embedded_sources_are_every_cu_file() {
     let embedded: BTreeSet<&str> = KERNEL_SOURCES.iter().map(|k| k.file).collect();
     assert_eq!(
         on_disk, embedded,
-        "kernels/*.cu and KERNEL_SOURCES (src/cuda/nvrtc.rs) disagree: register every .cu file there"
+        "kernels/*.cu and KERNEL_SOURCES (src/cuda/sources.rs) disagree: register every .cu file there"
     );
     for k in KERNEL_SOURCES {
         let d = disk.iter().find(|d| d.file == k.file).unwrap();

@@ -35,7 +35,6 @@
 //! unchanged, as on the CPU.
 
 use super::driver::{Arg, DevBuf, Gpu, View};
-use super::nvrtc::{KERNEL_SOURCES, KernelSource};
 use crate::adapter::{
     AdapterBackend, AdapterParams, ClientBatch, Loss, OptimizerKind, OptimizerState, TextFeatures,
     TrainConfig, check_features, check_setup, check_step, param_count,
@@ -44,26 +43,6 @@ use anyhow::{Context, Result, ensure};
 use bytemuck::Pod;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// kernels/adapter.cu, for `KERNEL_SOURCES` in src/cuda/nvrtc.rs (which must list it for
-/// [`Gpu`] to load these kernels) and the emulator's kernel table.
-pub const SOURCE: KernelSource = KernelSource {
-    file: "adapter.cu",
-    source: include_str!("../../kernels/adapter.cu"),
-    kernels: &[
-        "fc_adapter_forward_m32",
-        "fc_adapter_forward_m64",
-        "fc_adapter_rows_fwd",
-        "fc_adapter_loss",
-        "fc_adapter_rows_bwd",
-        "fc_adapter_dhidden_m32",
-        "fc_adapter_dhidden_m64",
-        "fc_adapter_wgrad",
-        "fc_adapter_prox",
-        "fc_adapter_adam",
-        "fc_adapter_fill",
-    ],
-};
 
 /// Threads per block of every adapter kernel.
 const THREADS: u32 = 256;
@@ -298,12 +277,6 @@ impl CudaAdapters {
     ) -> Result<Self> {
         let dim = init.dim();
         let scale = check_setup(num_clients, dim, &texts, &config)?;
-        ensure!(
-            KERNEL_SOURCES.iter().any(|s| s.file == SOURCE.file),
-            "kernels/adapter.cu is not in this build's kernel list: add \
-             `super::adapter::SOURCE` to KERNEL_SOURCES in src/cuda/nvrtc.rs (and, for the \
-             emulator, include ../adapter.cu and register its kernels in kernels/emu/emu.cpp)"
-        );
         let classes = texts.classes();
         ensure!(
             (3 * classes + 8) * 4 <= SMEM_LIMIT,

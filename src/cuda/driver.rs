@@ -6,9 +6,10 @@
 //! without explicit synchronisation; copies to the host wait for the kernels before them.
 
 use super::emu::{EmuAlloc, EmuLib};
-use super::kernels::GemmVersion;
-use super::nvrtc::{KERNEL_SOURCES, KernelSource, Nvrtc};
+use super::libcuda::driver_err;
+use super::nvrtc::Nvrtc;
 use super::profile::{Launch, LaunchTime, Recorder};
+use super::sources::{GemmVersion, KERNEL_SOURCES, KernelSource};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use bytemuck::Pod;
 use cudarc::driver::{result, sys};
@@ -172,20 +173,6 @@ fn load_source(nvrtc: &Nvrtc, src: &KernelSource, arch: i32) -> Result<(sys::CUm
             Ok((m, false))
         }
         Err(e) => Err(driver_err("cuModuleLoadData")(e)),
-    }
-}
-
-pub(super) fn driver_err(what: &str) -> impl FnOnce(result::DriverError) -> anyhow::Error + '_ {
-    move |e| {
-        let name = e
-            .error_name()
-            .map(|c| c.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| format!("{:?}", e.0));
-        let text = e
-            .error_string()
-            .map(|c| c.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        anyhow!("CUDA {what} failed: {name}: {text}")
     }
 }
 

@@ -4,7 +4,8 @@
 //! checked against the CPU engine on a machine without a GPU. Selected with
 //! `FEDCLIP_EMULATE=1` (see [`super::test_gpu`]); never used by `fedclip embed`.
 
-use super::nvrtc::{KERNEL_HEADERS, KERNEL_SOURCES, cache_dir};
+use super::nvrtc::cache_dir;
+use super::sources::{KERNEL_HEADERS, KERNEL_SOURCES};
 use crate::io::write_atomic;
 use anyhow::{Context, Result, bail};
 use std::ffi::{CStr, c_char, c_int, c_uint, c_void};

@@ -5,6 +5,7 @@
 //! Each wrapper names its CPU twin, the function its tests compare it with.
 
 use super::driver::{Arg, Gpu, View};
+pub use super::sources::GemmVersion;
 use crate::weights::Activation;
 use anyhow::{Result, bail, ensure};
 use half::f16;
@@ -38,34 +39,6 @@ fn need<T>(v: View<T>, elems: usize, what: &str) -> Result<()> {
 
 fn opt<T>(v: Option<View<T>>) -> Arg {
     v.map_or(Arg::Ptr(0), |v| v.arg())
-}
-
-/// Which GEMM kernel version `GemmTile::Auto` takes: `FEDCLIP_GEMM=v1|v2`, default v1.
-///
-/// v1 stays the default until a GPU has measured v2 (benches/gpu_encode.rs prints both side
-/// by side): v2 has so far run only on the host emulator, never on a GPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GemmVersion {
-    /// kernels/gemm.cu: K step 32, two cp.async stages, 32-bit fragment loads.
-    V1,
-    /// kernels/gemm2.cu: K step 64, three stages, ldmatrix, swizzled shared memory.
-    V2,
-}
-
-impl GemmVersion {
-    /// The version named by `FEDCLIP_GEMM` (unset or empty: v1).
-    pub fn from_env() -> Result<GemmVersion> {
-        Self::parse(&std::env::var("FEDCLIP_GEMM").unwrap_or_default())
-    }
-
-    /// `FEDCLIP_GEMM`'s value: "" or "v1", "v2"; anything else is an error naming it.
-    pub fn parse(value: &str) -> Result<GemmVersion> {
-        match value {
-            "" | "v1" => Ok(GemmVersion::V1),
-            "v2" => Ok(GemmVersion::V2),
-            other => bail!("FEDCLIP_GEMM={other}: expected v1 or v2"),
-        }
-    }
 }
 
 /// Which GEMM kernel (version and tile shape) to launch.

@@ -16,8 +16,10 @@ pub mod adapter;
 pub mod driver;
 mod emu;
 pub mod kernels;
+mod libcuda;
 pub mod nvrtc;
 pub mod profile;
+pub mod sources;
 mod tower;
 pub mod twins;
 
@@ -25,9 +27,8 @@ pub use adapter::{CudaAdapters, StepProfile};
 pub use driver::{Arg, DevBuf, DeviceInfo, Gpu, HostBuf, View};
 pub use tower::{CudaClip, CudaText, CudaVision, TowerOutput, pixels_to_f16};
 
+use libcuda::DRIVER_NAMES;
 use std::sync::Arc;
-
-pub(crate) const DRIVER_NAMES: &[&str] = &["libcuda.so.1", "libcuda.so"];
 
 /// Whether the CUDA driver library can be `dlopen`ed.
 pub fn driver_present() -> bool {

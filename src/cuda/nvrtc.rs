@@ -5,108 +5,10 @@
 //! library is missing, and we want to search the places a pip-installed NVRTC lives (and name
 //! the library explicitly with `FEDCLIP_NVRTC`) and to say clearly what was tried.
 
+use super::sources::{KERNEL_HEADERS, KernelSource};
 use anyhow::{Context, Result, bail};
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::path::{Path, PathBuf};
-
-/// A kernel source file from `kernels/`, embedded in the binary.
-#[derive(Clone, Copy, Debug)]
-pub struct KernelSource {
-    pub file: &'static str,
-    pub source: &'static str,
-    /// The `extern "C"` kernels it defines (`tests/kernels_compile.rs` checks this list
-    /// against [`kernel_names`] of the source).
-    pub kernels: &'static [&'static str],
-}
-
-/// Every kernel source the engine loads (one module each). Adding a `.cu` file to `kernels/`
-/// means adding it here; `tests/kernels_compile.rs` checks the list against the directory, and
-/// the emulator's kernel table is generated from it.
-pub const KERNEL_SOURCES: &[KernelSource] = &[
-    KernelSource {
-        file: "gemm.cu",
-        source: include_str!("../../kernels/gemm.cu"),
-        kernels: &["fc_gemm_128x128", "fc_gemm_128x128w4", "fc_gemm_64x64"],
-    },
-    KernelSource {
-        file: "gemm2.cu",
-        source: include_str!("../../kernels/gemm2.cu"),
-        kernels: &["fc_gemm2_128x128", "fc_gemm2_128x256"],
-    },
-    KernelSource {
-        file: "fragments.cu",
-        source: include_str!("../../kernels/fragments.cu"),
-        kernels: &["fc_check_fragments"],
-    },
-    KernelSource {
-        file: "layernorm.cu",
-        source: include_str!("../../kernels/layernorm.cu"),
-        kernels: &["fc_layernorm"],
-    },
-    KernelSource {
-        file: "attention.cu",
-        source: include_str!("../../kernels/attention.cu"),
-        kernels: &["fc_attention_rows", "fc_attention_hd64"],
-    },
-    KernelSource {
-        file: "attention2.cu",
-        source: include_str!("../../kernels/attention2.cu"),
-        kernels: &["fc_attention2_hd64"],
-    },
-    KernelSource {
-        file: "embed.cu",
-        source: include_str!("../../kernels/embed.cu"),
-        kernels: &[
-            "fc_im2col",
-            "fc_im2col_f16",
-            "fc_vision_embed",
-            "fc_text_embed",
-            "fc_l2_normalize",
-        ],
-    },
-    super::adapter::SOURCE,
-];
-
-/// Names of the `extern "C" __global__` functions in CUDA source text: after that prefix,
-/// skipping the return type and `__launch_bounds__(...)`, the identifier before `(`.
-/// Line comments are ignored.
-pub fn kernel_names(source: &str) -> Vec<String> {
-    let code: String = source
-        .lines()
-        .map(|l| l.split("//").next().unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let mut names = Vec::new();
-    for part in code.split("extern \"C\"").skip(1) {
-        let Some(rest) = part.trim_start().strip_prefix("__global__") else {
-            continue;
-        };
-        let mut rest = rest.trim_start();
-        loop {
-            let ident: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if ident.is_empty() {
-                break;
-            }
-            rest = rest[ident.len()..].trim_start();
-            if ident == "__launch_bounds__" {
-                // Skip the parenthesised arguments.
-                let close = rest.find(')').map_or(rest.len(), |i| i + 1);
-                rest = rest[close..].trim_start();
-            } else if rest.starts_with('(') {
-                names.push(ident);
-                break;
-            }
-        }
-    }
-    names
-}
-
-/// Headers the sources include, handed to NVRTC by name (no include path is needed).
-pub const KERNEL_HEADERS: &[(&str, &str)] =
-    &[("common.cuh", include_str!("../../kernels/common.cuh"))];
 
 /// Options every compile uses besides the architecture. No fast-math: the kernels are checked
 /// against the f32 CPU engine.

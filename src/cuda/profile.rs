@@ -7,8 +7,7 @@
 //! prints both). On the host emulator launches run synchronously and the time is host wall
 //! time: it shows which kernels the emulator spends its time in, nothing about a GPU.
 
-use super::DRIVER_NAMES;
-use super::driver::driver_err;
+use super::libcuda::{DRIVER_NAMES, driver_err};
 use anyhow::{Context, Result, anyhow};
 use cudarc::driver::{result, sys};
 use std::collections::HashMap;
