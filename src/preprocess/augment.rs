@@ -42,6 +42,13 @@ pub const TAG_VIEWS: u32 = 16;
 pub const VIEW_ALGORITHM: &str =
     "torchvision-randomresizedcrop(0.08,1;3/4,4/3)+hflip(0.5);mt19937-key(seed,16,blake3,view)/1";
 
+/// Which view of a file: the run seed and the view index (`0..N` of `--augment-views N`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ViewId {
+    pub seed: u32,
+    pub index: u32,
+}
+
 /// A crop window in source pixels (`i, j, h, w` of `get_params`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CropBox {
