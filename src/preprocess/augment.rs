@@ -12,7 +12,11 @@
 //!   filter taps never reach outside the crop; then `hflip` (`transpose(FLIP_LEFT_RIGHT)`).
 //!   The rest is the centre-crop path's: convert to RGB after the geometry (as CLIP's
 //!   `_transform` does), `x / 255`, normalise. The filter is the model's
-//!   [`PreprocessConfig::resample`] (bicubic for every CLIP).
+//!   [`PreprocessConfig::resample`] (bicubic for every CLIP). Known gap: Pillow 13 runs the
+//!   vertical pass first for some shapes (its rule is not reproduced here; a Pillow change
+//!   of 2026 introduced it), fedclip always the horizontal one first, as Pillow 12 did; with
+//!   8-bit rounding between the passes such a view can differ by one level in some pixels
+//!   (2 of the 176 boxes of tests/augment.rs, which shows both equal the vertical-first result).
 //! * **Draws** ([`ViewStream`]): not torch's generator but fedclip's keyed MT19937 stream
 //!   `RandomState::from_key([seed, 16, d0, …, d7, view])`, where `d0…d7` are the BLAKE3 digest
 //!   of the file's bytes as eight little-endian words. A view therefore depends only on the
