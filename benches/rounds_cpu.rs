@@ -70,7 +70,11 @@ fn samples(rng: &mut Rng, texts: &[f32], n: usize) -> SplitData {
             features.push(0.3 * texts[y as usize * D + j] + rng.normal());
         }
     }
-    SplitData { features, labels }
+    SplitData {
+        features,
+        labels,
+        views: Vec::new(),
+    }
 }
 
 /// Seconds of each phase of one round.

@@ -6,6 +6,7 @@ use crate::cuda::{CudaClip, CudaText, CudaVision, Gpu};
 use crate::device::{Backend, Device, select_device};
 use crate::features::ModelKey;
 use crate::model::{ClipModel, TextTower, VisionTower};
+use crate::preprocess::augment::{ViewId, preprocess_view_file};
 use crate::preprocess::{DEFAULT_MAX_IMAGE_PIXELS, PreprocessConfig, preprocess_file};
 use crate::tokenizer::{ClipTokenizer, TokenizerKind};
 use crate::weights::{ClipConfig, ModelFiles, TextConfig};
@@ -202,6 +203,34 @@ impl Encoder {
         batch: usize,
         skip_bad: bool,
     ) -> Result<EncodedImages> {
+        let cfg = self.preprocess_config()?;
+        self.encode_decoded(entries, batch, skip_bad, &|path| {
+            preprocess_file(path, &cfg)
+        })
+    }
+
+    /// Encodes augmented view `view` of each image (`[entries.len(), projection_dim]`; see
+    /// [`crate::preprocess::augment`]) as [`encode_images`](Self::encode_images) encodes the
+    /// centre crops, without `skip_bad`: the images were decoded once already.
+    pub fn encode_image_views(
+        &self,
+        entries: &[ImageEntry],
+        view: ViewId,
+        batch: usize,
+    ) -> Result<Vec<f32>> {
+        let cfg = self.preprocess_config()?;
+        let decode = |path: &Path| preprocess_view_file(path, &cfg, view.seed, view.index);
+        Ok(self.encode_decoded(entries, batch, false, &decode)?.embeds)
+    }
+
+    /// [`encode_images`](Self::encode_images) with each file's pixels from `decode`.
+    fn encode_decoded(
+        &self,
+        entries: &[ImageEntry],
+        batch: usize,
+        skip_bad: bool,
+        decode: &Decode,
+    ) -> Result<EncodedImages> {
         let vision = self.vision()?;
         if !vision.has_projection() {
             bail!(
@@ -209,7 +238,6 @@ impl Encoder {
                 self.dir().display()
             );
         }
-        let cfg = self.preprocess_config()?;
         let ahead = self.decode_ahead && matches!(vision, Vision::Cuda(_));
         let bar = progress(entries.len(), "images");
         let mut out = EncodedImages::default();
@@ -218,7 +246,9 @@ impl Encoder {
         // Batch b's decoded files, when they were decoded during batch b − 1's encoding.
         let mut pending = None;
         for (b, &chunk) in chunks.iter().enumerate() {
-            let decoded = pending.take().unwrap_or_else(|| decode_files(&cfg, chunk));
+            let decoded = pending
+                .take()
+                .unwrap_or_else(|| decode_files(decode, chunk));
             // Names, warnings and failures are recorded in batch order, as without overlap.
             let first = out.kept.len();
             let decoded = record_batch(&vision, chunk, decoded, skip_bad, &bar, &mut out)?;
@@ -230,7 +260,7 @@ impl Encoder {
             };
             let embeds = match chunks.get(b + 1).filter(|_| ahead) {
                 Some(&next) => {
-                    let (embeds, next) = rayon::join(encode, || decode_files(&cfg, next));
+                    let (embeds, next) = rayon::join(encode, || decode_files(decode, next));
                     pending = Some(next);
                     embeds?
                 }
@@ -317,13 +347,13 @@ struct DecodedBatch {
     failures: Vec<String>,
 }
 
+/// One file's model-ready pixels (the centre crop, or an augmented view).
+type Decode<'a> = dyn Fn(&Path) -> Result<Vec<f32>> + Sync + 'a;
+
 /// Decodes one chunk of images in parallel, each to its pixels or its error; nothing is
 /// recorded or printed yet (a chunk decoded ahead may never be used).
-fn decode_files(cfg: &PreprocessConfig, chunk: &[ImageEntry]) -> Vec<Result<Vec<f32>>> {
-    chunk
-        .par_iter()
-        .map(|e| preprocess_file(&e.path, cfg))
-        .collect()
+fn decode_files(decode: &Decode, chunk: &[ImageEntry]) -> Vec<Result<Vec<f32>>> {
+    chunk.par_iter().map(|e| decode(&e.path)).collect()
 }
 
 /// Gathers one decoded chunk into `[n, pixels_per_image]`, recording each image as kept or

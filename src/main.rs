@@ -1,4 +1,4 @@
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 use fedclip::bundled::{BUNDLED_MODEL, bundled_data, bundled_model};
 use fedclip::device::Device;
@@ -121,6 +121,11 @@ struct RunArgs {
     /// warning) instead of refusing the partition.
     #[arg(long)]
     drop_empty_clients: bool,
+    /// Train on N augmented views of every training image (torchvision's RandomResizedCrop
+    /// and a horizontal flip), each encoded once and cached; local epoch e of the run uses
+    /// view e mod N. Evaluation keeps the centre crops. Default: centre crops only.
+    #[arg(long, value_name = "N")]
+    augment_views: Option<u32>,
     /// Dirichlet concentration α of the label skew (smaller is more skewed).
     #[arg(long, default_value_t = 0.5)]
     dirichlet_alpha: f64,
@@ -329,7 +334,19 @@ fn run_config(mut a: RunArgs) -> Result<RunConfig> {
         max_image_pixels: a.max_image_pixels,
         drop_empty_clients: a.drop_empty_clients,
         skip_bad: a.skip_bad,
+        augment_views: augment_views(a.augment_views)?,
     })
+}
+
+/// `--augment-views`: absent is 0 (centre crops only); an explicit 0 is refused.
+fn augment_views(flag: Option<u32>) -> Result<u32> {
+    match flag {
+        Some(0) => bail!(
+            "--augment-views must be at least 1, got 0 (leave the flag out to train on the \
+             centre crops only)"
+        ),
+        n => Ok(n.unwrap_or(0)),
+    }
 }
 
 /// What a finished run prints: cache use, timings, the best round, held-out accuracies.

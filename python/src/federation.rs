@@ -475,6 +475,12 @@ impl Clients {
         cache_capacity: Option<usize>,
     ) -> PyResult<Clients> {
         let cfg = parse_config(config_json)?;
+        if cfg.augment_views > 0 {
+            return Err(PyValueError::new_err(
+                "augment_views: fedclip.Clients trains on the features it is given and has no \
+                 augmented views of them (only `fedclip run` makes them so far)",
+            ));
+        }
         let device = parse_device(device)?;
         let strategy = strategy::build(&cfg).map_err(value_err)?;
         let (classes, dim) = (texts.shape()[0], texts.shape()[1]);

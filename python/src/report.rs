@@ -72,6 +72,7 @@ pub(crate) fn split_data(
     Ok(SplitData {
         features: f.as_slice()?.to_vec(),
         labels: l.as_slice()?.to_vec(),
+        views: Vec::new(),
     })
 }
 

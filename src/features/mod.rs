@@ -11,7 +11,10 @@
 //!   `<cache>/text-<hash>/`, so changing the model or the preprocessing simply selects
 //!   another table.
 //! * A **row key** is BLAKE3 of the image file's bytes (so renamed or duplicated files
-//!   share a row and an edited file gets a new one), or of the prompt's UTF-8 text.
+//!   share a row and an edited file gets a new one), or of the prompt's UTF-8 text. An
+//!   augmented training view (`--augment-views`) has its own row in the image table, keyed by
+//!   [`view_row_key`]: the file's digest, the run seed and the view index, so views are
+//!   cached across runs beside the centre crops, which stay as they are.
 //!
 //! Content hashes of files (images and multi-GB checkpoints alike) are memoised in
 //! `<cache>/file-hashes.bin` by path, size, mtime, ctime and inode (see [`hash`]), so a
@@ -56,6 +59,7 @@ pub mod store;
 
 use crate::model::ClipModel;
 use crate::preprocess::PreprocessConfig;
+use crate::preprocess::augment::{VIEW_ALGORITHM, ViewId};
 use crate::tokenizer::TokenizerKind;
 use crate::weights::{ClipConfig, ModelFiles};
 use anyhow::{Context, Result, bail, ensure};
@@ -334,6 +338,33 @@ impl FeatureCache {
         Ok((features, stats))
     }
 
+    /// Features of augmented view `view` of each of `files` (`[files.len(), image_dim]`), in
+    /// the image table under the row key [`view_row_key`]; missing ones are passed to
+    /// `compute` (e.g. [`Encoder::encode_image_views`](crate::encode::Encoder::encode_image_views)).
+    pub fn image_view_features(
+        &self,
+        files: &[PathBuf],
+        view: ViewId,
+        compute: impl FnMut(&[PathBuf]) -> Result<Vec<f32>>,
+    ) -> Result<(Vec<f32>, CacheStats)> {
+        let mut inner = self.lock();
+        ensure!(
+            inner.image.dim > 0,
+            "the model has no vision tower, so there are no image features"
+        );
+        let (digests, hashed) = digest_files(&mut inner.memo, files)?;
+        let rows: Vec<Digest> = digests.iter().map(|d| view_row_key(d, view)).collect();
+        let what = "augmented views";
+        let (features, mut stats) =
+            self.lookup_or_compute(&mut inner, true, files, &rows, compute, what)?;
+        if let Err(e) = inner.memo.save() {
+            let w = format!("cannot save the file-hash memo: {e:#}");
+            warn_into(&mut inner.warnings)(w);
+        }
+        stats.hashed = hashed;
+        Ok((features, stats))
+    }
+
     /// Indices of the `files` whose image features are not cached yet: the ones a run will
     /// decode (and so the only ones that may turn out undecodable).
     pub fn uncached_images(&self, files: &[PathBuf]) -> Result<Vec<usize>> {
@@ -464,6 +495,18 @@ impl FeatureCache {
             },
         ))
     }
+}
+
+/// The row key of augmented view `view` of the file with content digest `content`: BLAKE3 of
+/// [`VIEW_ALGORITHM`], the digest, the seed and the view index (little-endian). The view's
+/// pixels depend on nothing else but the preprocessing, which is in the store key.
+pub fn view_row_key(content: &Digest, view: ViewId) -> Digest {
+    let mut h = blake3::Hasher::new();
+    h.update(VIEW_ALGORITHM.as_bytes());
+    h.update(content);
+    h.update(&view.seed.to_le_bytes());
+    h.update(&view.index.to_le_bytes());
+    *h.finalize().as_bytes()
 }
 
 /// Writes the pending rows, the last `pending.len() / dim` of `done`, as a shard.

@@ -202,6 +202,11 @@ pub struct RunConfig {
     /// stopping with an error listing them all.
     #[serde(default)]
     pub skip_bad: bool,
+    /// `--augment-views N`: N augmented views of every training image, encoded once and
+    /// cached; the run's local epoch `e` trains on view `e mod N`. 0: the centre crops only
+    /// (and what a config saved before the setting existed reads back as).
+    #[serde(default)]
+    pub augment_views: u32,
 }
 
 fn default_max_image_pixels() -> u64 {

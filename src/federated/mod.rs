@@ -33,7 +33,7 @@ pub use config::{
 use crate::cuda::Gpu;
 use crate::device::Device;
 use crate::encode::Engine;
-use anyhow::Result;
+use anyhow::{Result, bail};
 use report::Summary;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -56,6 +56,14 @@ pub fn run_on(cfg: &RunConfig, resume: bool, gpu: Option<Arc<Gpu>>) -> Result<Ru
     let strategy = strategy::build(cfg)?;
     let trains = strategy.deployed() != strategy::Deployed::Nothing;
     finetune::check(cfg.finetune_local_steps, strategy.deployed())?;
+    if cfg.augment_views > 0 && !(trains && strategy.local_epochs(cfg.local_epochs) > 0) {
+        bail!(
+            "--augment-views {}: --method {} takes no training steps, so it has no use for \
+             augmented views",
+            cfg.augment_views,
+            cfg.method.name()
+        );
+    }
     let mut plan = plan::make(cfg, resume, trains)?;
     let engine = Engine::from_gpu(gpu);
     let features = features::extract(cfg, &plan.dataset, &plan.splits, &engine)?;

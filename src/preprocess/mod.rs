@@ -24,6 +24,7 @@
 //! ([`PreprocessConfig::from_model_dir`]); only its numbers are used, the steps stay the
 //! torchvision ones above.
 
+pub mod augment;
 pub mod decode;
 pub mod jpeg;
 pub mod resample;
