@@ -7,8 +7,15 @@
 
 use super::{Head, cross_entropy, matmul_bt, named, normalize_rows};
 use crate::adapter::Real;
-use crate::prompt::{ClassTokenPosition, PromptLayout, PromptTower, TextActs};
+use crate::prompt::{
+    ClassTokenPosition, ContextSpec, PromptLayout, PromptTower, TextActs, class_prompts,
+    context_length, init_context, init_tokens,
+};
+use crate::tokenizer::{ClipTokenizer, TokenizerKind};
+use crate::weights::ModelFiles;
+use anyhow::{Result, ensure};
 use std::ops::Range;
+use std::path::Path;
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -18,6 +25,41 @@ pub struct PromptHead<T: Real> {
     csc: bool,
     position: ClassTokenPosition,
     scale: T,
+}
+
+impl PromptHead<f32> {
+    /// The head for the model at `model` and the classes `names` (label order), with its
+    /// initial context row: the prompts tokenised with the model's tokenizer as `kind`
+    /// handles text, the context as `spec` says (see [`crate::prompt::init_context`]).
+    pub fn from_model(
+        model: &Path,
+        kind: TokenizerKind,
+        names: &[String],
+        spec: &ContextSpec,
+        logit_scale: f32,
+        seed: u64,
+    ) -> Result<(Self, Vec<f32>)> {
+        ensure!(
+            !names.is_empty(),
+            "the prompt learner needs the class names (none were given)"
+        );
+        let tower = PromptTower::<f32>::load(model)?;
+        let positions = tower.config().max_position_embeddings;
+        let tokenizer = ClipTokenizer::load(&ModelFiles::locate(model)?.dir, positions, kind)?;
+        let init = init_tokens(&tokenizer, spec)?;
+        let n_ctx = context_length(spec, init.as_deref())?;
+        let prompts = class_prompts(&tokenizer, names, n_ctx, positions)?;
+        let layout = PromptLayout::new(&tower, &prompts, n_ctx, spec.position)?;
+        let row = init_context(&tower, init.as_deref(), n_ctx, names.len(), spec.csc, seed);
+        let head = PromptHead::new(
+            Arc::new(tower),
+            Arc::new(layout),
+            spec.csc,
+            spec.position,
+            logit_scale,
+        );
+        Ok((head, row))
+    }
 }
 
 impl<T: Real> PromptHead<T> {
