@@ -220,3 +220,51 @@ fn prompt_flags_are_refused_by_name() {
         &["--ctx-init only apply"],
     );
 }
+
+/// A promptfl run killed after round 2's checkpoint and resumed equals the uninterrupted run
+/// (Adam moments kept across rounds, the server's FedAdam moments, the context).
+#[test]
+fn resumed_promptfl_equals_the_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let args = [
+        "--method",
+        "promptfl",
+        "--n-ctx",
+        "3",
+        "--ctx-init",
+        "a photo of",
+        "--rounds",
+        "4",
+        "--keep-optimizer-state",
+        "--server-opt",
+        "fedadam",
+    ];
+    let whole = tmp.path().join("whole");
+    ok(run(&whole, &cache, &args));
+    let cut = tmp.path().join("cut");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fedclip"));
+    cmd.args(["run", "--device", "cpu", "--lr", "5e-3", "--out"])
+        .arg(&cut)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(args)
+        .env("FEDCLIP_ABORT_AT", "2:state");
+    assert!(
+        !cmd.output().unwrap().status.success(),
+        "the abort hook did not fire"
+    );
+    let resumed = ok(run(&cut, &cache, &[&args[..], &["--resume"]].concat()));
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("resumed after round"));
+    assert_eq!(summary(&whole), summary(&cut));
+    for f in [
+        "metrics.csv",
+        "adapter-last.safetensors",
+        "adapter-best.safetensors",
+    ] {
+        assert!(
+            std::fs::read(whole.join(f)).unwrap() == std::fs::read(cut.join(f)).unwrap(),
+            "{f} differs after resume"
+        );
+    }
+}

@@ -299,7 +299,7 @@ impl<T: Real> PromptTower<T> {
         &self,
         acts: &TextActs<T>,
         dfeatures: &[T],
-        mut trace: Option<&mut Vec<Vec<T>>>,
+        trace: Option<&mut Vec<Vec<T>>>,
     ) -> Vec<T> {
         let (batch, seq) = acts.shape();
         let d = self.width();
@@ -331,7 +331,7 @@ impl<T: Real> PromptTower<T> {
                 states.push(dh.clone());
             }
         }
-        if let Some(t) = trace.as_deref_mut() {
+        if let Some(t) = trace {
             states.reverse();
             *t = states;
         }
