@@ -21,7 +21,7 @@ use fedclip::federated::checkpoint::State;
 use fedclip::federated::config::Aggregate;
 use fedclip::federated::evaluate::Evaluation;
 use fedclip::federated::features::{ClientData, SplitData};
-use fedclip::federated::strategy::{FedAvg, Local, Strategy, Zeroshot};
+use fedclip::federated::strategy::{Family, FedAvg, Local, Strategy, Zeroshot};
 use fedclip::heads::{
     AttentionClassifier, Classifier, ClipAdapter, HeadClassifier, HeadTrainer, LinearProbe,
     TipCache, tip_cache_row,
@@ -166,7 +166,7 @@ fn round(
     };
     let strategy: Box<dyn Strategy> = match method {
         "zeroshot" => Box::new(Zeroshot),
-        _ if own => Box::new(Local),
+        _ if own => Box::new(Local::of(Family::Attention)),
         _ => Box::new(FedAvg::new(Aggregate::Uniform, None)),
     };
     let (_, mean_val) = evaluation

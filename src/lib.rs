@@ -3,7 +3,8 @@
 //! Pipeline stages, one module each:
 //! weights (config + safetensors) → model (CPU encoders; `cuda` for the GPU) → preprocess /
 //! tokenizer (inputs) → encode (one encoder over either engine) → features (the cache) →
-//! adapter (the K-client trainer; `heads` for the other method families) → the jobs: `embed` (`fedclip embed`) and `federated`
+//! adapter (the K-client trainer; `heads` for the other method families, `prompt` for the
+//! text tower's backward pass under the prompt learner) → the jobs: `embed` (`fedclip embed`) and `federated`
 //! (`fedclip run`). `io` (atomic files) is a leaf used by all; no job imports another.
 
 pub mod adapter;
@@ -20,5 +21,6 @@ pub mod io;
 pub mod model;
 pub mod paths;
 pub mod preprocess;
+pub mod prompt;
 pub mod tokenizer;
 pub mod weights;

@@ -4,8 +4,8 @@ use fedclip::bundled::{BUNDLED_MODEL, bundled_data, bundled_model};
 use fedclip::device::Device;
 use fedclip::embed::{self, EmbedRequest};
 use fedclip::federated::{
-    self, Aggregate, LossName, Method, MethodOptions, OptimizerName, RunConfig, ServerOptConfig,
-    ServerOptName,
+    self, Aggregate, LossName, Method, MethodOptions, OptimizerName, PromptOptions, RunConfig,
+    ServerOptConfig, ServerOptName,
 };
 use fedclip::preprocess::DEFAULT_MAX_IMAGE_PIXELS;
 use fedclip::tokenizer::TokenizerKind;
@@ -107,6 +107,20 @@ struct RunArgs {
     /// Tip-Adapter's sharpness β of the affinities exp(−β(1 − x·key)).
     #[arg(long, default_value_t = 5.5)]
     tip_beta: f64,
+    /// Context vectors per class prompt (with --method promptfl, coop). Default: 16, or the
+    /// token count of --ctx-init.
+    #[arg(long)]
+    n_ctx: Option<usize>,
+    /// Class-specific contexts: one context per class (CoOp's CSC).
+    #[arg(long)]
+    csc: bool,
+    /// Words whose token embeddings start the context, e.g. "a photo of a" (CoOp's CTX_INIT);
+    /// without it the context starts N(0, 0.02²) from --seed.
+    #[arg(long)]
+    ctx_init: Option<String>,
+    /// Where the class name goes in the prompt: end (default), middle or front, as CoOp.
+    #[arg(long, value_enum)]
+    class_token_position: Option<fedclip::prompt::ClassTokenPosition>,
     /// Seed of the numpy-identical splits, the adapter initialisation and batch orders.
     #[arg(long, default_value_t = 0)]
     seed: u32,
@@ -321,6 +335,12 @@ fn run_config(mut a: RunArgs) -> Result<RunConfig> {
             clip_adapter_ratio: a.clip_adapter_ratio,
             tip_alpha: a.tip_alpha,
             tip_beta: a.tip_beta,
+        },
+        prompt: PromptOptions {
+            n_ctx: a.n_ctx,
+            csc: a.csc,
+            ctx_init: a.ctx_init,
+            class_token_position: a.class_token_position,
         },
         seed: a.seed,
         clients_per_domain: a.clients_per_domain,

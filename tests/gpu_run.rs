@@ -47,6 +47,7 @@ fn config(root: &Path, out: &Path, cache: &Path) -> RunConfig {
         server_opt: Default::default(),
         finetune_local_steps: 0,
         method_options: Default::default(),
+        prompt: Default::default(),
         seed: 0,
         clients_per_domain: 1,
         dirichlet_alpha: 0.5,

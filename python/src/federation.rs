@@ -290,6 +290,7 @@ impl Strategy {
             Family::LinearProbe => "linear-probe",
             Family::ClipAdapter { .. } => "clip-adapter",
             Family::TipCache { .. } => "tip-cache",
+            Family::Prompt => "prompt",
         }
     }
 
@@ -489,6 +490,8 @@ impl Clients {
         let inputs = FamilyData {
             dim,
             texts,
+            // The Python module has no prompt family yet; the others need no class names.
+            class_names: Vec::new(),
             logit_scale,
             train: data.iter().map(|c| &c.train).collect(),
             cache_capacity,

@@ -34,9 +34,20 @@ pub enum Method {
     /// Tip-Adapter-F: each client fine-tunes its cache keys.
     #[serde(rename = "tip-adapter-f")]
     TipAdapterF,
+    /// PromptFL (Guo et al. 2023): CoOp's learnable prompt context through the frozen text
+    /// tower, one global context averaged each round.
+    Promptfl,
+    /// CoOp (Zhou et al. 2022) per client: each client trains its own prompt context, never
+    /// averaged; a held-out domain uses the mean of the clients' contexts.
+    Coop,
 }
 
 impl Method {
+    /// Whether the method learns prompt contexts (the `--n-ctx` family of flags).
+    pub fn learns_prompts(self) -> bool {
+        matches!(self, Method::Promptfl | Method::Coop)
+    }
+
     /// The name `--method` takes (and `summary.json` reports).
     pub fn name(self) -> String {
         use clap::ValueEnum;
@@ -64,6 +75,50 @@ impl Default for MethodOptions {
             clip_adapter_ratio: 0.2,
             tip_alpha: 1.0,
             tip_beta: 5.5,
+        }
+    }
+}
+
+/// The prompt learner's settings (`--n-ctx`, `--csc`, `--ctx-init`,
+/// `--class-token-position`), for `promptfl` and `coop` only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptOptions {
+    /// Context vectors per prompt as given; `None`: the init's token count, else 16.
+    pub n_ctx: Option<usize>,
+    /// One context per class (CoOp's class-specific context).
+    pub csc: bool,
+    /// Words whose token embeddings start the context (CoOp's `CTX_INIT`).
+    pub ctx_init: Option<String>,
+    /// Where the class name goes; `None`: `end`.
+    pub class_token_position: Option<crate::prompt::ClassTokenPosition>,
+}
+
+impl PromptOptions {
+    /// The prompt flags that were given, for the refusal of a method without prompts.
+    fn given(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        for (flag, set) in [
+            ("--n-ctx", self.n_ctx.is_some()),
+            ("--csc", self.csc),
+            ("--ctx-init", self.ctx_init.is_some()),
+            (
+                "--class-token-position",
+                self.class_token_position.is_some(),
+            ),
+        ] {
+            if set {
+                out.push(flag);
+            }
+        }
+        out
+    }
+
+    pub fn spec(&self) -> crate::prompt::ContextSpec {
+        crate::prompt::ContextSpec {
+            n_ctx: self.n_ctx,
+            ctx_init: self.ctx_init.clone(),
+            csc: self.csc,
+            position: self.class_token_position.unwrap_or_default(),
         }
     }
 }
@@ -177,6 +232,9 @@ pub struct RunConfig {
     /// CLIP-Adapter's and Tip-Adapter's settings (absent in runs made before they existed).
     #[serde(default)]
     pub method_options: MethodOptions,
+    /// The prompt learner's settings (absent in runs made before it existed).
+    #[serde(default)]
+    pub prompt: PromptOptions,
     pub seed: u32,
     pub clients_per_domain: usize,
     pub dirichlet_alpha: f64,
@@ -320,6 +378,26 @@ impl RunConfig {
                  (else classes share a prompt), got {:?}",
                 self.prompt_template
             ),
+        );
+        let prompt_flags = self.prompt.given();
+        need(
+            prompt_flags.is_empty() || self.method.learns_prompts(),
+            format!(
+                "{} only apply to a method that learns prompts (--method promptfl or coop), not --method {}",
+                prompt_flags.join(", "),
+                self.method.name()
+            ),
+        );
+        need(
+            self.prompt.n_ctx != Some(0),
+            "--n-ctx must be at least 1, got 0 (a prompt needs at least one context vector)".into(),
+        );
+        need(
+            self.prompt
+                .ctx_init
+                .as_ref()
+                .is_none_or(|w| !w.trim().is_empty()),
+            "--ctx-init must hold at least one word, got an empty string".into(),
         );
         for (flag, path) in [
             ("--data", &self.data),

@@ -12,7 +12,7 @@ use crate::cuda::CudaAdapters;
 use crate::encode::Engine;
 use crate::heads::{
     AttentionClassifier, Classifier, ClipAdapter, Head, HeadClassifier, HeadTrainer, LinearProbe,
-    TipCache, tip_cache_row,
+    PromptHead, TipCache, tip_cache_row,
 };
 use anyhow::{Result, ensure};
 
@@ -30,6 +30,9 @@ pub struct Trainable {
 pub struct FamilyData<'a> {
     pub dim: usize,
     pub texts: TextFeatures<f32>,
+    /// The class names in label order (the prompt learner's prompts; may be empty for the
+    /// other families).
+    pub class_names: Vec<String>,
     pub logit_scale: f32,
     pub train: Vec<&'a SplitData>,
     /// Rows of every Tip-Adapter cache: the largest train split of all training clients
@@ -64,6 +67,7 @@ pub fn build(
     let data = FamilyData {
         dim: features.dim,
         texts: features.texts.clone(),
+        class_names: features.class_names.clone(),
         logit_scale: features.logit_scale,
         train: trainees
             .iter()
@@ -136,6 +140,22 @@ pub fn build_from(
             );
             // The union of the clients' caches is their rows concatenated.
             trainable(head, rows.clone(), rows, texts, opt)
+        }
+        Family::Prompt => {
+            let (head, init) = PromptHead::from_model(
+                &cfg.model,
+                cfg.tokenizer,
+                &data.class_names,
+                &cfg.prompt.spec(),
+                scale,
+                cfg.seed as u64,
+            )?;
+            ensure!(
+                head.dim() == dim,
+                "the text tower projects to {} values but the image features have {dim}",
+                head.dim()
+            );
+            trainable(head, init.repeat(k), init, texts, opt)
         }
     }
 }

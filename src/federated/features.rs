@@ -60,6 +60,8 @@ pub struct Features {
     pub clients: Vec<ClientData>,
     /// Class text features, normalised.
     pub texts: TextFeatures<f32>,
+    /// The class folder names, in label order (the prompt learner builds its prompts from them).
+    pub class_names: Vec<String>,
     pub dim: usize,
     /// CLIP's `logit_scale` (the log of the temperature).
     pub logit_scale: f32,
@@ -122,6 +124,7 @@ pub fn extract(
     Ok(Features {
         clients: gather_clients(dataset, &splits, &domain_features, &views, dim),
         texts,
+        class_names: dataset.classes.clone(),
         dim,
         logit_scale,
         seconds_extracting,

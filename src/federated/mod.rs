@@ -26,8 +26,8 @@ pub mod train;
 
 pub use crate::bundled::is_bundled_model;
 pub use config::{
-    Aggregate, LossName, Method, MethodOptions, OptimizerName, RunConfig, ServerOptConfig,
-    ServerOptName,
+    Aggregate, LossName, Method, MethodOptions, OptimizerName, PromptOptions, RunConfig,
+    ServerOptConfig, ServerOptName,
 };
 
 use crate::cuda::Gpu;

@@ -9,11 +9,13 @@
 
 mod clip_adapter;
 mod linear_probe;
+mod prompt;
 mod tip_cache;
 mod trainer;
 
 pub use clip_adapter::ClipAdapter;
 pub use linear_probe::LinearProbe;
+pub use prompt::PromptHead;
 pub use tip_cache::{TipCache, cache_row as tip_cache_row};
 pub use trainer::HeadTrainer;
 

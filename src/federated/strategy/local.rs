@@ -1,11 +1,21 @@
 //! Local training only: each client trains its own adapter across rounds and deploys it;
 //! nothing is averaged or communicated. A client outside the federation (a held-out domain)
-//! deploys the mean of the clients' adapters.
+//! deploys the mean of the clients' adapters. With [`Family::Prompt`] this is CoOp per
+//! client: each client's own prompt context.
 
-use super::{Bytes, ClientUpdates, Deploy, Deployed, RoundPlan, Sizes, Strategy};
+use super::{Bytes, ClientUpdates, Deploy, Deployed, Family, RoundPlan, Sizes, Strategy};
 use anyhow::Result;
 
-pub struct Local;
+pub struct Local {
+    family: Family,
+}
+
+impl Local {
+    /// Local training of `family`'s parameters.
+    pub fn of(family: Family) -> Self {
+        Local { family }
+    }
+}
 
 impl Strategy for Local {
     fn configure_train(
@@ -33,6 +43,10 @@ impl Strategy for Local {
 
     fn bytes(&self, _plan: &RoundPlan, _sizes: &Sizes) -> Bytes {
         Bytes::default()
+    }
+
+    fn family(&self) -> Family {
+        self.family
     }
 
     fn configure_evaluate(&self, slot: Option<usize>) -> Deploy {

@@ -83,6 +83,9 @@ pub enum Family {
         beta: f64,
         train_keys: bool,
     },
+    /// CoOp's prompt context through the frozen text tower (settings in
+    /// [`super::config::PromptOptions`]).
+    Prompt,
 }
 
 /// What one client is evaluated with.
@@ -167,12 +170,14 @@ pub fn build(cfg: &RunConfig) -> Result<Box<dyn Strategy>> {
     let base: Box<dyn Strategy> = match cfg.method {
         Method::Fedclip => Box::new(FedAvg::new(cfg.aggregate, None)),
         Method::Fedprox => Box::new(FedAvg::new(cfg.aggregate, Some(cfg.mu as f32))),
-        Method::Local => Box::new(Local),
+        Method::Local => Box::new(Local::of(Family::Attention)),
         Method::Zeroshot => Box::new(Zeroshot),
         Method::LinearProbe => Box::new(FedAvg::new(cfg.aggregate, None).of(Family::LinearProbe)),
         Method::ClipAdapter => Box::new(FedAvg::new(cfg.aggregate, None).of(Family::ClipAdapter {
             ratio: cfg.method_options.clip_adapter_ratio,
         })),
+        Method::Promptfl => Box::new(FedAvg::new(cfg.aggregate, None).of(Family::Prompt)),
+        Method::Coop => Box::new(Local::of(Family::Prompt)),
         Method::TipAdapter | Method::TipAdapterF => Box::new(TipAdapter::new(
             cfg.method_options,
             cfg.method == Method::TipAdapterF,
@@ -185,7 +190,7 @@ pub fn build(cfg: &RunConfig) -> Result<Box<dyn Strategy>> {
     if base.deployed() != Deployed::Global {
         bail!(
             "--server-opt {} needs a method with a global model (fedclip, fedprox, linear-probe, \
-             clip-adapter), not --method {}",
+             clip-adapter, promptfl), not --method {}",
             format!("{:?}", server.opt).to_lowercase(),
             cfg.method.name()
         );
