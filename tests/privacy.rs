@@ -1,0 +1,153 @@
+//! The privacy accountant against dp-accounting (tests/reference/make_dp_fixtures.py) and the
+//! noise-multiplier search for a target ε.
+
+use fedclip::privacy::{self, Budget, rdp};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Case {
+    q: f64,
+    z: f64,
+    steps: u64,
+    delta: f64,
+    epsilon: f64,
+}
+
+#[derive(Deserialize)]
+struct Fixture {
+    orders: Vec<f64>,
+    cases: Vec<Case>,
+}
+
+fn fixture() -> Fixture {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/privacy/rdp_epsilons.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn default_orders_are_dp_accountings() {
+    // Bit-equal: an order computed as 1 + x/10 differently would change which are integers.
+    let ours = rdp::default_orders();
+    let theirs = fixture().orders;
+    assert_eq!(ours.len(), theirs.len());
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert_eq!(a.to_bits(), b.to_bits(), "order {a} vs {b}");
+    }
+}
+
+#[test]
+fn epsilon_equals_dp_accounting_on_the_grid() {
+    let cases = fixture().cases;
+    assert_eq!(cases.len(), 432);
+    let mut worst = 0.0f64;
+    for c in &cases {
+        let ours = rdp::epsilon(c.q, c.z, c.steps, c.delta);
+        let rel = if c.epsilon == 0.0 {
+            ours.abs()
+        } else {
+            ((ours - c.epsilon) / c.epsilon).abs()
+        };
+        assert!(
+            rel <= 1e-6,
+            "q {} z {} T {} δ {:e}: ε {ours} vs dp-accounting {} (relative {rel:e})",
+            c.q,
+            c.z,
+            c.steps,
+            c.delta,
+            c.epsilon
+        );
+        worst = worst.max(rel);
+    }
+    eprintln!(
+        "largest relative difference over {} cases: {worst:e}",
+        cases.len()
+    );
+}
+
+#[test]
+fn epsilon_is_zero_without_sampling_and_infinite_without_noise() {
+    assert_eq!(rdp::epsilon(0.0, 1.0, 10, 1e-5), 0.0);
+    assert_eq!(rdp::epsilon(0.1, 0.0, 10, 1e-5), f64::INFINITY);
+}
+
+fn budget(q: f64, steps: u64, delta: f64) -> Budget {
+    Budget {
+        sampling_rate: q,
+        steps,
+        delta,
+    }
+}
+
+#[test]
+fn target_epsilon_gives_a_noise_multiplier_just_below_it() {
+    for (q, steps, delta, target) in [
+        (0.01, 1000, 1e-5, 1.0),
+        (1.0, 37, 1e-5, 8.0),
+        (0.3, 200, 1e-3, 3.3),
+        (1e-4, 100_000, 1e-9, 0.5),
+    ] {
+        let b = budget(q, steps, delta);
+        let z = privacy::noise_multiplier_for(target, &b, "--target-epsilon").unwrap();
+        let eps = b.epsilon(z);
+        assert!(
+            eps <= target,
+            "q {q}: z {z} gives ε {eps} above the target {target}"
+        );
+        assert!(
+            target - eps <= privacy::EPSILON_TOLERANCE,
+            "q {q}: z {z} gives ε {eps}, target {target}"
+        );
+    }
+}
+
+#[test]
+fn unreachable_or_invalid_target_epsilon_is_a_clear_error() {
+    let b = budget(1.0, 100_000, 1e-9);
+    let err = privacy::noise_multiplier_for(1e-7, &b, "--target-epsilon")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--target-epsilon 0.0000001") && err.contains("no noise multiplier"),
+        "{err}"
+    );
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let err = privacy::noise_multiplier_for(bad, &b, "--dp-target-epsilon")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--dp-target-epsilon") && err.contains("positive and finite"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn bad_budget_values_name_their_flag() {
+    let flags = ["--sampling-rate", "--steps", "--delta"];
+    let cases = [
+        (budget(0.0, 1, 1e-5), "--sampling-rate 0"),
+        (budget(1.5, 1, 1e-5), "--sampling-rate 1.5"),
+        (budget(f64::NAN, 1, 1e-5), "--sampling-rate NaN"),
+        (budget(0.1, 0, 1e-5), "--steps 0"),
+        (budget(0.1, 1, 0.0), "--delta 0"),
+        (budget(0.1, 1, 1.0), "--delta 1"),
+        (budget(0.1, 1, f64::NAN), "--delta NaN"),
+    ];
+    for (b, start) in cases {
+        let err = b.check(flags).unwrap_err().to_string();
+        assert!(err.starts_with(start), "{err}");
+    }
+    budget(0.1, 1, 1e-5).check(flags).unwrap();
+    for bad in [-0.1, f64::NAN, f64::INFINITY] {
+        let err = privacy::check_noise_multiplier(bad, "--dp-noise")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--dp-noise") && err.contains("noise multiplier"),
+            "{err}"
+        );
+    }
+}
