@@ -8,6 +8,7 @@ use fedclip::federated::{
     ServerOptName,
 };
 use fedclip::preprocess::DEFAULT_MAX_IMAGE_PIXELS;
+use fedclip::privacy;
 use fedclip::tokenizer::TokenizerKind;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +28,36 @@ enum Command {
     /// Run a federated experiment (FedCLIP by default) on a domain-generalisation dataset.
     /// With no flags: the PACS protocol on the bundled PACS-mini with the bundled tiny model.
     Run(Box<RunArgs>),
+    /// The differential-privacy accountant alone, for planning: ε after T steps of the
+    /// Poisson-subsampled Gaussian mechanism, or the noise multiplier for a target ε.
+    Privacy(PrivacyArgs),
+}
+
+#[derive(Args)]
+struct PrivacyArgs {
+    /// Poisson sampling rate q of each step, in (0, 1]: for client-level DP the fraction of
+    /// clients sampled per round, for DP-SGD the batch size over the client's examples.
+    #[arg(long, allow_hyphen_values = true)]
+    sampling_rate: f64,
+    /// Noise multiplier z: the noise standard deviation over the clipping norm.
+    #[arg(
+        long,
+        required_unless_present = "target_epsilon",
+        allow_hyphen_values = true
+    )]
+    noise_multiplier: Option<f64>,
+    /// Instead of --noise-multiplier: print the z whose ε is at most this and within 0.01 of it.
+    #[arg(long, conflicts_with = "noise_multiplier", allow_hyphen_values = true)]
+    target_epsilon: Option<f64>,
+    /// Steps (rounds for client-level DP), composed.
+    #[arg(long)]
+    steps: u64,
+    /// δ of (ε, δ)-DP, in (0, 1); conventionally below 1/N for N units (clients or examples).
+    #[arg(long, allow_hyphen_values = true)]
+    delta: f64,
+    /// Print the answer as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -373,11 +404,50 @@ fn default_out(base: &std::path::Path, resume: bool) -> Result<PathBuf> {
     Ok(out)
 }
 
+fn privacy_command(a: PrivacyArgs) -> Result<()> {
+    let budget = privacy::Budget {
+        sampling_rate: a.sampling_rate,
+        steps: a.steps,
+        delta: a.delta,
+    };
+    let ask = match (a.noise_multiplier, a.target_epsilon) {
+        (_, Some(target_epsilon)) => privacy::Ask::NoiseMultiplier { target_epsilon },
+        (Some(noise_multiplier), None) => privacy::Ask::Epsilon { noise_multiplier },
+        (None, None) => unreachable!("clap requires one of the two"),
+    };
+    let plan = privacy::plan(budget, ask)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&plan)?);
+    } else if let Some(target) = plan.target_epsilon {
+        println!(
+            "noise multiplier {} (ε = {:.6} ≤ {target} at δ = {:e}, q = {}, {} steps; {})",
+            plan.noise_multiplier,
+            plan.epsilon,
+            plan.delta,
+            plan.sampling_rate,
+            plan.steps,
+            plan.accountant
+        );
+    } else {
+        println!(
+            "ε = {} at δ = {:e} (q = {}, z = {}, {} steps; {})",
+            plan.epsilon,
+            plan.delta,
+            plan.sampling_rate,
+            plan.noise_multiplier,
+            plan.steps,
+            plan.accountant
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Embed(a) => embed_command(a),
         Command::Run(a) => run_command(*a),
+        Command::Privacy(a) => privacy_command(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

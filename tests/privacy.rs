@@ -151,3 +151,204 @@ fn bad_budget_values_name_their_flag() {
         );
     }
 }
+
+fn fedclip_privacy(args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fedclip"))
+        .arg("privacy")
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "the CLI panicked: {stderr}");
+    out
+}
+
+#[test]
+fn privacy_command_prints_epsilon_and_noise_multiplier() {
+    let base = [
+        "--sampling-rate",
+        "0.0137",
+        "--steps",
+        "37",
+        "--delta",
+        "1e-5",
+    ];
+    let out = fedclip_privacy(&[&base[..], &["--noise-multiplier", "1.13", "--json"]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expected = rdp::epsilon(0.0137, 1.13, 37, 1e-5);
+    // serde_json's default float parser may miss the last bit: compare to 1e-14 relative.
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-14 * b.abs();
+    assert!(close(plan["epsilon"].as_f64().unwrap(), expected), "{plan}");
+    assert_eq!(plan["noise_multiplier"].as_f64().unwrap(), 1.13);
+    assert!(
+        plan["accountant"]
+            .as_str()
+            .unwrap()
+            .contains("RdpAccountant")
+    );
+    assert!(plan["target_epsilon"].is_null());
+
+    let out = fedclip_privacy(&[&base[..], &["--target-epsilon", "0.7", "--json"]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let z = plan["noise_multiplier"].as_f64().unwrap();
+    let eps = rdp::epsilon(0.0137, z, 37, 1e-5);
+    assert!(
+        eps <= 0.7 && 0.7 - eps <= privacy::EPSILON_TOLERANCE,
+        "z {z}: ε {eps}"
+    );
+    assert!(close(plan["epsilon"].as_f64().unwrap(), eps), "{plan}");
+
+    let out = fedclip_privacy(&[&base[..], &["--noise-multiplier", "1.13"]].concat());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with(&format!("ε = {expected} at δ = 1e-5")),
+        "{text}"
+    );
+}
+
+#[test]
+fn privacy_command_refuses_bad_input_naming_the_flag() {
+    let cases: [(&[&str], &str); 8] = [
+        (
+            &[
+                "--sampling-rate",
+                "0",
+                "--noise-multiplier",
+                "1",
+                "--steps",
+                "5",
+                "--delta",
+                "1e-5",
+            ],
+            "--sampling-rate 0",
+        ),
+        (
+            &[
+                "--sampling-rate",
+                "1.01",
+                "--noise-multiplier",
+                "1",
+                "--steps",
+                "5",
+                "--delta",
+                "1e-5",
+            ],
+            "--sampling-rate 1.01",
+        ),
+        (
+            &[
+                "--sampling-rate",
+                "0.1",
+                "--noise-multiplier",
+                "-1",
+                "--steps",
+                "5",
+                "--delta",
+                "1e-5",
+            ],
+            "--noise-multiplier -1",
+        ),
+        (
+            &[
+                "--sampling-rate",
+                "0.1",
+                "--noise-multiplier",
+                "NaN",
+                "--steps",
+                "5",
+                "--delta",
+                "1e-5",
+            ],
+            "--noise-multiplier NaN",
+        ),
+        (
+            &[
+                "--sampling-rate",
+                "0.1",
+                "--noise-multiplier",
+                "1",
+                "--steps",
+                "0",
+                "--delta",
+                "1e-5",
+            ],
+            "--steps 0",
+        ),
+        (
+            &[
+                "--sampling-rate",
+                "0.1",
+                "--noise-multiplier",
+                "1",
+                "--steps",
+                "5",
+                "--delta",
+                "1",
+            ],
+            "--delta 1",
+        ),
+        (
+            &[
+                "--sampling-rate",
+                "0.1",
+                "--noise-multiplier",
+                "1",
+                "--steps",
+                "5",
+                "--delta",
+                "-1e-5",
+            ],
+            "--delta -0.00001",
+        ),
+        (
+            &[
+                "--sampling-rate",
+                "1",
+                "--target-epsilon",
+                "1e-7",
+                "--steps",
+                "100000",
+                "--delta",
+                "1e-9",
+            ],
+            "--target-epsilon 0.0000001: no noise multiplier",
+        ),
+    ];
+    for (args, start) in cases {
+        let out = fedclip_privacy(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.starts_with(&format!("error: {start}")),
+            "{args:?}: {stderr}"
+        );
+    }
+    // Neither or both of --noise-multiplier / --target-epsilon: clap names them.
+    let out = fedclip_privacy(&["--sampling-rate", "0.1", "--steps", "5", "--delta", "1e-5"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--noise-multiplier"));
+    let both = [
+        "--sampling-rate",
+        "0.1",
+        "--steps",
+        "5",
+        "--delta",
+        "1e-5",
+        "--noise-multiplier",
+        "1",
+        "--target-epsilon",
+        "2",
+    ];
+    let out = fedclip_privacy(&both);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+}

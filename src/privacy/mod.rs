@@ -91,3 +91,46 @@ pub fn noise_multiplier_for(target: f64, budget: &Budget, flag: &str) -> Result<
     }
     Ok(z_high)
 }
+
+/// What `fedclip privacy` is asked: ε for a given noise multiplier, or z for a target ε.
+#[derive(Clone, Copy, Debug)]
+pub enum Ask {
+    Epsilon { noise_multiplier: f64 },
+    NoiseMultiplier { target_epsilon: f64 },
+}
+
+/// What `fedclip privacy` answers (`--json` prints it as is).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Plan {
+    pub accountant: &'static str,
+    pub sampling_rate: f64,
+    pub steps: u64,
+    pub delta: f64,
+    pub noise_multiplier: f64,
+    pub epsilon: f64,
+    pub target_epsilon: Option<f64>,
+}
+
+/// Checks the budget and the ask (errors name the `fedclip privacy` flags), then answers it.
+pub fn plan(budget: Budget, ask: Ask) -> Result<Plan> {
+    budget.check(["--sampling-rate", "--steps", "--delta"])?;
+    let (noise_multiplier, target_epsilon) = match ask {
+        Ask::Epsilon { noise_multiplier } => {
+            check_noise_multiplier(noise_multiplier, "--noise-multiplier")?;
+            (noise_multiplier, None)
+        }
+        Ask::NoiseMultiplier { target_epsilon } => {
+            let z = noise_multiplier_for(target_epsilon, &budget, "--target-epsilon")?;
+            (z, Some(target_epsilon))
+        }
+    };
+    Ok(Plan {
+        accountant: rdp::ACCOUNTANT_NAME,
+        sampling_rate: budget.sampling_rate,
+        steps: budget.steps,
+        delta: budget.delta,
+        noise_multiplier,
+        epsilon: budget.epsilon(noise_multiplier),
+        target_epsilon,
+    })
+}
