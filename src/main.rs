@@ -4,8 +4,8 @@ use fedclip::bundled::{BUNDLED_MODEL, bundled_data, bundled_model};
 use fedclip::device::Device;
 use fedclip::embed::{self, EmbedRequest};
 use fedclip::federated::{
-    self, Aggregate, LossName, Method, MethodOptions, OptimizerName, RunConfig, ServerOptConfig,
-    ServerOptName,
+    self, Aggregate, DpConfig, DpMode, LossName, Method, MethodOptions, OptimizerName, RunConfig,
+    ServerOptConfig, ServerOptName,
 };
 use fedclip::preprocess::DEFAULT_MAX_IMAGE_PIXELS;
 use fedclip::privacy;
@@ -58,6 +58,51 @@ struct PrivacyArgs {
     /// Print the answer as one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// Client-level differential privacy (`fedclip run --dp client …`).
+#[derive(Args)]
+struct DpArgs {
+    /// Differential privacy: `client` clips each sampled client's update to --dp-clip, adds
+    /// N(0, (z·C)²) to their sum and divides by the expected number of sampled clients;
+    /// clients are then Poisson-sampled with probability --sample-fraction.
+    #[arg(long, value_enum, default_value_t = DpMode::Off)]
+    dp: DpMode,
+    /// Clipping norm C of each client's update (L2, all the family's parameters).
+    #[arg(long, allow_hyphen_values = true)]
+    dp_clip: Option<f64>,
+    /// Noise multiplier z: the noise standard deviation over C.
+    #[arg(long, allow_hyphen_values = true, conflicts_with = "dp_target_epsilon")]
+    dp_noise: Option<f64>,
+    /// Instead of --dp-noise: the z whose ε after --rounds is at most this (within 0.01).
+    #[arg(long, allow_hyphen_values = true)]
+    dp_target_epsilon: Option<f64>,
+    /// δ of the reported (ε, δ); the default 1e-5 is below 1/N for up to 10⁵ clients.
+    #[arg(long, allow_hyphen_values = true, default_value_t = fedclip::federated::dp::DEFAULT_DELTA)]
+    dp_delta: f64,
+    /// Seed of the noise stream, for a reproducible research run; default: from the OS.
+    #[arg(long)]
+    dp_seed: Option<u64>,
+}
+
+impl DpArgs {
+    /// The run's DP settings, z chosen for --dp-target-epsilon over `rounds`.
+    fn config(&self, rounds: u32, sample_fraction: f64) -> Result<DpConfig> {
+        let mut dp = DpConfig {
+            mode: self.dp,
+            clip: self.dp_clip.unwrap_or(f64::NAN),
+            noise: self.dp_noise.unwrap_or(0.0),
+            delta: self.dp_delta,
+            seed: self.dp_seed,
+            target_epsilon: self.dp_target_epsilon,
+        };
+        if dp.mode == DpMode::Client && self.dp_noise.is_none() && self.dp_target_epsilon.is_none()
+        {
+            anyhow::bail!("--dp client needs --dp-noise z or --dp-target-epsilon ε");
+        }
+        dp.resolve_noise(rounds, sample_fraction)?;
+        Ok(dp)
+    }
 }
 
 #[derive(Args)]
@@ -184,6 +229,8 @@ struct RunArgs {
     /// decoding: a warning above it, an error above twice it (Pillow's MAX_IMAGE_PIXELS).
     #[arg(long, default_value_t = DEFAULT_MAX_IMAGE_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
     max_image_pixels: u64,
+    #[command(flatten)]
+    dp: DpArgs,
 }
 
 #[derive(Args)]
@@ -360,6 +407,7 @@ fn run_config(mut a: RunArgs) -> Result<RunConfig> {
         max_image_pixels: a.max_image_pixels,
         drop_empty_clients: a.drop_empty_clients,
         skip_bad: a.skip_bad,
+        dp: a.dp.config(a.rounds, a.sample_fraction)?,
     })
 }
 

@@ -59,6 +59,7 @@ fn config(root: &Path, out: &Path, cache: &Path) -> RunConfig {
         max_image_pixels: fedclip::preprocess::DEFAULT_MAX_IMAGE_PIXELS,
         drop_empty_clients: false,
         skip_bad: false,
+        dp: Default::default(),
     }
 }
 

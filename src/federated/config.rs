@@ -202,6 +202,10 @@ pub struct RunConfig {
     /// stopping with an error listing them all.
     #[serde(default)]
     pub skip_bad: bool,
+    /// Differential privacy (`--dp …`); absent from config.json when off, so ordinary runs'
+    /// files keep their bytes.
+    #[serde(default, skip_serializing_if = "super::dp::DpConfig::is_off")]
+    pub dp: super::dp::DpConfig,
 }
 
 fn default_max_image_pixels() -> u64 {
@@ -325,6 +329,9 @@ impl RunConfig {
             if let Err(e) = utf8(flag, path) {
                 bad.push(e.to_string());
             }
+        }
+        if let Err(e) = self.dp.validate(self) {
+            bad.push(e.to_string());
         }
         match bad.len() {
             0 => Ok(()),

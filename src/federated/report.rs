@@ -215,4 +215,7 @@ pub struct Summary {
     /// absent when none was, so that summaries of clean runs keep their bytes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped_images: Vec<String>,
+    /// The privacy guarantee of a `--dp` run; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dp: Option<super::dp::DpSummary>,
 }

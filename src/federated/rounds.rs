@@ -143,7 +143,10 @@ impl<'a> Rounds<'a> {
     /// The strategy's plan, the local epochs, the aggregation. Returns each slot's losses.
     fn train_round(&mut self, round: u32) -> Result<Vec<Vec<f32>>> {
         let k = self.trainees.len();
-        let sampled = self.sampled_slots(round);
+        let sampled = match self.strategy.sample(round, k) {
+            Some(slots) => slots,
+            None => self.sampled_slots(round),
+        };
         let Some(plan) = self
             .strategy
             .configure_train(round, sampled, &self.state.global)

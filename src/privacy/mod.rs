@@ -1,6 +1,7 @@
 //! Differential privacy: the accountant (`rdp`, equal to dp-accounting's `RdpAccountant`) and
 //! the choice of a noise multiplier for a target ε. A leaf: it imports nothing from the jobs.
 
+pub mod noise;
 pub mod rdp;
 
 use anyhow::{Result, bail};
