@@ -352,3 +352,198 @@ fn privacy_command_refuses_bad_input_naming_the_flag() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
 }
+
+#[derive(Deserialize)]
+struct MeanCase {
+    global: Vec<f32>,
+    params: Vec<f32>,
+    param_count: usize,
+    slots: Vec<usize>,
+    clip: f64,
+    noise: Vec<f64>,
+    expected: f64,
+    norms: Vec<f64>,
+    mean: Vec<f32>,
+}
+
+#[test]
+fn clipping_noise_and_division_equal_numpy_given_the_same_noise() {
+    use fedclip::federated::strategy::{clip_factor, clipped_noised_mean};
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/privacy/clipped_mean.json"
+    );
+    #[derive(Deserialize)]
+    struct Doc {
+        cases: Vec<MeanCase>,
+    }
+    let doc: Doc = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let (mut clipped, mut kept) = (0, 0);
+    for (n, c) in doc.cases.iter().enumerate() {
+        assert_eq!(c.global.len(), c.param_count);
+        for &norm in &c.norms {
+            if clip_factor(norm, c.clip) < 1.0 {
+                clipped += 1
+            } else {
+                kept += 1
+            }
+        }
+        let ours =
+            clipped_noised_mean(&c.global, &c.params, &c.slots, c.clip, &c.noise, c.expected);
+        // Both sum in f64 (in another order: ~1e-15 relative), then round to f32 once: the
+        // results may differ by the f32 rounding of a value on a tie, one ulp at most.
+        for (i, (&a, &b)) in ours.iter().zip(&c.mean).enumerate() {
+            let ulp = f32::EPSILON * b.abs().max(f32::MIN_POSITIVE);
+            assert!(
+                (a - b).abs() <= ulp,
+                "case {n}, parameter {i}: {a} vs NumPy {b}"
+            );
+        }
+    }
+    assert!(
+        clipped >= 3 && kept >= 2,
+        "the cases must clip some clients and not others"
+    );
+}
+
+/// Φ(x / σ) of the normal distribution.
+fn normal_cdf(x: f64, sigma: f64) -> f64 {
+    0.5 * libm::erfc(-x / (sigma * std::f64::consts::SQRT_2))
+}
+
+#[test]
+fn gaussian_noise_passes_kolmogorov_smirnov_at_its_sigma() {
+    use fedclip::privacy::noise::NoiseSource;
+    let n = 1_000_000;
+    let sigma = 0.37;
+    let mut source = NoiseSource::from_seed(2012);
+    let mut draws: Vec<f64> = (0..n).map(|_| source.gaussian(sigma)).collect();
+    draws.sort_by(f64::total_cmp);
+    let d = (draws.iter().enumerate())
+        .map(|(i, &x)| {
+            let f = normal_cdf(x, sigma);
+            (f - i as f64 / n as f64).max((i + 1) as f64 / n as f64 - f)
+        })
+        .fold(0.0, f64::max);
+    // The 0.1% critical value of the one-sample KS statistic is 1.949/√n.
+    let critical = 1.949 / (n as f64).sqrt();
+    assert!(d < critical, "KS statistic {d} ≥ {critical}");
+    // The same draws against a σ 1% off are refused: the test has the power to see it.
+    let d_off = (draws.iter().enumerate())
+        .map(|(i, &x)| (normal_cdf(x, sigma * 1.01) - i as f64 / n as f64).abs())
+        .fold(0.0, f64::max);
+    assert!(d_off > critical, "KS cannot tell σ from 1.01σ: {d_off}");
+}
+
+fn fedclip_run(args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fedclip"))
+        .args([
+            "run",
+            "--device",
+            "cpu",
+            "--out",
+            "/nonexistent/dp-never-written",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    out
+}
+
+#[test]
+fn dp_run_flags_refuse_bad_values_naming_the_flag() {
+    let dp = ["--dp", "client", "--dp-clip", "0.1", "--dp-noise", "1"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--dp", "client", "--dp-clip", "0", "--dp-noise", "1"],
+            "--dp-clip 0: the clipping norm must be positive",
+        ),
+        (
+            vec!["--dp", "client", "--dp-clip", "-2", "--dp-noise", "1"],
+            "--dp-clip -2",
+        ),
+        (
+            vec!["--dp", "client", "--dp-clip", "NaN", "--dp-noise", "1"],
+            "--dp-clip NaN",
+        ),
+        (
+            vec!["--dp", "client", "--dp-noise", "1"],
+            "--dp-clip NaN: the clipping norm",
+        ),
+        (
+            vec!["--dp", "client", "--dp-clip", "0.1", "--dp-noise", "-0.5"],
+            "--dp-noise -0.5",
+        ),
+        (
+            [&dp[..], &["--dp-delta", "0"]].concat(),
+            "--dp-delta 0: δ must be in (0, 1)",
+        ),
+        (
+            [&dp[..], &["--dp-delta", "1"]].concat(),
+            "--dp-delta 1: δ must be in (0, 1)",
+        ),
+        (
+            [&dp[..], &["--aggregate", "weighted"]].concat(),
+            "--aggregate weighted cannot be used with --dp client",
+        ),
+        (
+            [&dp[..], &["--method", "local"]].concat(),
+            "--dp client needs a method whose server averages",
+        ),
+        (
+            [&dp[..], &["--method", "tip-adapter"]].concat(),
+            "--dp client needs a method whose server averages",
+        ),
+        (
+            vec!["--dp", "client", "--dp-clip", "0.1"],
+            "--dp client needs --dp-noise z or --dp-target-epsilon",
+        ),
+        (
+            vec!["--dp-clip", "0.1"],
+            "--dp-clip, --dp-noise, --dp-target-epsilon and --dp-seed need --dp client",
+        ),
+        (
+            vec!["--dp-seed", "3"],
+            "--dp-clip, --dp-noise, --dp-target-epsilon and --dp-seed need --dp client",
+        ),
+        (
+            vec![
+                "--dp",
+                "client",
+                "--dp-clip",
+                "1",
+                "--dp-target-epsilon",
+                "1e-7",
+                "--dp-delta",
+                "1e-9",
+                "--rounds",
+                "100000",
+            ],
+            "--dp-target-epsilon 0.0000001: no noise multiplier",
+        ),
+        (
+            vec![
+                "--dp",
+                "client",
+                "--dp-clip",
+                "1",
+                "--dp-target-epsilon",
+                "-1",
+            ],
+            "--dp-target-epsilon -1: the target ε must be positive",
+        ),
+    ];
+    for (args, start) in cases {
+        let out = fedclip_run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("error: {start}")),
+            "{args:?}: {stderr}"
+        );
+    }
+    let both = [&dp[..], &["--dp-target-epsilon", "2"]].concat();
+    let out = fedclip_run(&both);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+}

@@ -3,6 +3,11 @@
 multipliers z, step counts T and δ, written to tests/fixtures/privacy/rdp_epsilons.json.
 tests/privacy.rs checks fedclip's accountant against it (ε within 1e-6 relative).
 
+It also writes tests/fixtures/privacy/clipped_mean.json: client-level DP's server step in
+NumPy float64, θ_global + (Σ_s clip_C(θ_s − θ_global) + noise) / (qK) with given noise values,
+on rows of awkward length, some clients over the clipping norm and some under, for
+strategy::clipped_noised_mean.
+
 The grid spans q from 1e-4 to 1, z from 0.3 to 10, T up to 1e5 and δ from 1e-3 to 1e-9, with
 awkward values (q = 0.0137, z = 1.13, T = 37) beside round ones. Needs dp-accounting:
     /work/refvenv/bin/python tests/reference/make_dp_fixtures.py
@@ -12,11 +17,13 @@ import json
 from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
 from absl import logging
 from dp_accounting import dp_event
 from dp_accounting.rdp import rdp_privacy_accountant as rdp
 
-OUT = Path(__file__).resolve().parents[1] / "fixtures" / "privacy" / "rdp_epsilons.json"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "privacy"
+OUT = FIXTURES / "rdp_epsilons.json"
 QS = [1e-4, 1e-3, 0.0137, 0.1, 0.5, 1.0]
 ZS = [0.3, 0.7, 1.0, 1.13, 2.5, 10.0]
 STEPS = [1, 37, 1000, 100000]
@@ -50,5 +57,44 @@ def main():
     print(f"{len(cases)} cases -> {OUT}")
 
 
+def clipped_mean_case(rng, p, k, slots, clip, sigma, q):
+    glob = rng.normal(0, 0.5, p).astype(np.float32)
+    # Update norms spread around the clipping norm: some clipped, some not.
+    scales = rng.uniform(0.2, 3.0, k) * clip / np.sqrt(p)
+    params = (glob[None, :] + rng.normal(0, 1, (k, p)) * scales[:, None]).astype(np.float32)
+    noise = rng.normal(0, sigma, p) if sigma > 0 else np.zeros(0)
+    g64 = glob.astype(np.float64)
+    total = np.zeros(p)
+    norms = []
+    for s in slots:
+        delta = params[s].astype(np.float64) - g64
+        norm = np.linalg.norm(delta)
+        norms.append(norm)
+        total += delta * min(1.0, clip / norm)
+    if sigma > 0:
+        total += noise
+    expected = q * k
+    mean = (g64 + total / expected).astype(np.float32)
+    return dict(
+        global_=glob.tolist(), params=params.ravel().tolist(), param_count=p, slots=slots,
+        clip=clip, noise=noise.tolist(), expected=expected, norms=norms, mean=mean.tolist(),
+    )
+
+
+def write_clipped_mean():
+    rng = np.random.default_rng(25)
+    cases = [
+        clipped_mean_case(rng, 37, 5, [0, 2, 3], 0.3, 0.3 * 1.1, 0.6),
+        clipped_mean_case(rng, 37, 5, [0, 1, 2, 3, 4], 0.3, 0.0, 1.0),
+        clipped_mean_case(rng, 101, 7, [1, 6], 2.0, 2.0 * 0.7, 0.3),
+        clipped_mean_case(rng, 101, 7, [], 2.0, 2.0 * 0.7, 0.3),
+    ]
+    path = FIXTURES / "clipped_mean.json"
+    text = json.dumps(dict(cases=cases)).replace('"global_"', '"global"')
+    path.write_text(text + "\n")
+    print(f"{len(cases)} cases -> {path}")
+
+
 if __name__ == "__main__":
     main()
+    write_clipped_mean()
