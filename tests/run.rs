@@ -420,3 +420,60 @@ fn resume_of_clip_adapter_keeps_its_moments_and_the_server_optimisers() {
         ],
     );
 }
+
+/// `--dp client` with z = 0 and a C above every update's norm is FedAvg: the same bytes.
+#[test]
+fn dp_client_without_noise_or_clipping_equals_the_run_without_dp() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (plain, cache) = tmp_paths(&tmp);
+    let dp = tmp.path().join("dp");
+    let cache = cache.to_str().unwrap();
+    let o = fedclip(&run_args(plain.to_str().unwrap(), cache, "3"), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dp_flags = ["--dp", "client", "--dp-clip", "1e6", "--dp-noise", "0"];
+    let o = fedclip(
+        &[&run_args(dp.to_str().unwrap(), cache, "3")[..], &dp_flags].concat(),
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in [
+        "metrics.csv",
+        "adapter-last.safetensors",
+        "adapter-best.safetensors",
+    ] {
+        assert!(
+            std::fs::read(plain.join(f)).unwrap() == std::fs::read(dp.join(f)).unwrap(),
+            "{f} differs"
+        );
+    }
+    let summary: serde_json::Value = serde_json::from_str(&read(&dp.join("summary.json"))).unwrap();
+    assert_eq!(summary["dp"]["clip"], 1e6);
+    assert_eq!(summary["dp"]["noise_multiplier"], 0.0);
+    assert!(
+        summary["dp"]["epsilon"].is_null(),
+        "z = 0 gives no privacy: ε is infinite"
+    );
+    let plain_summary: serde_json::Value =
+        serde_json::from_str(&read(&plain.join("summary.json"))).unwrap();
+    assert!(plain_summary.get("dp").is_none());
+    assert!(!read(&plain.join("config.json")).contains("\"dp\""));
+}
+
+#[test]
+fn resume_of_a_dp_run_with_dp_seed_matches_an_uninterrupted_run() {
+    let dp = [
+        "--dp",
+        "client",
+        "--dp-clip",
+        "0.05",
+        "--dp-noise",
+        "0.8",
+        "--dp-seed",
+        "7",
+        "--sample-fraction",
+        "0.6",
+    ];
+    resume_equals_uninterrupted("state", &dp);
+    let with_server_opt = [&dp[..], &["--server-opt", "fedadam", "--server-lr", "0.01"]].concat();
+    resume_equals_uninterrupted("metrics", &with_server_opt);
+}
