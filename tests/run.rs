@@ -436,11 +436,18 @@ fn dp_client_without_noise_or_clipping_equals_the_run_without_dp() {
         &[],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    for f in [
-        "metrics.csv",
-        "adapter-last.safetensors",
-        "adapter-best.safetensors",
-    ] {
+    // metrics.csv is the same but for the ε column a DP run adds (inf: z = 0).
+    let dp_metrics = read(&dp.join("metrics.csv"));
+    let stripped: String = (dp_metrics.lines())
+        .map(|l| {
+            let cut = l
+                .strip_suffix(",epsilon")
+                .or_else(|| l.strip_suffix(",inf"));
+            format!("{}\n", cut.unwrap_or_else(|| panic!("no ε column: {l}")))
+        })
+        .collect();
+    assert_eq!(stripped, read(&plain.join("metrics.csv")));
+    for f in ["adapter-last.safetensors", "adapter-best.safetensors"] {
         assert!(
             std::fs::read(plain.join(f)).unwrap() == std::fs::read(dp.join(f)).unwrap(),
             "{f} differs"
@@ -476,4 +483,46 @@ fn resume_of_a_dp_run_with_dp_seed_matches_an_uninterrupted_run() {
     resume_equals_uninterrupted("state", &dp);
     let with_server_opt = [&dp[..], &["--server-opt", "fedadam", "--server-lr", "0.01"]].concat();
     resume_equals_uninterrupted("metrics", &with_server_opt);
+}
+
+/// A DP run's metrics.csv carries the accountant's cumulative ε after each round, and
+/// summary.json the final one with the mechanism's parameters.
+#[test]
+fn dp_run_reports_the_accountants_epsilon_per_round() {
+    use fedclip::privacy::rdp;
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, cache) = tmp_paths(&tmp);
+    let args = [
+        &run_args(out.to_str().unwrap(), cache.to_str().unwrap(), "3")[..],
+        &["--dp", "client", "--dp-clip", "0.1", "--dp-noise", "0.9"],
+        &["--sample-fraction", "0.5", "--dp-delta", "1e-4"],
+    ]
+    .concat();
+    let o = fedclip(&args, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let metrics = read(&out.join("metrics.csv"));
+    assert!(metrics.starts_with("round,client,split,accuracy,samples,loss,epsilon\n"));
+    for line in metrics.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let round: u64 = f[0].parse().unwrap();
+        let expected = format!("{:.6}", rdp::epsilon(0.5, 0.9, round, 1e-4));
+        assert_eq!(f[6], expected, "{line}");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&read(&out.join("summary.json"))).unwrap();
+    let dp = &summary["dp"];
+    assert_eq!(
+        dp["epsilon"].as_f64().unwrap(),
+        rdp::epsilon(0.5, 0.9, 3, 1e-4)
+    );
+    assert_eq!(
+        (dp["clip"].as_f64(), dp["noise_multiplier"].as_f64()),
+        (Some(0.1), Some(0.9))
+    );
+    assert_eq!(
+        (dp["sampling_rate"].as_f64(), dp["delta"].as_f64()),
+        (Some(0.5), Some(1e-4))
+    );
+    assert!(dp["accountant"].as_str().unwrap().contains("RdpAccountant"));
+    assert!(dp["mechanism"].as_str().unwrap().contains("client-level"));
 }

@@ -86,6 +86,23 @@ impl DpConfig {
         }
     }
 
+    /// metrics.csv's header: the usual one, plus `epsilon` with DP on.
+    pub fn metrics_header(&self) -> String {
+        match self.is_off() {
+            true => super::report::METRICS_HEADER.to_string(),
+            false => format!("{},epsilon", super::report::METRICS_HEADER),
+        }
+    }
+
+    /// What follows each metrics.csv row after `rounds` rounds: `,<cumulative ε>` with DP on
+    /// (`inf` with z = 0), nothing otherwise.
+    pub fn metrics_suffix(&self, rounds: u32, sample_fraction: f64) -> String {
+        match self.is_off() {
+            true => String::new(),
+            false => format!(",{:.6}", self.epsilon_after(rounds, sample_fraction)),
+        }
+    }
+
     /// `summary.json`'s `dp` after `rounds` rounds; `None` without DP.
     pub fn summary(&self, rounds: u32, sample_fraction: f64) -> Option<DpSummary> {
         (!self.is_off()).then(|| DpSummary {
