@@ -525,3 +525,28 @@ fn dp_run_reports_the_accountants_epsilon_per_round() {
     assert!(dp["accountant"].as_str().unwrap().contains("RdpAccountant"));
     assert!(dp["mechanism"].as_str().unwrap().contains("client-level"));
 }
+
+/// Poisson sampling may sample no client: the round adds the noise alone (divided by qK) and
+/// moves no bytes up, and the run goes on.
+#[test]
+fn dp_round_that_samples_no_client_still_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, cache) = tmp_paths(&tmp);
+    let args = [
+        &run_args(out.to_str().unwrap(), cache.to_str().unwrap(), "4")[..],
+        &["--dp", "client", "--dp-clip", "0.05", "--dp-noise", "1"],
+        &["--sample-fraction", "0.05", "--dp-seed", "1"],
+    ]
+    .concat();
+    let o = fedclip(&args, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value =
+        serde_json::from_str(&read(&out.join("summary.json"))).unwrap();
+    let up: Vec<u64> = serde_json::from_value(summary["bytes_up_per_round"].clone()).unwrap();
+    assert_eq!(up.len(), 4);
+    assert!(up.contains(&0), "every round sampled a client: {up:?}");
+    assert!(
+        up.iter().any(|&b| b > 0),
+        "no round sampled a client: {up:?}"
+    );
+}
