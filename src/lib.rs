@@ -4,8 +4,9 @@
 //! weights (config + safetensors) → model (CPU encoders; `cuda` for the GPU) → preprocess /
 //! tokenizer (inputs) → encode (one encoder over either engine) → features (the cache) →
 //! adapter (the K-client trainer; `heads` for the other method families, `prompt` for the
-//! text tower's backward pass under the prompt learner) → the jobs: `embed` (`fedclip embed`) and `federated`
-//! (`fedclip run`). `io` (atomic files) is a leaf used by all; no job imports another.
+//! text tower's backward pass under the prompt learner) → the jobs: `embed` (`fedclip embed`)
+//! and `federated` (`fedclip run`). `io` (atomic files) is a leaf used by all; `privacy` (the
+//! DP accountant, `fedclip privacy`) is a leaf too; no job imports another.
 
 pub mod adapter;
 pub mod bundled;
@@ -21,6 +22,7 @@ pub mod io;
 pub mod model;
 pub mod paths;
 pub mod preprocess;
+pub mod privacy;
 pub mod prompt;
 pub mod tokenizer;
 pub mod weights;

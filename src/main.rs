@@ -4,10 +4,11 @@ use fedclip::bundled::{BUNDLED_MODEL, bundled_data, bundled_model};
 use fedclip::device::Device;
 use fedclip::embed::{self, EmbedRequest};
 use fedclip::federated::{
-    self, Aggregate, LossName, Method, MethodOptions, OptimizerName, PromptOptions, RunConfig,
-    ServerOptConfig, ServerOptName,
+    self, Aggregate, DpConfig, DpMode, LossName, Method, MethodOptions, OptimizerName,
+    PromptOptions, RunConfig, ServerOptConfig, ServerOptName,
 };
 use fedclip::preprocess::DEFAULT_MAX_IMAGE_PIXELS;
+use fedclip::privacy;
 use fedclip::tokenizer::TokenizerKind;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +28,81 @@ enum Command {
     /// Run a federated experiment (FedCLIP by default) on a domain-generalisation dataset.
     /// With no flags: the PACS protocol on the bundled PACS-mini with the bundled tiny model.
     Run(Box<RunArgs>),
+    /// The differential-privacy accountant alone, for planning: ε after T steps of the
+    /// Poisson-subsampled Gaussian mechanism, or the noise multiplier for a target ε.
+    Privacy(PrivacyArgs),
+}
+
+#[derive(Args)]
+struct PrivacyArgs {
+    /// Poisson sampling rate q of each step, in (0, 1]: for client-level DP the fraction of
+    /// clients sampled per round, for DP-SGD the batch size over the client's examples.
+    #[arg(long, allow_hyphen_values = true)]
+    sampling_rate: f64,
+    /// Noise multiplier z: the noise standard deviation over the clipping norm.
+    #[arg(
+        long,
+        required_unless_present = "target_epsilon",
+        allow_hyphen_values = true
+    )]
+    noise_multiplier: Option<f64>,
+    /// Instead of --noise-multiplier: print the z whose ε is at most this and within 0.01 of it.
+    #[arg(long, conflicts_with = "noise_multiplier", allow_hyphen_values = true)]
+    target_epsilon: Option<f64>,
+    /// Steps (rounds for client-level DP), composed.
+    #[arg(long)]
+    steps: u64,
+    /// δ of (ε, δ)-DP, in (0, 1); conventionally below 1/N for N units (clients or examples).
+    #[arg(long, allow_hyphen_values = true)]
+    delta: f64,
+    /// Print the answer as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Client-level differential privacy (`fedclip run --dp client …`).
+#[derive(Args)]
+struct DpArgs {
+    /// Differential privacy: `client` clips each sampled client's update to --dp-clip, adds
+    /// N(0, (z·C)²) to their sum and divides by the expected number of sampled clients;
+    /// clients are then Poisson-sampled with probability --sample-fraction.
+    #[arg(long, value_enum, default_value_t = DpMode::Off)]
+    dp: DpMode,
+    /// Clipping norm C of each client's update (L2, all the family's parameters).
+    #[arg(long, allow_hyphen_values = true)]
+    dp_clip: Option<f64>,
+    /// Noise multiplier z: the noise standard deviation over C.
+    #[arg(long, allow_hyphen_values = true, conflicts_with = "dp_target_epsilon")]
+    dp_noise: Option<f64>,
+    /// Instead of --dp-noise: the z whose ε after --rounds is at most this (within 0.01).
+    #[arg(long, allow_hyphen_values = true)]
+    dp_target_epsilon: Option<f64>,
+    /// δ of the reported (ε, δ); the default 1e-5 is below 1/N for up to 10⁵ clients.
+    #[arg(long, allow_hyphen_values = true, default_value_t = fedclip::federated::dp::DEFAULT_DELTA)]
+    dp_delta: f64,
+    /// Seed of the noise stream, for a reproducible research run; default: from the OS.
+    #[arg(long)]
+    dp_seed: Option<u64>,
+}
+
+impl DpArgs {
+    /// The run's DP settings, z chosen for --dp-target-epsilon over `rounds`.
+    fn config(&self, rounds: u32, sample_fraction: f64) -> Result<DpConfig> {
+        let mut dp = DpConfig {
+            mode: self.dp,
+            clip: self.dp_clip.unwrap_or(f64::NAN),
+            noise: self.dp_noise.unwrap_or(0.0),
+            delta: self.dp_delta,
+            seed: self.dp_seed,
+            target_epsilon: self.dp_target_epsilon,
+        };
+        if dp.mode == DpMode::Client && self.dp_noise.is_none() && self.dp_target_epsilon.is_none()
+        {
+            anyhow::bail!("--dp client needs --dp-noise z or --dp-target-epsilon ε");
+        }
+        dp.resolve_noise(rounds, sample_fraction)?;
+        Ok(dp)
+    }
 }
 
 #[derive(Args)]
@@ -172,6 +248,8 @@ struct RunArgs {
     /// decoding: a warning above it, an error above twice it (Pillow's MAX_IMAGE_PIXELS).
     #[arg(long, default_value_t = DEFAULT_MAX_IMAGE_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
     max_image_pixels: u64,
+    #[command(flatten)]
+    dp: DpArgs,
 }
 
 #[derive(Args)]
@@ -355,6 +433,7 @@ fn run_config(mut a: RunArgs) -> Result<RunConfig> {
         drop_empty_clients: a.drop_empty_clients,
         skip_bad: a.skip_bad,
         augment_views: augment_views(a.augment_views)?,
+        dp: a.dp.config(a.rounds, a.sample_fraction)?,
     })
 }
 
@@ -410,11 +489,50 @@ fn default_out(base: &std::path::Path, resume: bool) -> Result<PathBuf> {
     Ok(out)
 }
 
+fn privacy_command(a: PrivacyArgs) -> Result<()> {
+    let budget = privacy::Budget {
+        sampling_rate: a.sampling_rate,
+        steps: a.steps,
+        delta: a.delta,
+    };
+    let ask = match (a.noise_multiplier, a.target_epsilon) {
+        (_, Some(target_epsilon)) => privacy::Ask::NoiseMultiplier { target_epsilon },
+        (Some(noise_multiplier), None) => privacy::Ask::Epsilon { noise_multiplier },
+        (None, None) => unreachable!("clap requires one of the two"),
+    };
+    let plan = privacy::plan(budget, ask)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&plan)?);
+    } else if let Some(target) = plan.target_epsilon {
+        println!(
+            "noise multiplier {} (ε = {:.6} ≤ {target} at δ = {:e}, q = {}, {} steps; {})",
+            plan.noise_multiplier,
+            plan.epsilon,
+            plan.delta,
+            plan.sampling_rate,
+            plan.steps,
+            plan.accountant
+        );
+    } else {
+        println!(
+            "ε = {} at δ = {:e} (q = {}, z = {}, {} steps; {})",
+            plan.epsilon,
+            plan.delta,
+            plan.sampling_rate,
+            plan.noise_multiplier,
+            plan.steps,
+            plan.accountant
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Embed(a) => embed_command(a),
         Command::Run(a) => run_command(*a),
+        Command::Privacy(a) => privacy_command(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -61,6 +61,7 @@ fn config(root: &Path, out: &Path, cache: &Path) -> RunConfig {
         drop_empty_clients: false,
         skip_bad: false,
         augment_views: 0,
+        dp: Default::default(),
     }
 }
 

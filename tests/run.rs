@@ -420,3 +420,133 @@ fn resume_of_clip_adapter_keeps_its_moments_and_the_server_optimisers() {
         ],
     );
 }
+
+/// `--dp client` with z = 0 and a C above every update's norm is FedAvg: the same bytes.
+#[test]
+fn dp_client_without_noise_or_clipping_equals_the_run_without_dp() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (plain, cache) = tmp_paths(&tmp);
+    let dp = tmp.path().join("dp");
+    let cache = cache.to_str().unwrap();
+    let o = fedclip(&run_args(plain.to_str().unwrap(), cache, "3"), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dp_flags = ["--dp", "client", "--dp-clip", "1e6", "--dp-noise", "0"];
+    let o = fedclip(
+        &[&run_args(dp.to_str().unwrap(), cache, "3")[..], &dp_flags].concat(),
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // metrics.csv is the same but for the ε column a DP run adds (inf: z = 0).
+    let dp_metrics = read(&dp.join("metrics.csv"));
+    let stripped: String = (dp_metrics.lines())
+        .map(|l| {
+            let cut = l
+                .strip_suffix(",epsilon")
+                .or_else(|| l.strip_suffix(",inf"));
+            format!("{}\n", cut.unwrap_or_else(|| panic!("no ε column: {l}")))
+        })
+        .collect();
+    assert_eq!(stripped, read(&plain.join("metrics.csv")));
+    for f in ["adapter-last.safetensors", "adapter-best.safetensors"] {
+        assert!(
+            std::fs::read(plain.join(f)).unwrap() == std::fs::read(dp.join(f)).unwrap(),
+            "{f} differs"
+        );
+    }
+    let summary: serde_json::Value = serde_json::from_str(&read(&dp.join("summary.json"))).unwrap();
+    assert_eq!(summary["dp"]["clip"], 1e6);
+    assert_eq!(summary["dp"]["noise_multiplier"], 0.0);
+    assert!(
+        summary["dp"]["epsilon"].is_null(),
+        "z = 0 gives no privacy: ε is infinite"
+    );
+    let plain_summary: serde_json::Value =
+        serde_json::from_str(&read(&plain.join("summary.json"))).unwrap();
+    assert!(plain_summary.get("dp").is_none());
+    assert!(!read(&plain.join("config.json")).contains("\"dp\""));
+}
+
+#[test]
+fn resume_of_a_dp_run_with_dp_seed_matches_an_uninterrupted_run() {
+    let dp = [
+        "--dp",
+        "client",
+        "--dp-clip",
+        "0.05",
+        "--dp-noise",
+        "0.8",
+        "--dp-seed",
+        "7",
+        "--sample-fraction",
+        "0.6",
+    ];
+    resume_equals_uninterrupted("state", &dp);
+    let with_server_opt = [&dp[..], &["--server-opt", "fedadam", "--server-lr", "0.01"]].concat();
+    resume_equals_uninterrupted("metrics", &with_server_opt);
+}
+
+/// A DP run's metrics.csv carries the accountant's cumulative ε after each round, and
+/// summary.json the final one with the mechanism's parameters.
+#[test]
+fn dp_run_reports_the_accountants_epsilon_per_round() {
+    use fedclip::privacy::rdp;
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, cache) = tmp_paths(&tmp);
+    let args = [
+        &run_args(out.to_str().unwrap(), cache.to_str().unwrap(), "3")[..],
+        &["--dp", "client", "--dp-clip", "0.1", "--dp-noise", "0.9"],
+        &["--sample-fraction", "0.5", "--dp-delta", "1e-4"],
+    ]
+    .concat();
+    let o = fedclip(&args, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let metrics = read(&out.join("metrics.csv"));
+    assert!(metrics.starts_with("round,client,split,accuracy,samples,loss,epsilon\n"));
+    for line in metrics.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let round: u64 = f[0].parse().unwrap();
+        let expected = format!("{:.6}", rdp::epsilon(0.5, 0.9, round, 1e-4));
+        assert_eq!(f[6], expected, "{line}");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&read(&out.join("summary.json"))).unwrap();
+    let dp = &summary["dp"];
+    // serde_json's default float parser may miss the last bit.
+    let final_eps = rdp::epsilon(0.5, 0.9, 3, 1e-4);
+    assert!((dp["epsilon"].as_f64().unwrap() - final_eps).abs() <= 1e-14 * final_eps);
+    assert_eq!(
+        (dp["clip"].as_f64(), dp["noise_multiplier"].as_f64()),
+        (Some(0.1), Some(0.9))
+    );
+    assert_eq!(
+        (dp["sampling_rate"].as_f64(), dp["delta"].as_f64()),
+        (Some(0.5), Some(1e-4))
+    );
+    assert!(dp["accountant"].as_str().unwrap().contains("RdpAccountant"));
+    assert!(dp["mechanism"].as_str().unwrap().contains("client-level"));
+}
+
+/// Poisson sampling may sample no client: the round adds the noise alone (divided by qK) and
+/// moves no bytes up, and the run goes on.
+#[test]
+fn dp_round_that_samples_no_client_still_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, cache) = tmp_paths(&tmp);
+    let args = [
+        &run_args(out.to_str().unwrap(), cache.to_str().unwrap(), "4")[..],
+        &["--dp", "client", "--dp-clip", "0.05", "--dp-noise", "1"],
+        &["--sample-fraction", "0.05", "--dp-seed", "1"],
+    ]
+    .concat();
+    let o = fedclip(&args, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value =
+        serde_json::from_str(&read(&out.join("summary.json"))).unwrap();
+    let up: Vec<u64> = serde_json::from_value(summary["bytes_up_per_round"].clone()).unwrap();
+    assert_eq!(up.len(), 4);
+    assert!(up.contains(&0), "every round sampled a client: {up:?}");
+    assert!(
+        up.iter().any(|&b| b > 0),
+        "no round sampled a client: {up:?}"
+    );
+}

@@ -28,8 +28,17 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 fn parse_config(config_json: &str) -> PyResult<RunConfig> {
-    serde_json::from_str(config_json)
-        .map_err(|e| PyValueError::new_err(format!("run options: {e}")))
+    let cfg: RunConfig = serde_json::from_str(config_json)
+        .map_err(|e| PyValueError::new_err(format!("run options: {e}")))?;
+    // The Python loop samples clients itself, not by Poisson as the accountant assumes.
+    if !cfg.dp.is_off() {
+        return Err(PyValueError::new_err(
+            "run options: dp: differential privacy is not available in fedclip.Splits, \
+             Strategy or Clients yet (their client sampling is not the Poisson sampling the \
+             accountant assumes); use `fedclip run --dp client`",
+        ));
+    }
+    Ok(cfg)
 }
 
 fn value_err(e: anyhow::Error) -> PyErr {

@@ -265,6 +265,10 @@ pub struct RunConfig {
     /// (and what a config saved before the setting existed reads back as).
     #[serde(default)]
     pub augment_views: u32,
+    /// Differential privacy (`--dp …`); absent from config.json when off, so ordinary runs'
+    /// files keep their bytes.
+    #[serde(default, skip_serializing_if = "super::dp::DpConfig::is_off")]
+    pub dp: super::dp::DpConfig,
 }
 
 fn default_max_image_pixels() -> u64 {
@@ -408,6 +412,9 @@ impl RunConfig {
             if let Err(e) = utf8(flag, path) {
                 bad.push(e.to_string());
             }
+        }
+        if let Err(e) = self.dp.validate(self) {
+            bad.push(e.to_string());
         }
         match bad.len() {
             0 => Ok(()),

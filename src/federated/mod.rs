@@ -12,6 +12,7 @@ pub mod aggregate;
 pub mod bad_images;
 pub mod checkpoint;
 pub mod config;
+pub mod dp;
 pub mod evaluate;
 pub mod family;
 pub mod features;
@@ -29,6 +30,7 @@ pub use config::{
     Aggregate, LossName, Method, MethodOptions, OptimizerName, PromptOptions, RunConfig,
     ServerOptConfig, ServerOptName,
 };
+pub use dp::{DpConfig, DpMode};
 
 use crate::cuda::Gpu;
 use crate::device::Device;

@@ -166,6 +166,7 @@ fn summarise(cfg: &RunConfig, method: String, totals: &RunTotals, rows: &[Metric
         finetuned_test_accuracy: None,
         mean_finetuned_test_accuracy: None,
         skipped_images: totals.skipped_images.clone(),
+        dp: cfg.dp.summary(totals.rounds_done, cfg.sample_fraction),
     }
 }
 

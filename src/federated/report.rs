@@ -41,6 +41,15 @@ impl MetricRow {
 /// Keeps the rows of rounds before `keep_before` (a resumed run drops what the interrupted
 /// one wrote after its last checkpoint), and returns a writer that appends.
 pub fn open_metrics(path: &Path, keep_before: u32) -> Result<std::fs::File> {
+    open_metrics_with_header(path, keep_before, METRICS_HEADER)
+}
+
+/// [`open_metrics`] with another header (a DP run's adds `,epsilon`).
+pub fn open_metrics_with_header(
+    path: &Path,
+    keep_before: u32,
+    header: &str,
+) -> Result<std::fs::File> {
     let kept: Vec<String> = match std::fs::read_to_string(path) {
         Ok(text) => text
             .lines()
@@ -55,7 +64,7 @@ pub fn open_metrics(path: &Path, keep_before: u32) -> Result<std::fs::File> {
             .collect(),
         Err(_) => Vec::new(),
     };
-    let mut text = format!("{METRICS_HEADER}\n");
+    let mut text = format!("{header}\n");
     for line in kept {
         text.push_str(&line);
         text.push('\n');
@@ -68,9 +77,15 @@ pub fn open_metrics(path: &Path, keep_before: u32) -> Result<std::fs::File> {
 }
 
 pub fn append_rows(file: &mut std::fs::File, rows: &[MetricRow]) -> Result<()> {
+    append_rows_with(file, rows, "")
+}
+
+/// [`append_rows`] with `suffix` after each row (a DP run's `,<ε>`).
+pub fn append_rows_with(file: &mut std::fs::File, rows: &[MetricRow], suffix: &str) -> Result<()> {
     let mut text = String::new();
     for r in rows {
         text.push_str(&r.csv());
+        text.push_str(suffix);
         text.push('\n');
     }
     file.write_all(text.as_bytes())
@@ -86,7 +101,8 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricRow>> {
     for (i, line) in text.lines().enumerate().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
         let bad = || format!("{} line {}: malformed row {line:?}", path.display(), i + 1);
-        anyhow::ensure!(f.len() == 6, bad());
+        // A DP run's rows carry a seventh column, the cumulative ε.
+        anyhow::ensure!(f.len() == 6 || f.len() == 7, bad());
         let split = match f[2] {
             "train" => "train",
             "val" => "val",
@@ -215,4 +231,7 @@ pub struct Summary {
     /// absent when none was, so that summaries of clean runs keep their bytes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped_images: Vec<String>,
+    /// The privacy guarantee of a `--dp` run; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dp: Option<super::dp::DpSummary>,
 }

@@ -108,8 +108,12 @@ impl<'a> Rounds<'a> {
     /// Runs the rounds left, appending to `<out>/metrics.csv` and checkpointing after each.
     pub fn run(&mut self, out: &Path) -> Result<()> {
         // Rows are labelled with the number of finished rounds (1-based); later ones are dropped.
-        let mut metrics =
-            report::open_metrics(&out.join("metrics.csv"), self.state.rounds_done + 1)?;
+        let dp = &self.cfg.dp;
+        let mut metrics = report::open_metrics_with_header(
+            &out.join("metrics.csv"),
+            self.state.rounds_done + 1,
+            &dp.metrics_header(),
+        )?;
         let total = self.strategy.rounds(self.cfg.rounds);
         let trainees = self.trainees.clone();
         for round in self.state.rounds_done..total {
@@ -122,7 +126,8 @@ impl<'a> Rounds<'a> {
                 classifier: &*self.classifier,
             };
             let (rows, mean_val) = eval.round(round, &*self.strategy, &self.state, &losses)?;
-            report::append_rows(&mut metrics, &rows)?;
+            let epsilon = dp.metrics_suffix(round + 1, self.cfg.sample_fraction);
+            report::append_rows_with(&mut metrics, &rows, &epsilon)?;
             crash_point(round, "metrics");
             self.keep_if_best(round, mean_val);
             self.state.rounds_done = round + 1;
@@ -143,7 +148,10 @@ impl<'a> Rounds<'a> {
     /// The strategy's plan, the local epochs, the aggregation. Returns each slot's losses.
     fn train_round(&mut self, round: u32) -> Result<Vec<Vec<f32>>> {
         let k = self.trainees.len();
-        let sampled = self.sampled_slots(round);
+        let sampled = match self.strategy.sample(round, k) {
+            Some(slots) => slots,
+            None => self.sampled_slots(round),
+        };
         let Some(plan) = self
             .strategy
             .configure_train(round, sampled, &self.state.global)

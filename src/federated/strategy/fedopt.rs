@@ -17,6 +17,9 @@ use super::{Bytes, ClientUpdates, Deploy, Deployed, Family, RoundPlan, Sizes, St
 use crate::federated::config::{ServerOptConfig, ServerOptName};
 use anyhow::{Result, bail, ensure};
 
+/// Prefix of the inner strategy's tensors in FedOpt's state.
+const INNER: &str = "inner.";
+
 pub struct FedOpt {
     inner: Box<dyn Strategy>,
     cfg: ServerOptConfig,
@@ -97,6 +100,10 @@ impl Strategy for FedOpt {
         self.inner.rounds(requested)
     }
 
+    fn sample(&mut self, round: u32, clients: usize) -> Option<Vec<usize>> {
+        self.inner.sample(round, clients)
+    }
+
     fn configure_train(
         &self,
         round: u32,
@@ -140,24 +147,36 @@ impl Strategy for FedOpt {
         self.inner.deployed()
     }
 
+    /// m and v, then the inner strategy's state (e.g. the DP noise stream) as `inner.*`.
     fn state(&self) -> Vec<(String, Vec<f32>)> {
-        if self.m.is_empty() {
-            return Vec::new();
+        let mut state = Vec::new();
+        if !self.m.is_empty() {
+            state = vec![("m".into(), self.m.clone()), ("v".into(), self.v.clone())];
         }
-        vec![("m".into(), self.m.clone()), ("v".into(), self.v.clone())]
+        let inner = self.inner.state().into_iter();
+        state.extend(inner.map(|(name, v)| (format!("{INNER}{name}"), v)));
+        state
     }
 
     fn load_state(&mut self, saved: &[(String, Vec<f32>)]) -> Result<()> {
-        let get = |k: &str| saved.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let (inner, own): (Vec<_>, Vec<_>) = saved
+            .iter()
+            .cloned()
+            .partition(|(n, _)| n.starts_with(INNER));
+        let inner: Vec<_> = (inner.into_iter())
+            .map(|(n, v)| (n[INNER.len()..].to_string(), v))
+            .collect();
+        self.inner.load_state(&inner)?;
+        let get = |k: &str| own.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         match (get("m"), get("v")) {
             (Some(m), Some(v)) => {
                 ensure!(
-                    m.len() == v.len() && saved.len() == 2,
+                    m.len() == v.len() && own.len() == 2,
                     "the checkpoint's server optimiser state is inconsistent"
                 );
                 (self.m, self.v) = (m, v);
             }
-            (None, None) if saved.is_empty() => {}
+            (None, None) if own.is_empty() => {}
             _ => bail!("the checkpoint's server optimiser state is incomplete (needs m and v)"),
         }
         Ok(())

@@ -8,12 +8,14 @@
 //! [`crate::adapter::AdapterBackend`] do the rest, so a new method is one file here plus
 //! its line in [`build`].
 
+mod dp_client;
 mod fedavg;
 mod fedopt;
 mod local;
 mod tip_adapter;
 mod zeroshot;
 
+pub use dp_client::{DpClient, clip_factor, clipped_noised_mean};
 pub use fedavg::FedAvg;
 pub use fedopt::FedOpt;
 pub use local::Local;
@@ -21,6 +23,7 @@ pub use tip_adapter::TipAdapter;
 pub use zeroshot::Zeroshot;
 
 use super::config::{Method, RunConfig, ServerOptName};
+use crate::privacy::noise::NoiseSource;
 use anyhow::{Result, bail};
 
 /// What the sampled clients do this round (Flower's `configure_train` result).
@@ -117,6 +120,11 @@ pub trait Strategy {
     fn rounds(&self, requested: u32) -> u32 {
         requested
     }
+    /// The trainer slots this round samples out of `clients`, when the strategy samples
+    /// itself (client-level DP's Poisson sampling); `None`: `--sample-fraction` as usual.
+    fn sample(&mut self, _round: u32, _clients: usize) -> Option<Vec<usize>> {
+        None
+    }
     /// This round's plan for the sampled clients, or `None` when nothing is trained.
     fn configure_train(&self, round: u32, sampled: Vec<usize>, global: &[f32])
     -> Option<RoundPlan>;
@@ -183,6 +191,7 @@ pub fn build(cfg: &RunConfig) -> Result<Box<dyn Strategy>> {
             cfg.method == Method::TipAdapterF,
         )),
     };
+    let base = with_dp(base, cfg)?;
     let server = cfg.server_opt;
     if server.opt == ServerOptName::Fedavg {
         return Ok(base);
@@ -197,6 +206,26 @@ pub fn build(cfg: &RunConfig) -> Result<Box<dyn Strategy>> {
     }
     check_server_opt(&server)?;
     Ok(Box::new(FedOpt::new(base, server)))
+}
+
+/// `base` under client-level DP when `--dp client` (the flags were checked by
+/// `RunConfig::validate`); the noise stream from `--dp-seed` or the operating system.
+fn with_dp(base: Box<dyn Strategy>, cfg: &RunConfig) -> Result<Box<dyn Strategy>> {
+    let dp = cfg.dp;
+    if dp.is_off() {
+        return Ok(base);
+    }
+    let source = match dp.seed {
+        Some(seed) => NoiseSource::from_seed(seed),
+        None => NoiseSource::from_os()?,
+    };
+    Ok(Box::new(DpClient::new(
+        base,
+        dp.clip,
+        dp.noise,
+        cfg.sample_fraction,
+        source,
+    )))
 }
 
 fn check_server_opt(c: &super::config::ServerOptConfig) -> Result<()> {
