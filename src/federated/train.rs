@@ -1,6 +1,6 @@
 //! The local update every training strategy shares: `--local-epochs` passes over each sampled
 //! client's training split, all sampled clients stepped together as one K-client batch on
-//! the trainer ([`AdapterBackend`]).
+//! the trainer ([`AdapterBackend`]), at the round's learning rate ([`RunConfig::round_lr`]).
 
 use super::config::RunConfig;
 use super::features::{ClientData, SplitData};
@@ -12,7 +12,8 @@ use anyhow::{Context, Result};
 const TAG_BATCHES: u32 = 3;
 
 /// Runs the local epochs of round `round` for the trainer slots `slots` (`trainees[slot]` is
-/// the client). Returns each slot's step losses (empty for slots that did not step).
+/// the client) at the round's learning rate. Returns each slot's step losses (empty for
+/// slots that did not step).
 pub fn local_epochs(
     backend: &mut dyn AdapterBackend,
     cfg: &RunConfig,
@@ -21,6 +22,7 @@ pub fn local_epochs(
     clients: &[ClientData],
     trainees: &[usize],
 ) -> Result<Vec<Vec<f32>>> {
+    backend.set_lr(cfg.round_lr(round));
     let mut losses: Vec<Vec<f32>> = vec![Vec::new(); trainees.len()];
     let dim = backend.dim();
     let train = |s: usize| &clients[trainees[s]].train;
