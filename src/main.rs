@@ -3,7 +3,7 @@ use clap::{Args, Parser, Subcommand};
 use fedclip::bundled::{BUNDLED_MODEL, bundled_data, bundled_model};
 use fedclip::device::Device;
 use fedclip::embed::{self, EmbedRequest};
-use fedclip::federated::config::{DEFAULT_MOMENTUM, DEFAULT_WARMUP_LR};
+use fedclip::federated::config::DEFAULT_WARMUP_LR;
 use fedclip::federated::{
     self, Aggregate, LossName, LrSchedule, Method, MethodOptions, OptimizerName, RunConfig,
     ServerOptConfig, ServerOptName,
@@ -314,7 +314,7 @@ fn run_config(mut a: RunArgs) -> Result<RunConfig> {
         lr: a.lr.unwrap_or(a.optimizer.default_lr()),
         weight_decay: a.weight_decay.unwrap_or(a.optimizer.default_weight_decay()),
         optimizer: a.optimizer,
-        momentum: sgd_momentum(a.optimizer, a.momentum)?,
+        momentum: a.optimizer.momentum(a.momentum)?,
         lr_schedule: a.lr_schedule,
         warmup_rounds: a.warmup_rounds,
         warmup_lr: a.warmup_lr,
@@ -351,19 +351,6 @@ fn run_config(mut a: RunArgs) -> Result<RunConfig> {
         drop_empty_clients: a.drop_empty_clients,
         skip_bad: a.skip_bad,
     })
-}
-
-/// `--momentum`, which only SGD has: its default when not given, refused with Adam / AdamW
-/// (whose moments follow fixed betas) rather than silently unused.
-fn sgd_momentum(optimizer: OptimizerName, momentum: Option<f64>) -> Result<f64> {
-    match (optimizer, momentum) {
-        (OptimizerName::Sgd, m) => Ok(m.unwrap_or(DEFAULT_MOMENTUM)),
-        (_, None) => Ok(DEFAULT_MOMENTUM),
-        (other, Some(_)) => anyhow::bail!(
-            "--momentum applies to --optimizer sgd only, not --optimizer {}",
-            format!("{other:?}").to_lowercase()
-        ),
-    }
 }
 
 /// What a finished run prints: cache use, timings, the best round, held-out accuracies.

@@ -114,6 +114,25 @@ impl OptimizerName {
             OptimizerName::Sgd => 5e-4,
         }
     }
+    /// The momentum a run stores for `--momentum` (`given`), which only SGD has: the
+    /// default when not given; refused with Adam / AdamW (whose moments follow fixed betas)
+    /// rather than silently unused.
+    pub fn momentum(self, given: Option<f64>) -> Result<f64> {
+        match (self, given) {
+            (OptimizerName::Sgd, m) => Ok(m.unwrap_or(DEFAULT_MOMENTUM)),
+            (_, None) => Ok(DEFAULT_MOMENTUM),
+            (other, Some(_)) => bail!(
+                "--momentum applies to --optimizer sgd only, not --optimizer {}",
+                other.name()
+            ),
+        }
+    }
+    /// The name `--optimizer` takes.
+    pub fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value()
+            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
+    }
 }
 
 /// `--momentum`'s default (CoOp's); Adam and AdamW do not use it.
