@@ -336,7 +336,7 @@ impl RunConfig {
         );
         need(self.batch >= 1, "--batch must be at least 1, got 0".into());
         need(
-            self.warmup_rounds < self.rounds,
+            self.warmup_rounds == 0 || self.warmup_rounds < self.rounds,
             format!(
                 "--warmup-rounds ({}) must be below --rounds ({}): the schedule would never start",
                 self.warmup_rounds, self.rounds
