@@ -3,8 +3,9 @@ use clap::{Args, Parser, Subcommand};
 use fedclip::bundled::{BUNDLED_MODEL, bundled_data, bundled_model};
 use fedclip::device::Device;
 use fedclip::embed::{self, EmbedRequest};
+use fedclip::federated::config::DEFAULT_WARMUP_LR;
 use fedclip::federated::{
-    self, Aggregate, DpConfig, DpMode, LossName, Method, MethodOptions, OptimizerName,
+    self, Aggregate, DpConfig, DpMode, LossName, LrSchedule, Method, MethodOptions, OptimizerName,
     PromptOptions, RunConfig, ServerOptConfig, ServerOptName,
 };
 use fedclip::preprocess::DEFAULT_MAX_IMAGE_PIXELS;
@@ -133,16 +134,32 @@ struct RunArgs {
     /// Local batch size; batches of one sample are skipped, as the reference does.
     #[arg(long, default_value_t = 32)]
     batch: usize,
-    /// Adam/AdamW learning rate (the reference's 5e-5).
-    #[arg(long, default_value_t = 5e-5)]
-    lr: f64,
-    /// Weight decay: L2 added to the gradient with Adam (the reference), decoupled with
-    /// AdamW. Zero or positive.
-    #[arg(long, default_value_t = 0.2)]
-    weight_decay: f64,
+    /// Learning rate (of the rounds after any warm-up). Default: the reference's 5e-5 with
+    /// Adam / AdamW, CoOp's 0.002 with SGD.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Weight decay: L2 added to the gradient with Adam (the reference) and SGD, decoupled
+    /// with AdamW. Zero or positive. Default: 0.2 with Adam / AdamW, CoOp's 5e-4 with SGD.
+    #[arg(long)]
+    weight_decay: Option<f64>,
     #[arg(long, value_enum, default_value_t = OptimizerName::Adam)]
     optimizer: OptimizerName,
-    /// Keep optimiser moments across rounds (the reference creates a fresh Adam per round).
+    /// SGD's momentum in [0, 1) (with --optimizer sgd; torch.optim.SGD's, dampening 0, no
+    /// Nesterov).
+    #[arg(long)]
+    momentum: Option<f64>,
+    /// Learning rate over the rounds: `cosine` is lr·½(1 + cos(π(r − W)/R)) in round r of R
+    /// after W warm-up rounds (CoOp's).
+    #[arg(long, value_enum, default_value_t = LrSchedule::Constant)]
+    lr_schedule: LrSchedule,
+    /// Rounds at --warmup-lr before the schedule starts (CoOp's constant warm-up).
+    #[arg(long, default_value_t = 0)]
+    warmup_rounds: u32,
+    /// The warm-up rounds' learning rate.
+    #[arg(long, default_value_t = DEFAULT_WARMUP_LR)]
+    warmup_lr: f64,
+    /// Keep optimiser state (Adam's moments, SGD's momentum) across rounds (the reference
+    /// creates a fresh optimiser per round).
     #[arg(long)]
     keep_optimizer_state: bool,
     #[arg(long, value_enum, default_value_t = LossName::Contrastive)]
@@ -391,9 +408,13 @@ fn run_config(mut a: RunArgs) -> Result<RunConfig> {
         rounds: a.rounds,
         local_epochs: a.local_epochs,
         batch: a.batch,
-        lr: a.lr,
-        weight_decay: a.weight_decay,
+        lr: a.lr.unwrap_or(a.optimizer.default_lr()),
+        weight_decay: a.weight_decay.unwrap_or(a.optimizer.default_weight_decay()),
         optimizer: a.optimizer,
+        momentum: a.optimizer.momentum(a.momentum)?,
+        lr_schedule: a.lr_schedule,
+        warmup_rounds: a.warmup_rounds,
+        warmup_lr: a.warmup_lr,
         keep_optimizer_state: a.keep_optimizer_state,
         loss: a.loss,
         mu: a.mu,

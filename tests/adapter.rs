@@ -168,6 +168,7 @@ fn load_case(name: &str) -> Case {
             beta2: num("beta2"),
             eps: num("eps"),
             weight_decay: num("weight_decay"),
+            ..OptimizerConfig::default()
         },
         min_batch: num("min_batch") as usize,
     };

@@ -637,6 +637,7 @@ fn adam_first_step_one(cfg: &OptimizerConfig, p: f64, g: f64) -> f64 {
     let (p, g) = match cfg.kind {
         OptimizerKind::Adam => (p, g + cfg.weight_decay * p),
         OptimizerKind::AdamW => (p * (1.0 - cfg.lr * cfg.weight_decay), g),
+        OptimizerKind::Sgd => unreachable!("the CUDA adapter engine refuses SGD"),
     };
     let m = (1.0 - cfg.beta1) * g;
     let v = (1.0 - cfg.beta2) * g * g;
@@ -648,6 +649,7 @@ fn adam_moments(cfg: &OptimizerConfig, p: f64, m: f64, v: f64, g: f64) -> (f64, 
     let g = match cfg.kind {
         OptimizerKind::Adam => g + cfg.weight_decay * p,
         OptimizerKind::AdamW => g,
+        OptimizerKind::Sgd => unreachable!("the CUDA adapter engine refuses SGD"),
     };
     (
         m + (1.0 - cfg.beta1) * (g - m),
@@ -669,6 +671,7 @@ fn adam_apply(cfg: &OptimizerConfig, (bc1, bc2): (f64, f64), p: f64, m: f64, v: 
     let p = match cfg.kind {
         OptimizerKind::Adam => p,
         OptimizerKind::AdamW => p * (1.0 - cfg.lr * cfg.weight_decay),
+        OptimizerKind::Sgd => unreachable!("the CUDA adapter engine refuses SGD"),
     };
     p - cfg.lr / bc1 * m / (v.sqrt() / bc2.sqrt() + cfg.eps)
 }

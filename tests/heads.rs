@@ -82,6 +82,7 @@ fn optimizer(v: &Value) -> OptimizerConfig {
         beta2: v["beta2"].as_f64().unwrap(),
         eps: v["eps"].as_f64().unwrap(),
         weight_decay: v["weight_decay"].as_f64().unwrap(),
+        ..OptimizerConfig::default()
     }
 }
 

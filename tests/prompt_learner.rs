@@ -282,6 +282,7 @@ fn adam_steps_match_pytorch() {
         beta2: f("beta2"),
         eps: f("eps"),
         weight_decay: f("weight_decay"),
+        momentum: 0.0,
     };
     let mut trainer = HeadTrainer::new(head, ctx, config, 1).unwrap();
     for s in 0..3 {

@@ -217,6 +217,96 @@ fn resume_after_a_kill_mid_checkpoint_matches_an_uninterrupted_run() {
 }
 
 #[test]
+fn resume_keeps_sgds_momentum_under_a_cosine_schedule_with_warmup() {
+    resume_equals_uninterrupted(
+        "state",
+        &[
+            "--optimizer",
+            "sgd",
+            "--momentum",
+            "0.8",
+            "--keep-optimizer-state",
+            "--lr-schedule",
+            "cosine",
+            "--warmup-rounds",
+            "1",
+            "--warmup-lr",
+            "1e-3",
+        ],
+    );
+}
+
+#[test]
+fn resume_of_linear_probe_with_sgd_mid_checkpoint_matches() {
+    resume_equals_uninterrupted(
+        "metrics",
+        &[
+            "--method",
+            "linear-probe",
+            "--optimizer",
+            "sgd",
+            "--keep-optimizer-state",
+            "--lr-schedule",
+            "cosine",
+        ],
+    );
+}
+
+#[test]
+fn resume_under_a_cosine_schedule_refuses_other_rounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, cache) = tmp_paths(&tmp);
+    let (o, c) = (out.to_str().unwrap(), cache.to_str().unwrap());
+    let cosine = ["--optimizer", "sgd", "--lr-schedule", "cosine"];
+    let killed = fedclip(
+        &[&run_args(o, c, "4")[..], &cosine].concat(),
+        &[("FEDCLIP_ABORT_AT", "1:state")],
+    );
+    assert!(!killed.status.success(), "the abort hook did not fire");
+    let refused = fedclip(
+        &[&run_args(o, c, "6")[..], &cosine, &["--resume"]].concat(),
+        &[],
+    );
+    let err = stderr(&refused);
+    assert!(
+        !refused.status.success()
+            && err.contains("rounds: now 6, saved 4")
+            && err.contains("--lr-schedule"),
+        "{err}"
+    );
+    let resumed = fedclip(
+        &[&run_args(o, c, "4")[..], &cosine, &["--resume"]].concat(),
+        &[],
+    );
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+}
+
+#[test]
+fn resume_of_a_run_saved_before_the_optimiser_settings_continues() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, cache) = tmp_paths(&tmp);
+    let args = run_args(out.to_str().unwrap(), cache.to_str().unwrap(), "3");
+    let killed = fedclip(&args, &[("FEDCLIP_ABORT_AT", "1:state")]);
+    assert!(!killed.status.success(), "the abort hook did not fire");
+    // Its config.json as written before momentum and the schedule existed.
+    let config_path = out.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&read(&config_path)).unwrap();
+    for key in ["momentum", "lr_schedule", "warmup_rounds", "warmup_lr"] {
+        assert!(
+            config.as_object_mut().unwrap().remove(key).is_some(),
+            "{key}"
+        );
+    }
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let resumed = fedclip(&[&args[..], &["--resume"]].concat(), &[]);
+    assert!(
+        resumed.status.success() && stderr(&resumed).contains("resumed after round 2"),
+        "{}",
+        stderr(&resumed)
+    );
+}
+
+#[test]
 fn resume_of_a_run_saved_before_the_tokenizer_choice_needs_tokenizer_hf() {
     let tmp = tempfile::tempdir().unwrap();
     let (out, cache) = tmp_paths(&tmp);

@@ -37,6 +37,11 @@ def options(
         lr=float(merged["lr"]),
         weight_decay=float(merged["weight-decay"]),
         optimizer=merged.get("optimizer", "adam"),
+        # SGD's momentum only when set (fedclip refuses it with Adam / AdamW).
+        momentum=float(merged["momentum"]) if "momentum" in merged else None,
+        lr_schedule=merged.get("lr-schedule", "constant"),
+        warmup_rounds=int(merged.get("warmup-rounds", 0)),
+        warmup_lr=float(merged.get("warmup-lr", 1e-5)),
         keep_optimizer_state=bool(merged.get("keep-optimizer-state", False)),
         loss=merged.get("loss", "contrastive"),
         mu=float(merged["mu"]),

@@ -31,6 +31,7 @@ from ._fedclip import (
     Stats,
     Strategy,
     default_server_lr,
+    optimizer_settings,
     RunDir,
     domains,
     evaluate_splits,
@@ -55,6 +56,7 @@ __all__ = [
     "Stats",
     "Strategy",
     "default_server_lr",
+    "optimizer_settings",
     "domains",
     "evaluate_splits",
     "free_run_dir",
@@ -77,9 +79,13 @@ def run_config(
     rounds: int = 200,
     local_epochs: int = 1,
     batch: int = 32,
-    lr: float = 5e-5,
-    weight_decay: float = 0.2,
+    lr: Optional[float] = None,
+    weight_decay: Optional[float] = None,
     optimizer: str = "adam",
+    momentum: Optional[float] = None,
+    lr_schedule: str = "constant",
+    warmup_rounds: int = 0,
+    warmup_lr: float = 1e-5,
     keep_optimizer_state: bool = False,
     loss: str = "contrastive",
     mu: float = 0.01,
@@ -113,8 +119,11 @@ def run_config(
     the same default; `test_domains=None` holds out the first domain in sorted order and
     `out=None` is `runs/<method>[+<server_opt>]-<dataset>-<held-out domains>-seed<seed>`
     (`run` then takes the next free `-2`, `-3`, … as the CLI does), and
-    `server_lr=None` is the server optimiser's default η, as the CLI does.
+    `server_lr=None` is the server optimiser's default η, as the CLI does. `lr`,
+    `weight_decay` and `momentum` left `None` take the optimiser's defaults as the CLI does
+    (`optimizer_settings`); `momentum` is refused with Adam / AdamW.
     """
+    lr, weight_decay, momentum = optimizer_settings(optimizer, lr, weight_decay, momentum)
     data = os.fspath(data)
     if test_domains is None:
         test_domains = domains(data)[:1]
@@ -136,6 +145,10 @@ def run_config(
         "lr": float(lr),
         "weight_decay": float(weight_decay),
         "optimizer": optimizer,
+        "momentum": float(momentum),
+        "lr_schedule": lr_schedule,
+        "warmup_rounds": warmup_rounds,
+        "warmup_lr": float(warmup_lr),
         "keep_optimizer_state": keep_optimizer_state,
         "loss": loss,
         "mu": float(mu),

@@ -71,6 +71,16 @@ def domains(data: PathLike) -> List[str]:
 def default_server_lr(server_opt: str) -> float:
     """`--server-lr`'s default for `--server-opt server_opt` (Flower's η)."""
 
+def optimizer_settings(
+    optimizer: str,
+    lr: Optional[float] = None,
+    weight_decay: Optional[float] = None,
+    momentum: Optional[float] = None,
+) -> Tuple[float, float, float]:
+    """`(lr, weight_decay, momentum)` a run of `--optimizer optimizer` stores, the defaults
+    filled in where `None` (Adam / AdamW: 5e-5, 0.2; SGD: CoOp's 0.002, 5e-4, momentum 0.9).
+    Raises ValueError for `momentum` with Adam / AdamW, naming `--momentum`."""
+
 def initial_parameters(dim: int, seed: int) -> npt.NDArray[np.float32]:
     """The seeded attention-adapter initialisation `fedclip run` starts the global and every
     client from, `[P]` with P = 2 d² + 2 d, laid out `[W1 | b1 | W2 | b2]` (PyTorch

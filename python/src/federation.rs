@@ -568,7 +568,8 @@ impl Clients {
 
     /// The local update of round `round` for `plan`'s slots, as `fedclip run` does it: the
     /// start parameters, a fresh optimiser (unless `keep_optimizer_state`), the proximal
-    /// term, then `local_epochs` passes in the run's batch order. Returns each slot's step
+    /// term, then `local_epochs` passes in the run's batch order at the round's learning
+    /// rate (`lr_schedule`, `warmup_rounds`, `warmup_lr` over the run's `rounds`). Returns each slot's step
     /// losses (empty where it did not step).
     fn local_update(
         &mut self,
@@ -625,7 +626,8 @@ impl Clients {
         .map_err(|e| to_py(e, Kind::Engine))
     }
 
-    /// The trainer's Adam moments `(m [K·P], v [K·P], steps [K])`, what
+    /// The trainer's optimiser state `(m [K·P], v [K·P], steps [K])` (Adam's moments; with
+    /// SGD, `m` is the momentum buffer and `v` zero), what
     /// `keep_optimizer_state` carries from round to round.
     fn optimizer_state<'py>(
         &self,

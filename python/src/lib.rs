@@ -307,6 +307,33 @@ fn default_server_lr(server_opt: &str) -> PyResult<f64> {
     Ok(federated::ServerOptConfig::default_lr(opt))
 }
 
+fn optimizer_name(optimizer: &str) -> PyResult<federated::OptimizerName> {
+    serde_json::from_value(serde_json::json!(optimizer))
+        .map_err(|e| PyValueError::new_err(format!("optimizer: {e}")))
+}
+
+/// `(lr, weight_decay, momentum)` a run of `--optimizer <optimizer>` stores when `lr`,
+/// `weight_decay`, `momentum` are `None` (not given), as the CLI resolves them; `momentum`
+/// given with Adam / AdamW is refused, as by the CLI.
+#[pyfunction]
+#[pyo3(signature = (optimizer, lr = None, weight_decay = None, momentum = None))]
+fn optimizer_settings(
+    optimizer: &str,
+    lr: Option<f64>,
+    weight_decay: Option<f64>,
+    momentum: Option<f64>,
+) -> PyResult<(f64, f64, f64)> {
+    let opt = optimizer_name(optimizer)?;
+    let momentum = opt
+        .momentum(momentum)
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok((
+        lr.unwrap_or(opt.default_lr()),
+        weight_decay.unwrap_or(opt.default_weight_decay()),
+        momentum,
+    ))
+}
+
 /// The trainer slots `fedclip run` samples for `round` (0-based) out of `n` training clients.
 #[pyfunction]
 fn sample_clients(n: usize, fraction: f64, seed: u32, round: u32) -> Vec<usize> {
@@ -321,6 +348,7 @@ fn _fedclip(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run_json, m)?)?;
     m.add_function(wrap_pyfunction!(domains, m)?)?;
     m.add_function(wrap_pyfunction!(default_server_lr, m)?)?;
+    m.add_function(wrap_pyfunction!(optimizer_settings, m)?)?;
     m.add_function(wrap_pyfunction!(sample_clients, m)?)?;
     federation::register(m)?;
     report::register(m)?;

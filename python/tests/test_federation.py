@@ -29,8 +29,12 @@ def flat_adapter(tensors: dict, prefix: str = "") -> np.ndarray:
     dict(method="tip-adapter", rounds=1),
     dict(method="tip-adapter-f", rounds=2, clients_per_domain=2, sample_fraction=0.5, seed=3,
          batch=8, lr=1e-3),
+    dict(method="fedclip", rounds=3, batch=16, optimizer="sgd", momentum=0.8, lr=1e-2,
+         lr_schedule="cosine", warmup_rounds=1, warmup_lr=1e-3, keep_optimizer_state=True),
+    dict(method="linear-probe", rounds=3, batch=16, optimizer="sgd", lr_schedule="cosine"),
 ], ids=["fedclip", "fedprox-sampled-weighted", "fedadam", "linear-probe", "clip-adapter",
-        "tip-adapter", "tip-adapter-f-sampled"])
+        "tip-adapter", "tip-adapter-f-sampled", "fedclip-sgd-cosine-warmup-kept",
+        "linear-probe-sgd-cosine"])
 def test_python_loop_equals_fedclip_run(cli, tmp_path, options):
     cache, out = tmp_path / "cache", tmp_path / "cli"
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items() if v is not True]

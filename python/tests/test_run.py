@@ -85,9 +85,13 @@ def test_run_options_are_the_cli_flags_with_its_defaults(cli):
     assert params["data"].default == fedclip.BUNDLED_DATA
     assert params["model"].default == fedclip.BUNDLED_MODEL
     assert params["server_lr"].default is None  # the server optimiser's own default
+    # The optimiser's own defaults (fedclip.optimizer_settings), as the CLI's.
+    for name in ("lr", "weight_decay", "momentum"):
+        assert params[name].default is None, name
     # Options whose CLI flags show no default: switches, and the bundled paths found at run time.
     flags = set(cli) | {"test_domains", "out", "keep_optimizer_state", "server_lr", "device",
-                        "data", "model", "drop_empty_clients", "skip_bad"}
+                        "data", "model", "drop_empty_clients", "skip_bad", "lr", "weight_decay",
+                        "momentum"}
     assert set(params) <= flags, set(params) - flags
 
 
@@ -108,3 +112,15 @@ def test_run_without_out_takes_the_next_free_folder_as_the_cli(cli, tmp_path, mo
     fedclip.run(data=DATA, model=MODEL, cache_dir=tmp_path / "cache", device="cpu",
                 resume=True, **options)  # continues -2 (already finished: nothing to add)
     assert not base.with_name(base.name + "-3").exists()
+
+
+def test_optimizer_defaults_and_the_momentum_refusal_are_the_clis():
+    assert fedclip.optimizer_settings("adam") == (5e-5, 0.2, 0.9)
+    assert fedclip.optimizer_settings("sgd") == (0.002, 5e-4, 0.9)
+    assert fedclip.optimizer_settings("sgd", 0.1, 0.0, 0.5) == (0.1, 0.0, 0.5)
+    config = fedclip.run_config(data=DATA, test_domains=[], optimizer="sgd",
+                                lr_schedule="cosine", warmup_rounds=1)
+    assert (config["lr"], config["weight_decay"], config["momentum"]) == (0.002, 5e-4, 0.9)
+    assert (config["lr_schedule"], config["warmup_rounds"], config["warmup_lr"]) == ("cosine", 1, 1e-5)
+    with pytest.raises(ValueError, match="--momentum applies to --optimizer sgd only, not --optimizer adamw"):
+        fedclip.run_config(data=DATA, test_domains=[], optimizer="adamw", momentum=0.5)

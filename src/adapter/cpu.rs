@@ -242,6 +242,10 @@ impl AdapterBackend for CpuAdapters {
         self.optimizer_steps.fill(0);
     }
 
+    fn set_lr(&mut self, lr: f64) {
+        self.config.optimizer.lr = lr;
+    }
+
     fn client_params(&self, k: usize) -> Result<AdapterParams<f32>> {
         let r = self.client_range(k)?;
         AdapterParams::from_flat(self.dim, self.params[r].to_vec())

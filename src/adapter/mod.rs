@@ -1,4 +1,4 @@
-//! The FedCLIP attention adapter: forward, backward, losses, Adam / AdamW, and a trainer
+//! The FedCLIP attention adapter: forward, backward, losses, Adam / AdamW / SGD, and a trainer
 //! that steps many independent client adapters at once.
 //!
 //! # What is trained (as in FedCLIP's reference, `microsoft/PersonalizedFL/fedclip`)
@@ -150,7 +150,8 @@ impl<T: Real> TextFeatures<T> {
     }
 }
 
-/// Adam moments `[K, param_count(d)]` each and per-client step counts.
+/// Adam moments `[K, param_count(d)]` each and per-client step counts. With SGD, `m` is the
+/// momentum buffer and `v` stays zero.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OptimizerState {
     pub m: Vec<f32>,
@@ -208,6 +209,9 @@ pub trait AdapterBackend {
     /// Forgets every client's optimiser state (moments and step count), as building a fresh
     /// `torch.optim.Adam` per round does. Parameters are kept.
     fn reset(&mut self);
+    /// The learning rate of the next steps (a schedule sets it per round, as an
+    /// `lr_scheduler` sets `param_groups[i]["lr"]`); optimiser state is kept.
+    fn set_lr(&mut self, lr: f64);
     /// Client `k`'s parameters.
     fn client_params(&self, k: usize) -> Result<AdapterParams<f32>>;
     /// Overwrites client `k`'s parameters (optimiser state is kept; call `reset` to drop it).

@@ -1,6 +1,7 @@
-//! Adam and AdamW on flat parameter vectors, with `torch.optim.Adam` / `torch.optim.AdamW`
-//! semantics (non-amsgrad, not maximising): scalars (bias corrections, step size) in f64 as
-//! Python computes them, element-wise work in the parameter type in torch's operation order.
+//! Adam, AdamW and SGD with momentum on flat parameter vectors, with `torch.optim.Adam` /
+//! `torch.optim.AdamW` / `torch.optim.SGD` semantics (Adam non-amsgrad; SGD with dampening 0,
+//! no Nesterov; none maximising): scalars (bias corrections, step size) in f64 as Python
+//! computes them, element-wise work in the parameter type in torch's operation order.
 
 use super::real::Real;
 
@@ -11,10 +12,15 @@ pub enum OptimizerKind {
     Adam,
     /// `torch.optim.AdamW`: decoupled decay, `θ ← θ·(1 − lr·wd)` before the Adam step.
     AdamW,
+    /// `torch.optim.SGD` with momentum μ (dampening 0, no Nesterov): `d = g + wd·θ`;
+    /// `buf = d` on the first step after a reset, else `buf = μ·buf + d`; `θ ← θ − lr·buf`.
+    /// The momentum buffer lives where Adam keeps its first moment; the second is unused.
+    Sgd,
 }
 
 /// Optimiser hyper-parameters. [`Default`] is FedCLIP's reference setting: Adam, lr 5e-5,
-/// betas (0.9, 0.98), eps 1e-6, weight decay 0.2.
+/// betas (0.9, 0.98), eps 1e-6, weight decay 0.2 (and CoOp's SGD momentum 0.9, which Adam
+/// does not use).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct OptimizerConfig {
     pub kind: OptimizerKind,
@@ -23,6 +29,8 @@ pub struct OptimizerConfig {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
+    /// SGD's momentum μ in [0, 1) (unused by Adam / AdamW).
+    pub momentum: f64,
 }
 
 impl Default for OptimizerConfig {
@@ -34,12 +42,14 @@ impl Default for OptimizerConfig {
             beta2: 0.98,
             eps: 1e-6,
             weight_decay: 0.2,
+            momentum: 0.9,
         }
     }
 }
 
 /// One optimiser step number `t` (1 for the first step after a reset) on `theta` with
-/// gradient `grad` and moment buffers `m`, `v` (all the same length).
+/// gradient `grad` and moment buffers `m`, `v` (all the same length; SGD uses `m` as its
+/// momentum buffer and leaves `v` alone).
 pub(crate) fn step<T: Real>(
     cfg: &OptimizerConfig,
     t: u64,
@@ -50,6 +60,9 @@ pub(crate) fn step<T: Real>(
 ) {
     assert!(t >= 1);
     assert!(grad.len() == theta.len() && m.len() == theta.len() && v.len() == theta.len());
+    if cfg.kind == OptimizerKind::Sgd {
+        return sgd_step(cfg, t, theta, grad, m);
+    }
     let bias_correction1 = 1.0 - cfg.beta1.powf(t as f64);
     let bias_correction2 = 1.0 - cfg.beta2.powf(t as f64);
     let neg_step_size = T::from_f64(-(cfg.lr / bias_correction1));
@@ -86,5 +99,22 @@ pub(crate) fn step<T: Real>(
                 update(p, g, m, v)
             });
         }
+        OptimizerKind::Sgd => unreachable!("stepped above"),
+    }
+}
+
+/// `torch.optim.SGD`'s step (dampening 0, no Nesterov) with momentum buffer `buf`.
+fn sgd_step<T: Real>(cfg: &OptimizerConfig, t: u64, theta: &mut [T], grad: &[T], buf: &mut [T]) {
+    let wd = T::from_f64(cfg.weight_decay);
+    let momentum = T::from_f64(cfg.momentum);
+    let neg_lr = T::from_f64(-cfg.lr);
+    let first = t == 1;
+    for ((p, &g), b) in theta.iter_mut().zip(grad).zip(buf.iter_mut()) {
+        // d_p = grad.add(param, alpha = wd)
+        let d = g + wd * *p;
+        // buf = clone(d_p) on the first step, else buf.mul_(μ).add_(d_p)
+        *b = if first { d } else { *b * momentum + d };
+        // param.add_(buf, alpha = −lr)
+        *p += neg_lr * *b;
     }
 }

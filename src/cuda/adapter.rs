@@ -36,8 +36,9 @@
 
 use super::driver::{Arg, DevBuf, Gpu, View};
 use crate::adapter::{
-    AdapterBackend, AdapterParams, ClientBatch, Loss, OptimizerKind, OptimizerState, TextFeatures,
-    TrainConfig, check_features, check_setup, check_step, param_count,
+    AdapterBackend, AdapterParams, ClientBatch, Loss, OptimizerConfig, OptimizerKind,
+    OptimizerState, TextFeatures, TrainConfig, check_features, check_setup, check_step,
+    param_count,
 };
 use anyhow::{Context, Result, ensure};
 use bytemuck::Pod;
@@ -277,6 +278,7 @@ impl CudaAdapters {
     ) -> Result<Self> {
         let dim = init.dim();
         let scale = check_setup(num_clients, dim, &texts, &config)?;
+        check_optimizer(&config.optimizer)?;
         let classes = texts.classes();
         ensure!(
             (3 * classes + 8) * 4 <= SMEM_LIMIT,
@@ -681,6 +683,11 @@ impl CudaAdapters {
         let chunks = p.div_ceil(CHUNK);
         let nflags = flag_count(self.dim);
         let f = |v: f64| Arg::F32(v as f32);
+        let kind = match cfg.kind {
+            OptimizerKind::Adam => 0,
+            OptimizerKind::AdamW => 1,
+            OptimizerKind::Sgd => return check_optimizer(cfg),
+        };
         self.launch(
             "fc_adapter_adam",
             (v.slots * chunks, 1),
@@ -699,10 +706,7 @@ impl CudaAdapters {
                 ptr(v.adam_steps),
                 Arg::I32(p as i32),
                 Arg::I32(chunks as i32),
-                Arg::I32(match cfg.kind {
-                    OptimizerKind::Adam => 0,
-                    OptimizerKind::AdamW => 1,
-                }),
+                Arg::I32(kind),
                 f(1.0 - cfg.beta1),
                 f(cfg.beta2),
                 f(1.0 - cfg.beta2),
@@ -712,6 +716,17 @@ impl CudaAdapters {
             ],
         )
     }
+}
+
+/// The CUDA adapter kernels implement Adam and AdamW only: SGD is refused, naming the flags.
+pub fn check_optimizer(cfg: &OptimizerConfig) -> Result<()> {
+    ensure!(
+        cfg.kind != OptimizerKind::Sgd,
+        "--optimizer sgd is not implemented on the CUDA adapter engine (kernels/adapter.cu \
+         has Adam and AdamW only); train with --device cpu (the rounds then run on the CPU \
+         engine) or --optimizer adam / adamw"
+    );
+    Ok(())
 }
 
 /// Gradient tiles per client of fc_adapter_wgrad: 2 · ⌈d/64⌉ · ⌈(d+1)/64⌉.
@@ -860,6 +875,10 @@ impl AdapterBackend for CudaAdapters {
                 .unwrap_or_else(|e| panic!("zeroing the Adam moments on the GPU: {e:#}"));
         }
         self.optimizer_steps.fill(0);
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.config.optimizer.lr = lr;
     }
 
     fn client_params(&self, k: usize) -> Result<AdapterParams<f32>> {

@@ -1,6 +1,7 @@
 //! The resolved settings of one `fedclip run`, written to `<run dir>/config.json` and
 //! compared on `--resume`.
 
+use super::schedule::{LrSchedule, round_lr};
 use crate::adapter::{Loss, OptimizerConfig, OptimizerKind, TrainConfig};
 use crate::paths::utf8;
 use crate::tokenizer::TokenizerKind;
@@ -149,6 +150,58 @@ pub enum OptimizerName {
     Adam,
     /// AdamW, decoupled weight decay.
     Adamw,
+    /// SGD with momentum and L2 weight decay in the gradient (CoOp's optimiser).
+    Sgd,
+}
+
+impl OptimizerName {
+    /// `--lr`'s default: FedCLIP's 5e-5 for Adam / AdamW, CoOp's 0.002 for SGD.
+    pub fn default_lr(self) -> f64 {
+        match self {
+            OptimizerName::Adam | OptimizerName::Adamw => 5e-5,
+            OptimizerName::Sgd => 0.002,
+        }
+    }
+    /// `--weight-decay`'s default: FedCLIP's 0.2 for Adam / AdamW, CoOp's 5e-4 for SGD.
+    pub fn default_weight_decay(self) -> f64 {
+        match self {
+            OptimizerName::Adam | OptimizerName::Adamw => 0.2,
+            OptimizerName::Sgd => 5e-4,
+        }
+    }
+    /// The momentum a run stores for `--momentum` (`given`), which only SGD has: the
+    /// default when not given; refused with Adam / AdamW (whose moments follow fixed betas)
+    /// rather than silently unused.
+    pub fn momentum(self, given: Option<f64>) -> Result<f64> {
+        match (self, given) {
+            (OptimizerName::Sgd, m) => Ok(m.unwrap_or(DEFAULT_MOMENTUM)),
+            (_, None) => Ok(DEFAULT_MOMENTUM),
+            (other, Some(_)) => bail!(
+                "--momentum applies to --optimizer sgd only, not --optimizer {}",
+                other.name()
+            ),
+        }
+    }
+    /// The name `--optimizer` takes.
+    pub fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value()
+            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
+    }
+}
+
+/// `--momentum`'s default (CoOp's); Adam and AdamW do not use it.
+pub const DEFAULT_MOMENTUM: f64 = 0.9;
+
+/// `--warmup-lr`'s default (CoOp's `WARMUP_CONS_LR`).
+pub const DEFAULT_WARMUP_LR: f64 = 1e-5;
+
+fn default_momentum() -> f64 {
+    DEFAULT_MOMENTUM
+}
+
+fn default_warmup_lr() -> f64 {
+    DEFAULT_WARMUP_LR
 }
 
 /// What the server does with the mean client update (Reddi et al. 2021, "Adaptive
@@ -217,6 +270,19 @@ pub struct RunConfig {
     pub lr: f64,
     pub weight_decay: f64,
     pub optimizer: OptimizerName,
+    /// SGD's momentum μ (`--momentum`; Adam and AdamW keep the default, unused). Settings
+    /// below from here to `warmup_lr` are absent in runs made before they existed, which
+    /// trained with exactly these defaults.
+    #[serde(default = "default_momentum")]
+    pub momentum: f64,
+    /// How the learning rate moves over the rounds ([`super::schedule`]).
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// Rounds at `warmup_lr` before the schedule starts (CoOp's constant warm-up).
+    #[serde(default)]
+    pub warmup_rounds: u32,
+    #[serde(default = "default_warmup_lr")]
+    pub warmup_lr: f64,
     /// Keep each client's optimiser moments across rounds (the reference re-creates it).
     pub keep_optimizer_state: bool,
     pub loss: LossName,
@@ -298,13 +364,28 @@ impl RunConfig {
                 kind: match self.optimizer {
                     OptimizerName::Adam => OptimizerKind::Adam,
                     OptimizerName::Adamw => OptimizerKind::AdamW,
+                    OptimizerName::Sgd => OptimizerKind::Sgd,
                 },
                 lr: self.lr,
                 weight_decay: self.weight_decay,
+                momentum: self.momentum,
                 ..OptimizerConfig::default()
             },
             min_batch: 2,
         }
+    }
+
+    /// The learning rate of round `round` (0-based) under `--lr-schedule` and the warm-up,
+    /// over `--rounds` ([`super::schedule`]).
+    pub fn round_lr(&self, round: u32) -> f64 {
+        round_lr(
+            self.lr,
+            self.lr_schedule,
+            self.warmup_rounds,
+            self.warmup_lr,
+            round,
+            self.rounds,
+        )
     }
 
     /// Checks every setting before any work starts; an error names the flag and shows the
@@ -322,6 +403,13 @@ impl RunConfig {
         );
         need(self.batch >= 1, "--batch must be at least 1, got 0".into());
         need(
+            self.warmup_rounds == 0 || self.warmup_rounds < self.rounds,
+            format!(
+                "--warmup-rounds ({}) must be below --rounds ({}): the schedule would never start",
+                self.warmup_rounds, self.rounds
+            ),
+        );
+        need(
             self.extract_batch >= 1,
             "--extract-batch must be at least 1, got 0".into(),
         );
@@ -336,6 +424,18 @@ impl RunConfig {
                 self.weight_decay,
                 self.weight_decay >= 0.0,
                 "zero or positive",
+            ),
+            (
+                "--momentum",
+                self.momentum,
+                (0.0..1.0).contains(&self.momentum),
+                "in [0, 1)",
+            ),
+            (
+                "--warmup-lr",
+                self.warmup_lr,
+                self.warmup_lr > 0.0,
+                "positive",
             ),
             ("--mu", self.mu, self.mu >= 0.0, "zero or positive"),
             (
@@ -424,13 +524,20 @@ impl RunConfig {
     }
 
     /// The settings that must equal the interrupted run's for `--resume` to continue it:
-    /// everything but the round count (a run may be extended), where files live and
+    /// everything but the round count (a run may be extended, unless a cosine schedule
+    /// spans the rounds: then every round's rate depends on it), where files live and
     /// settings that never change a result.
     pub fn resume_mismatches(&self, saved: &RunConfig) -> Vec<String> {
         let mut a = serde_json::to_value(self).expect("config serialises");
         let mut b = serde_json::to_value(saved).expect("config serialises");
+        let rounds_free =
+            self.lr_schedule == LrSchedule::Constant && saved.lr_schedule == LrSchedule::Constant;
+        if rounds_free {
+            for v in [&mut a, &mut b] {
+                v.as_object_mut().map(|o| o.remove("rounds"));
+            }
+        }
         for key in [
-            "rounds",
             "cache_dir",
             "out",
             "extract_batch",
@@ -447,8 +554,13 @@ impl RunConfig {
         a.iter()
             .filter(|(k, v)| b.get(*k) != Some(v))
             .map(|(k, v)| {
+                let why = if k == "rounds" {
+                    " (the cosine --lr-schedule spans --rounds, so every round's rate depends on it)"
+                } else {
+                    ""
+                };
                 format!(
-                    "{k}: now {v}, saved {}",
+                    "{k}: now {v}, saved {}{why}",
                     b.get(k).map_or("absent".into(), |x| x.to_string())
                 )
             })

@@ -1,5 +1,6 @@
 //! Personalization after training (`--finetune-local-steps N`): every training client starts
-//! from the final global parameters with a fresh optimiser, takes N local steps on its own
+//! from the final global parameters with a fresh optimiser at the base `--lr` (the round
+//! schedule and warm-up do not extend past the rounds), takes N local steps on its own
 //! training split, and is tested with the result. It runs after the last checkpoint and
 //! changes nothing the rounds saved.
 //!
@@ -61,6 +62,7 @@ pub fn finetune_rows(
         backend.set_client_row(s, global)?;
     }
     backend.reset();
+    backend.set_lr(cfg.lr);
     backend.set_proximal_row(0.0, None)?;
     for step in 0..steps {
         let buffers: Vec<(Vec<f32>, Vec<u32>)> = (train.iter().enumerate())

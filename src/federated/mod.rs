@@ -5,7 +5,7 @@
 //! A run is five stages, one module each: [`plan`] (flags, data, splits, run directory
 //! with [`rundir`], resume) → [`features`] (encoder + cache, [`bad_images`] found first) → [`rounds`] (the loop over a
 //! [`strategy::Strategy`], its [`family`] (which trainer and classifier its parameters
-//! need), [`train`] the shared local update and [`evaluate`] the
+//! need), [`train`] the shared local update (at the [`schedule`]'s rate) and [`evaluate`] the
 //! per-round metrics; [`checkpoint`] the state) → [`outputs`] (adapters, plot, summary).
 
 pub mod aggregate;
@@ -22,6 +22,7 @@ pub mod plan;
 pub mod report;
 pub mod rounds;
 pub mod rundir;
+pub mod schedule;
 pub mod strategy;
 pub mod train;
 
@@ -31,6 +32,7 @@ pub use config::{
     ServerOptConfig, ServerOptName,
 };
 pub use dp::{DpConfig, DpMode};
+pub use schedule::LrSchedule;
 
 use crate::cuda::Gpu;
 use crate::device::Device;

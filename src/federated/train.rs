@@ -1,8 +1,8 @@
 //! The local update every training strategy shares: `--local-epochs` passes over each sampled
 //! client's training split, all sampled clients stepped together as one K-client batch on
-//! the trainer ([`AdapterBackend`]). Local epoch `epoch` of round `round` is the run's epoch
-//! `round · local_epochs + epoch`; with `--augment-views N` it trains on view `e mod N` of
-//! it ([`SplitData::epoch_features`]).
+//! the trainer ([`AdapterBackend`]), at the round's learning rate ([`RunConfig::round_lr`]).
+//! Local epoch `epoch` of round `round` is the run's epoch `round · local_epochs + epoch`; with
+//! `--augment-views N` it trains on view `e mod N` of it ([`SplitData::epoch_features`]).
 
 use super::config::RunConfig;
 use super::features::{ClientData, SplitData};
@@ -14,7 +14,8 @@ use anyhow::{Context, Result};
 const TAG_BATCHES: u32 = 3;
 
 /// Runs the local epochs of round `round` for the trainer slots `slots` (`trainees[slot]` is
-/// the client). Returns each slot's step losses (empty for slots that did not step).
+/// the client) at the round's learning rate. Returns each slot's step losses (empty for
+/// slots that did not step).
 pub fn local_epochs(
     backend: &mut dyn AdapterBackend,
     cfg: &RunConfig,
@@ -23,6 +24,7 @@ pub fn local_epochs(
     clients: &[ClientData],
     trainees: &[usize],
 ) -> Result<Vec<Vec<f32>>> {
+    backend.set_lr(cfg.round_lr(round));
     let mut losses: Vec<Vec<f32>> = vec![Vec::new(); trainees.len()];
     let dim = backend.dim();
     let train = |s: usize| &clients[trainees[s]].train;
@@ -119,6 +121,7 @@ mod tests {
             unreachable!()
         }
         fn reset(&mut self) {}
+        fn set_lr(&mut self, _: f64) {}
         fn client_params(&self, _: usize) -> Result<AdapterParams<f32>> {
             unreachable!()
         }

@@ -1,5 +1,5 @@
 //! [`HeadTrainer`]: K clients' rows of one [`Head`] on the CPU, stepped in parallel with
-//! rayon, with the attention adapter's Adam / AdamW and its step checks and messages.
+//! rayon, with the attention adapter's optimisers (Adam / AdamW / SGD) and its step checks and messages.
 
 use super::{Head, argmax_rows, check_rows};
 use crate::adapter::{
@@ -159,6 +159,10 @@ impl<H: Head<f32>> AdapterBackend for HeadTrainer<H> {
         self.m.fill(0.0);
         self.v.fill(0.0);
         self.optimizer_steps.fill(0);
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.optimizer.lr = lr;
     }
 
     fn client_params(&self, _k: usize) -> Result<AdapterParams<f32>> {
