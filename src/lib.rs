@@ -20,5 +20,6 @@ pub mod io;
 pub mod model;
 pub mod paths;
 pub mod preprocess;
+pub mod sweep;
 pub mod tokenizer;
 pub mod weights;
