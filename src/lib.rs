@@ -3,8 +3,10 @@
 //! Pipeline stages, one module each:
 //! weights (config + safetensors) → model (CPU encoders; `cuda` for the GPU) → preprocess /
 //! tokenizer (inputs) → encode (one encoder over either engine) → features (the cache) →
-//! adapter (the K-client trainer; `heads` for the other method families) → the jobs: `embed` (`fedclip embed`) and `federated`
-//! (`fedclip run`). `io` (atomic files) is a leaf used by all; no job imports another.
+//! adapter (the K-client trainer; `heads` for the other method families) → the jobs: `embed` (`fedclip embed`), `federated`
+//! (`fedclip run`) and `sweep` (`fedclip sweep` and `fedclip table`: many runs through
+//! `federated`'s library API, then their table). `io` (atomic files) is a leaf used by all; no
+//! job imports another but `sweep`, which drives `federated`'s runs.
 
 pub mod adapter;
 pub mod bundled;

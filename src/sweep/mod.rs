@@ -54,7 +54,7 @@ pub struct SweepSpec {
 }
 
 /// What happened to this invocation's share of the grid.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct SweepOutcome {
     /// Cells run to the end now (started or resumed).
     pub ran: Vec<String>,

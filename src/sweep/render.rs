@@ -122,32 +122,56 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// One row per number (fractions, written exactly as `summary.json` holds them), and one row
-/// with an empty value for each run without results, so that none is dropped.
-fn long_csv(runs: &Runs) -> String {
-    let mut csv = String::from("method,test_domain,seed,metric,value,status\n");
+/// A row of the long-form table: one number of one run (`value` empty for a run without
+/// results, so that none is dropped).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LongRow {
+    pub method: String,
+    pub test_domain: String,
+    pub seed: u32,
+    pub metric: String,
+    pub value: Option<f64>,
+    pub status: String,
+}
+
+/// One row per number (fractions, exactly as `summary.json` holds them), and one row with
+/// no value for each run without results.
+pub fn long_rows(runs: &Runs) -> Vec<LongRow> {
+    let mut rows = Vec::new();
     for r in &runs.results {
-        let status = r.status.describe();
-        let mut line = |metric: &str, value: String| {
-            let fields = [
-                &r.method,
-                &r.test_domain,
-                &r.seed.to_string(),
-                metric,
-                &value,
-                &status,
-            ];
-            let fields: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-            csv.push_str(&fields.join(","));
-            csv.push('\n');
+        let row = |metric: &str, value: Option<f64>| LongRow {
+            method: r.method.clone(),
+            test_domain: r.test_domain.clone(),
+            seed: r.seed,
+            metric: metric.to_string(),
+            value,
+            status: r.status.describe(),
         };
         if r.status == Status::Finished {
-            for (metric, value) in &r.values {
-                line(metric, format!("{value}"));
-            }
+            rows.extend(r.values.iter().map(|(m, v)| row(m, Some(*v))));
         } else {
-            line(HELD_OUT, String::new());
+            rows.push(row(HELD_OUT, None));
         }
+    }
+    rows
+}
+
+/// [`long_rows`] as CSV (`{}` of an f64 reads back to the same number).
+fn long_csv(runs: &Runs) -> String {
+    let mut csv = String::from("method,test_domain,seed,metric,value,status\n");
+    for r in long_rows(runs) {
+        let value = r.value.map_or(String::new(), |v| format!("{v}"));
+        let fields = [
+            &r.method,
+            &r.test_domain,
+            &r.seed.to_string(),
+            &r.metric,
+            &value,
+            &r.status,
+        ];
+        let fields: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+        csv.push_str(&fields.join(","));
+        csv.push('\n');
     }
     csv
 }
