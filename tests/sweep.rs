@@ -593,3 +593,61 @@ fn table_refuses_mixed_datasets_or_models_and_lists_unfinished_runs() {
     let csv = std::fs::read_to_string(out.join("table.csv")).unwrap();
     assert!(csv.contains("fedclip,photo,1,held_out_test_accuracy,,unfinished (0 of 3 rounds)"));
 }
+
+/// A run that fails is recorded, the others go on, the sweep exits with an error naming it,
+/// and the table lists it (fine-tuning needs a global model: zero-shot has none), while the
+/// fine-tuned personalization row appears for the method that ran.
+#[test]
+fn a_failed_run_is_listed_and_the_rest_of_the_sweep_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sweep");
+    let cache = reference().join("feature-cache");
+    let o = fedclip(
+        &[
+            "sweep",
+            "--device",
+            "cpu",
+            "--methods",
+            "zeroshot,fedclip",
+            "--test-domains",
+            "photo",
+            "--seeds",
+            "0",
+            "--rounds",
+            "1",
+            "--finetune-local-steps",
+            "2",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--out",
+            dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("1 run(s) of the sweep failed") && err.contains("zeroshot-photo-seed0: "),
+        "{err}"
+    );
+    assert!(
+        dir.join("fedclip-photo-seed0/summary.json").is_file(),
+        "{err}"
+    );
+    let md = std::fs::read_to_string(dir.join("table.md")).unwrap();
+    assert!(
+        md.contains("zeroshot-photo-seed0: failed: --finetune-local-steps needs a method"),
+        "{md}"
+    );
+    assert!(md.contains("| fedclip (fine-tuned) |"), "{md}");
+    let csv = std::fs::read_to_string(dir.join("table.csv")).unwrap();
+    assert!(
+        csv.contains("fedclip,photo,0,mean_finetuned_test_accuracy,"),
+        "{csv}"
+    );
+    assert!(
+        // The message holds commas, so the field is quoted.
+        csv.contains("zeroshot,photo,0,held_out_test_accuracy,,\"failed: --finetune"),
+        "{csv}"
+    );
+}

@@ -193,7 +193,11 @@ fn bars_svg(path: &Path, table: &Table, seeds_asked: usize) -> Result<()> {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(50)
-            .build_cartesian_2d(0f64..groups.len() as f64, 0f64..100f64)?;
+            // Headroom above 100% for the legend, so that it never hides a bar.
+            .build_cartesian_2d(
+                0f64..groups.len() as f64,
+                0f64..(108.0 + 7.0 * methods as f64),
+            )?;
         chart
             .configure_mesh()
             .disable_x_mesh()
