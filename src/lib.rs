@@ -4,9 +4,11 @@
 //! weights (config + safetensors) → model (CPU encoders; `cuda` for the GPU) → preprocess /
 //! tokenizer (inputs) → encode (one encoder over either engine) → features (the cache) →
 //! adapter (the K-client trainer; `heads` for the other method families, `prompt` for the
-//! text tower's backward pass under the prompt learner) → the jobs: `embed` (`fedclip embed`)
-//! and `federated` (`fedclip run`). `io` (atomic files) is a leaf used by all; `privacy` (the
-//! DP accountant, `fedclip privacy`) is a leaf too; no job imports another.
+//! text tower's backward pass under the prompt learner) → the jobs: `embed` (`fedclip embed`),
+//! `federated` (`fedclip run`) and `sweep` (`fedclip sweep` and `fedclip table`: many runs
+//! through `federated`'s library API, then their table). `io` (atomic files) is a leaf used by
+//! all; `privacy` (the DP accountant, `fedclip privacy`) is a leaf too; no job imports another
+//! but `sweep`, which drives `federated`'s runs.
 
 pub mod adapter;
 pub mod bundled;
@@ -24,5 +26,6 @@ pub mod paths;
 pub mod preprocess;
 pub mod privacy;
 pub mod prompt;
+pub mod sweep;
 pub mod tokenizer;
 pub mod weights;

@@ -1,5 +1,6 @@
 use anyhow::{Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use fedclip::bundled::{BUNDLED_MODEL, bundled_data, bundled_model};
 use fedclip::device::Device;
 use fedclip::embed::{self, EmbedRequest};
@@ -10,6 +11,7 @@ use fedclip::federated::{
 };
 use fedclip::preprocess::DEFAULT_MAX_IMAGE_PIXELS;
 use fedclip::privacy;
+use fedclip::sweep::{self, SweepSpec, TestDomains, grid};
 use fedclip::tokenizer::TokenizerKind;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +34,11 @@ enum Command {
     /// The differential-privacy accountant alone, for planning: ε after T steps of the
     /// Poisson-subsampled Gaussian mechanism, or the noise multiplier for a target ε.
     Privacy(PrivacyArgs),
+    /// Run every method × held-out domain × seed as run directories inside one sweep
+    /// directory (resumable, shardable over machines), then write the table.
+    Sweep(Box<SweepArgs>),
+    /// The paper's table (table.md, .tex, .csv, .svg) from a sweep directory or run directories.
+    Table(TableArgs),
 }
 
 #[derive(Args)]
@@ -62,7 +69,7 @@ struct PrivacyArgs {
 }
 
 /// Client-level differential privacy (`fedclip run --dp client …`).
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct DpArgs {
     /// Differential privacy: `client` clips each sampled client's update to --dp-clip, adds
     /// N(0, (z·C)²) to their sum and divides by the expected number of sampled clients;
@@ -106,7 +113,43 @@ impl DpArgs {
     }
 }
 
+/// `fedclip sweep`: the grid's axes and `--shard`; every `fedclip run` flag besides is shared
+/// by all runs, and `--out` names the sweep directory.
 #[derive(Args)]
+struct SweepArgs {
+    /// Methods, comma-separated (`--method` names), e.g. fedclip,fedprox,zeroshot.
+    #[arg(long)]
+    methods: String,
+    /// Held-out domains: `all` (each domain folder in turn) or a comma-separated list.
+    #[arg(
+        long = "test-domains",
+        id = "sweep_test_domains",
+        default_value = "all"
+    )]
+    sweep_test_domains: String,
+    /// Seeds, comma-separated, e.g. 0,1,2.
+    #[arg(long, default_value = "0")]
+    seeds: String,
+    /// Run only share i of n of the grid (0 <= i < n), e.g. in a SLURM array job
+    /// `--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`. Shards may share the sweep
+    /// directory; each run directory's lock keeps two from running the same cell.
+    #[arg(long)]
+    shard: Option<String>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+struct TableArgs {
+    /// Sweep directories and/or run directories.
+    #[arg(required = true)]
+    dirs: Vec<PathBuf>,
+    /// Folder for the table files. Default: the sweep directory, when one alone is given.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
 struct RunArgs {
     /// Dataset root laid out as <root>/<domain>/<class>/<image> (PACS, VLCS, Office-Home,
     /// DomainNet or any such folder). Default: the bundled data/pacs-mini, found beside the
@@ -548,12 +591,116 @@ fn privacy_command(a: PrivacyArgs) -> Result<()> {
     Ok(())
 }
 
+/// The run flags a sweep sets per cell, and the sweep flag to use instead.
+const PER_CELL_FLAGS: [(&str, &str, &str); 4] = [
+    ("method", "--method", "--methods"),
+    ("test_domains", "--test-domain", "--test-domains"),
+    ("seed", "--seed", "--seeds"),
+    (
+        "resume",
+        "--resume",
+        "nothing: a sweep resumes its unfinished runs by itself",
+    ),
+];
+
+fn sweep_command(mut a: SweepArgs, given: &ArgMatches) -> Result<()> {
+    for (id, flag, instead) in PER_CELL_FLAGS {
+        if given.value_source(id) == Some(ValueSource::CommandLine) {
+            anyhow::bail!("fedclip sweep: {flag} is set per run by the sweep; use {instead}");
+        }
+    }
+    let Some(dir) = a.run.out.clone() else {
+        anyhow::bail!("fedclip sweep needs --out <sweep dir>, the folder that holds its runs");
+    };
+    let spec = SweepSpec {
+        dir: dir.clone(),
+        methods: grid::parse_methods(&a.methods)?,
+        test_domains: TestDomains::parse(&a.sweep_test_domains),
+        seeds: grid::parse_seeds(&a.seeds)?,
+        shard: match &a.shard {
+            Some(s) => grid::Shard::parse(s)?,
+            None => grid::Shard::WHOLE,
+        },
+    };
+    if given.value_source("cache_dir") != Some(ValueSource::CommandLine) {
+        // One cache inside the sweep directory, so that the sweep is self-contained.
+        a.run.cache_dir = dir.join("feature-cache");
+    }
+    a.run.method = spec.methods[0];
+    a.run.seed = spec.seeds[0];
+    let device = a.run.device;
+    let template = run_config(a.run)?;
+    let outcome = sweep::run(&spec, &template, device)?;
+    eprintln!(
+        "sweep: {} run now, {} finished before, {} images encoded",
+        outcome.ran.len(),
+        outcome.already_finished.len(),
+        outcome.images_extracted
+    );
+    if !outcome.busy.is_empty() {
+        eprintln!(
+            "sweep: {} run(s) were held by other processes and left to them: {}; rerun this \
+             command once they end to check that nothing is left",
+            outcome.busy.len(),
+            outcome.busy.join(", ")
+        );
+    }
+    for f in &outcome.table_files {
+        eprintln!("wrote {}", f.display());
+    }
+    if !outcome.failed.is_empty() {
+        let list: Vec<String> = (outcome.failed.iter())
+            .map(|(name, e)| format!("{name}: {e}"))
+            .collect();
+        anyhow::bail!(
+            "{} run(s) of the sweep failed (rerun the sweep to retry them):\n  {}",
+            list.len(),
+            list.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+fn table_command(a: TableArgs) -> Result<()> {
+    let files = match (&a.out, &a.dirs[..]) {
+        (None, [dir]) if dir.join(sweep::manifest::MANIFEST_FILE).is_file() => {
+            sweep::write_table(dir)?
+        }
+        (None, _) => anyhow::bail!(
+            "fedclip table: give --out <folder> for the table files (only a sweep directory \
+             given alone gets them inside)"
+        ),
+        (Some(out), dirs) => {
+            let runs = sweep::table::collect(dirs)?;
+            std::fs::create_dir_all(out)
+                .map_err(|e| anyhow::anyhow!("cannot create --out {}: {e}", out.display()))?;
+            sweep::render::write_all(&runs, out)?
+        }
+    };
+    if let Some(md) = files.first() {
+        print!("{}", std::fs::read_to_string(md)?);
+    }
+    for f in &files {
+        eprintln!("wrote {}", f.display());
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Embed(a) => embed_command(a),
         Command::Run(a) => run_command(*a),
         Command::Privacy(a) => privacy_command(a),
+        Command::Sweep(a) => {
+            let given = matches.subcommand_matches("sweep").unwrap_or(&matches);
+            sweep_command(*a, given)
+        }
+        Command::Table(a) => table_command(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

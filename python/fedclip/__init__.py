@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from ._fedclip import (
     BUNDLED_DATA,
@@ -41,6 +41,8 @@ from ._fedclip import (
     mean_of_rows,
     run_json,
     sample_clients,
+    sweep_json,
+    table_json,
 )
 
 __all__ = [
@@ -66,6 +68,8 @@ __all__ = [
     "run",
     "run_config",
     "sample_clients",
+    "sweep",
+    "table",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -182,12 +186,20 @@ def run_config(
     }
 
 
-def run(*, resume: bool = False, device: str = "auto", **options: Any) -> Dict[str, Any]:
+def run(*, resume: bool = False, device: str = "auto",
+        on_round: Optional[Callable[[int, List[Dict[str, Any]]], Any]] = None,
+        **options: Any) -> Dict[str, Any]:
     """Runs (or with `resume=True` continues) `fedclip run` with these options (see
     `run_config`) and returns its summary.json as a dict. The run directory is written
     exactly as the CLI writes it. Without `out`, as the CLI: the default name if it holds
     nothing, else the next free `-2`, `-3`, … (with `resume`, the last of them), with a
-    note on stderr saying which."""
+    note on stderr saying which.
+
+    `on_round(round, rows)` is called after each round, once its metrics and checkpoint are
+    written: `round` counts the rounds finished (as metrics.csv), `rows` are that round's
+    metrics.csv rows as dicts (client, split, accuracy, samples, loss), e.g. to log to
+    TensorBoard, W&B or MLflow. An exception it raises stops the run after that round (resume
+    continues it) and is raised from `run`."""
     config = run_config(**options)
     if options.get("out") is None:
         base = config["out"]
@@ -195,4 +207,37 @@ def run(*, resume: bool = False, device: str = "auto", **options: Any) -> Dict[s
         if config["out"] != base:
             print(f"note: {base} already holds a run; "
                   f"{'resuming' if resume else 'writing to'} {config['out']}", file=sys.stderr)
-    return json.loads(run_json(json.dumps(config), resume, device))
+    return json.loads(run_json(json.dumps(config), resume, device, on_round))
+
+
+def _csv(items: Union[str, Sequence[Any]]) -> str:
+    return items if isinstance(items, str) else ",".join(str(i) for i in items)
+
+
+def sweep(out: PathLike, methods: Union[str, Sequence[str]],
+          test_domains: Union[str, Sequence[str]] = "all",
+          seeds: Union[str, Sequence[int]] = (0,), shard: Optional[str] = None,
+          device: str = "auto", **options: Any) -> Dict[str, Any]:
+    """`fedclip sweep`: every method × held-out domain × seed as a run directory inside `out`,
+    sharing one feature cache (`cache_dir`, default `<out>/feature-cache`), resumable and
+    shardable (`shard="i/n"`) as the CLI's; the other options are `run`'s, shared by every
+    run. Writes the table files into `out` and returns what this call did (runs run, finished
+    before, busy, failed, images encoded, table files)."""
+    for per_cell in ("method", "test_domain", "seed", "out", "resume"):
+        if per_cell in options:
+            raise ValueError(f"sweep: {per_cell} is set per run by the sweep; "
+                             "use methods, test_domains and seeds")
+    options.setdefault("cache_dir", os.path.join(os.fspath(out), "feature-cache"))
+    # Each run's method, held-out domain, seed and folder are the sweep's; the rest is shared.
+    template = run_config(out=out, **options)
+    return json.loads(sweep_json(json.dumps(template), os.fspath(out), _csv(methods),
+                                 _csv(test_domains), _csv(seeds), shard, device))
+
+
+def table(*dirs: PathLike, out: Optional[PathLike] = None) -> List[Dict[str, Any]]:
+    """`fedclip table`'s long form for sweep or run directories: one dict per number
+    (method, test_domain, seed, metric, value, status), so `pandas.DataFrame(rows)` works; a
+    run without results gives one row with value None. With `out`, also writes table.md,
+    .tex, .csv and .svg there."""
+    paths = [os.fspath(d) for d in dirs]
+    return json.loads(table_json(paths, None if out is None else os.fspath(out)))

@@ -1,7 +1,7 @@
 """Type stubs of the compiled module fedclip._fedclip."""
 
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -61,9 +61,17 @@ class FeatureStore:
     ) -> Tuple[npt.NDArray[np.float32], Stats]: ...
     def warnings(self) -> List[str]: ...
 
-def run_json(config_json: str, resume: bool = False, device: str = "auto") -> str:
-    """`fedclip run` from a RunConfig as JSON (see `fedclip.run_config`); returns
-    summary.json's text."""
+def run_json(config_json: str, resume: bool = False, device: str = "auto",
+             on_round: Optional[Callable[[int, List[Dict[str, Any]]], Any]] = None) -> str:
+    """`fedclip run` from a RunConfig as JSON (see `fedclip.run_config`), calling
+    `on_round(round, rows)` after each round; returns summary.json's text."""
+
+def sweep_json(template_json: str, out: PathLike, methods: str, test_domains: str, seeds: str,
+               shard: Optional[str] = None, device: str = "auto") -> str:
+    """`fedclip sweep` with a RunConfig template as JSON; returns what it did as JSON."""
+
+def table_json(dirs: List[PathLike], out: Optional[PathLike] = None) -> str:
+    """The long-form table rows of sweep or run directories as JSON."""
 
 def domains(data: PathLike) -> List[str]:
     """The domain folders of a dataset root, in sorted order."""

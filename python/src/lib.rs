@@ -7,13 +7,14 @@
 mod errors;
 mod federation;
 mod report;
+mod sweep;
 
 use errors::{Kind, images_to_py, to_py};
 use fedclip::bundled;
 use fedclip::device::Device;
 use fedclip::encode::{Encoder, Engine, ImageEntry};
 use fedclip::features::FeatureCache;
-use fedclip::federated::{self, RunConfig};
+use fedclip::federated;
 use fedclip::tokenizer::TokenizerKind;
 use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::exceptions::{PyOSError, PyValueError};
@@ -21,7 +22,7 @@ use pyo3::prelude::*;
 use std::path::PathBuf;
 
 /// `device="auto" | "cpu" | "cuda"`, as `--device`.
-fn parse_device(device: &str) -> PyResult<Device> {
+pub(crate) fn parse_device(device: &str) -> PyResult<Device> {
     match device {
         "auto" => Ok(Device::Auto),
         "cpu" => Ok(Device::Cpu),
@@ -276,19 +277,6 @@ impl Stats {
     }
 }
 
-/// Runs `fedclip run` from a RunConfig as JSON; returns summary.json's text.
-#[pyfunction]
-#[pyo3(signature = (config_json, resume = false, device = "auto"))]
-fn run_json(py: Python<'_>, config_json: &str, resume: bool, device: &str) -> PyResult<String> {
-    let device = parse_device(device)?;
-    let cfg: RunConfig = serde_json::from_str(config_json)
-        .map_err(|e| PyValueError::new_err(format!("run options: {e}")))?;
-    let outcome = py
-        .detach(|| federated::run(&cfg, resume, device))
-        .map_err(|e| to_py(e, Kind::Input))?;
-    serde_json::to_string_pretty(&outcome.summary).map_err(|e| to_py(e.into(), Kind::Engine))
-}
-
 /// The domain names of a dataset root, in sorted order (the default held-out domain is the
 /// first, as `fedclip run`'s).
 #[pyfunction]
@@ -345,13 +333,13 @@ fn _fedclip(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
     m.add_class::<FeatureStore>()?;
     m.add_class::<Stats>()?;
-    m.add_function(wrap_pyfunction!(run_json, m)?)?;
     m.add_function(wrap_pyfunction!(domains, m)?)?;
     m.add_function(wrap_pyfunction!(default_server_lr, m)?)?;
     m.add_function(wrap_pyfunction!(optimizer_settings, m)?)?;
     m.add_function(wrap_pyfunction!(sample_clients, m)?)?;
     federation::register(m)?;
     report::register(m)?;
+    sweep::register(m)?;
     m.add(
         "BUNDLED_MODEL",
         bundled_path(bundled::bundled_model(), bundled::BUNDLED_MODEL),

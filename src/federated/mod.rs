@@ -49,14 +49,39 @@ pub struct RunOutcome {
     pub resumed_from: Option<u32>,
 }
 
+/// Told after each round, once its metrics and checkpoint are written: the rounds finished
+/// (as `metrics.csv` numbers them) and the round's rows. An error stops the run there; it
+/// resumes from that checkpoint.
+pub type OnRound<'a> = &'a mut dyn FnMut(u32, &[report::MetricRow]) -> Result<()>;
+
 /// Runs (or, with `resume`, continues) one experiment. See `fedclip run --help`.
 pub fn run(cfg: &RunConfig, resume: bool, device: Device) -> Result<RunOutcome> {
+    run_with(cfg, resume, device, &mut |_, _| Ok(()))
+}
+
+/// [`run`], telling `on_round` after each round (the Python module's per-round callback).
+pub fn run_with(
+    cfg: &RunConfig,
+    resume: bool,
+    device: Device,
+    on_round: OnRound<'_>,
+) -> Result<RunOutcome> {
     // On a GPU both the extraction and the adapter rounds run there.
-    run_on(cfg, resume, Engine::select(device)?.gpu().cloned())
+    let gpu = Engine::select(device)?.gpu().cloned();
+    run_on_with(cfg, resume, gpu, on_round)
 }
 
 /// [`run`] on a given GPU (or the CPU with `None`); tests pass the host emulator here.
 pub fn run_on(cfg: &RunConfig, resume: bool, gpu: Option<Arc<Gpu>>) -> Result<RunOutcome> {
+    run_on_with(cfg, resume, gpu, &mut |_, _| Ok(()))
+}
+
+fn run_on_with(
+    cfg: &RunConfig,
+    resume: bool,
+    gpu: Option<Arc<Gpu>>,
+    on_round: OnRound<'_>,
+) -> Result<RunOutcome> {
     let strategy = strategy::build(cfg)?;
     let trains = strategy.deployed() != strategy::Deployed::Nothing;
     finetune::check(cfg.finetune_local_steps, strategy.deployed())?;
@@ -74,7 +99,7 @@ pub fn run_on(cfg: &RunConfig, resume: bool, gpu: Option<Arc<Gpu>>) -> Result<Ru
     let saved = plan.saved.take();
     let resumed_from = saved.as_ref().map(|s| s.rounds_done);
     let mut rounds = rounds::Rounds::new(cfg, &plan.splits, &features, &engine, strategy, saved)?;
-    rounds.run(&cfg.out)?;
+    rounds.run(&cfg.out, on_round)?;
     let finetuned = match cfg.finetune_local_steps {
         0 => None,
         steps => Some(rounds.finetune(steps)?),

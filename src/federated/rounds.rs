@@ -105,8 +105,9 @@ impl<'a> Rounds<'a> {
         })
     }
 
-    /// Runs the rounds left, appending to `<out>/metrics.csv` and checkpointing after each.
-    pub fn run(&mut self, out: &Path) -> Result<()> {
+    /// Runs the rounds left, appending to `<out>/metrics.csv` and checkpointing after each,
+    /// then telling `on_round` (see [`super::OnRound`]).
+    pub fn run(&mut self, out: &Path, on_round: super::OnRound<'_>) -> Result<()> {
         // Rows are labelled with the number of finished rounds (1-based); later ones are dropped.
         let dp = &self.cfg.dp;
         let mut metrics = report::open_metrics_with_header(
@@ -134,6 +135,7 @@ impl<'a> Rounds<'a> {
             self.state.server = self.strategy.state();
             self.state.save(out)?;
             crash_point(round, "state");
+            on_round(round + 1, &rows)?;
             if (round + 1) % 10 == 0 || round + 1 == total || round == 0 {
                 eprintln!(
                     "round {:>4}/{total}: mean val accuracy {:.2}%",

@@ -6,7 +6,8 @@
 //!   `--model`: a run never writes over a model's files or into a dataset.
 //! * [`claim`] takes an exclusive lock (`fs4`, released when the process ends, even by
 //!   kill -9) on `<out>/.fedclip-run.lock` for the whole run, and writes the holder (pid,
-//!   start time) into it, so a second run on the same folder fails at once naming it.
+//!   start time) into it, so a second run on the same folder fails at once naming it; then
+//!   removes the temporary files a killed run left half-written.
 //! * [`next_free`]: `runs/<name>`, else `runs/<name>-2`, `-3`, … (as Lightning's
 //!   `version_N`), so the README's command can be run twice.
 
@@ -19,6 +20,28 @@ use std::path::{Path, PathBuf};
 
 /// The lock file inside a run directory; its presence also marks the folder as one.
 pub const LOCK_FILE: &str = ".fedclip-run.lock";
+
+/// [`claim`]'s error when another process holds the lock: a type of its own so that a sweep
+/// can tell a busy cell from a failed one.
+#[derive(Debug)]
+pub struct InUse {
+    pub out: PathBuf,
+    /// What the holder wrote into the lock file (pid, start time, seed).
+    pub holder: String,
+}
+
+impl std::fmt::Display for InUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "--out {} is in use by another fedclip run ({}); wait for it, or choose another --out",
+            self.out.display(),
+            self.holder
+        )
+    }
+}
+
+impl std::error::Error for InUse {}
 
 /// Holds the run directory's lock until dropped (or the process ends).
 pub struct RunDirLock {
@@ -128,11 +151,11 @@ pub fn claim(cfg: &RunConfig, resume: bool) -> Result<RunDirLock> {
     if !locked {
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);
-        bail!(
-            "--out {} is in use by another fedclip run ({}); wait for it, or choose another --out",
-            out.display(),
-            holder.trim()
-        );
+        return Err(InUse {
+            out: out.clone(),
+            holder: holder.trim().to_string(),
+        }
+        .into());
     }
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -149,7 +172,22 @@ pub fn claim(cfg: &RunConfig, resume: bool) -> Result<RunDirLock> {
         f.sync_all()
     };
     write(&mut file).with_context(|| format!("cannot write {}", path.display()))?;
+    remove_debris(out)?;
     Ok(RunDirLock { _file: file })
+}
+
+/// Removes the temporary files (`<file>.tmp-…`, see [`crate::io::temp_path`]) that a run
+/// killed mid-write left in `out`. Called with the lock held, so no live writer owns them.
+fn remove_debris(out: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(out).with_context(|| format!("cannot list {}", out.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.contains(".tmp-") && path.is_file() {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// `base` if it holds nothing, else the first of `base-2`, `base-3`, … that holds nothing.
