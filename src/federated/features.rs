@@ -63,7 +63,7 @@ pub fn extract(
     encoder.set_max_image_pixels(cfg.max_image_pixels);
     let pre = encoder.preprocess_config()?;
     let cache = FeatureCache::open(&cfg.cache_dir, &encoder, &pre, cfg.tokenizer)?;
-    let bad = bad_images::find(dataset, &cache, cfg.max_image_pixels, cfg.skip_bad)?;
+    let bad = bad_images::find(dataset, &cache, &pre, cfg.skip_bad)?;
     let mut splits = splits.clone();
     bad.remove_from(&mut splits);
     let start = Instant::now();
