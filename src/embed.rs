@@ -37,49 +37,20 @@ pub struct EmbedSummary {
     pub images_per_second: f64,
 }
 
-/// Expands `--images` arguments: a directory is walked recursively in sorted
-/// relative-path order (names relative to it when it is the only argument); a file is
-/// taken as given, whatever its extension.
+/// Expands `--images` arguments: a directory is walked recursively (the shared
+/// [`walk`](crate::walk): regular files only, each directory once) in sorted relative-path
+/// order (names relative to it when it is the only argument); a file is taken as given,
+/// whatever its extension, if it is a regular file.
 pub fn collect_images(args: &[PathBuf]) -> Result<Vec<ImageEntry>> {
     let mut entries = Vec::new();
     for arg in args {
         if arg.is_dir() {
-            let (mut found, mut unread) = (Vec::new(), Vec::new());
-            walk(arg, &mut found, &mut unread)
-                .with_context(|| format!("cannot list {}", arg.display()))?;
-            unread.sort();
-            if let Some(first) = unread.first() {
-                eprintln!(
-                    "warning: ignoring {} file(s) under {} in formats fedclip does not decode \
-                     (only JPEG and PNG are read), e.g. {}",
-                    unread.len(),
-                    arg.display(),
-                    first.display()
-                );
-            }
-            if found.is_empty() {
-                bail!(
-                    "no images ({}) found under {}",
-                    IMAGE_EXTENSIONS.join(", "),
-                    arg.display()
-                );
-            }
-            let mut rel: Vec<(String, PathBuf)> = found
-                .into_iter()
-                .map(|p| {
-                    let r = utf8("--images", p.strip_prefix(arg).unwrap_or(&p))?.to_string();
-                    Ok((r, p))
-                })
-                .collect::<Result<_>>()?;
-            rel.sort();
-            for (r, path) in rel {
-                let name = if args.len() == 1 {
-                    r
-                } else {
-                    utf8("--images", &path)?.to_string()
-                };
-                entries.push(ImageEntry { path, name });
-            }
+            entries.extend(images_under(arg, args.len() == 1)?);
+        } else if let Some(what) = crate::walk::not_regular(arg) {
+            bail!(
+                "--images {} is {what}, not a regular file; fedclip reads only regular files",
+                arg.display()
+            );
         } else if arg.is_file() {
             entries.push(ImageEntry {
                 path: arg.clone(),
@@ -92,18 +63,50 @@ pub fn collect_images(args: &[PathBuf]) -> Result<Vec<ImageEntry>> {
     Ok(entries)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>, unread: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            walk(&path, out, unread)?;
-        } else if has_extension(&path, IMAGE_EXTENSIONS) {
-            out.push(path);
-        } else if has_extension(&path, UNREAD_IMAGE_EXTENSIONS) {
-            unread.push(path);
-        }
+/// The JPEG and PNG files under `dir`, named relative to it (`relative`) or by their path;
+/// a warning for images in formats fedclip does not decode.
+fn images_under(dir: &Path, relative: bool) -> Result<Vec<ImageEntry>> {
+    let walk = crate::walk::regular_files(dir, "--images", |name| {
+        has_extension(Path::new(name), IMAGE_EXTENSIONS)
+            || has_extension(Path::new(name), UNREAD_IMAGE_EXTENSIONS)
+    })?;
+    for w in &walk.warnings {
+        eprintln!("warning: {w}");
     }
-    Ok(())
+    let (mut found, mut unread): (Vec<_>, Vec<_>) = walk
+        .files
+        .into_iter()
+        .map(|f| (f.rel(), f.path))
+        .partition(|(_, p)| has_extension(p, IMAGE_EXTENSIONS));
+    unread.sort();
+    if let Some((first, _)) = unread.first() {
+        eprintln!(
+            "warning: ignoring {} file(s) under {} in formats fedclip does not decode \
+             (only JPEG and PNG are read), e.g. {}",
+            unread.len(),
+            dir.display(),
+            dir.join(first).display()
+        );
+    }
+    if found.is_empty() {
+        bail!(
+            "no images ({}) found under {}",
+            IMAGE_EXTENSIONS.join(", "),
+            dir.display()
+        );
+    }
+    found.sort();
+    found
+        .into_iter()
+        .map(|(rel, path)| {
+            let name = if relative {
+                rel
+            } else {
+                utf8("--images", &path)?.to_string()
+            };
+            Ok(ImageEntry { path, name })
+        })
+        .collect()
 }
 
 fn has_extension(path: &Path, extensions: &[&str]) -> bool {

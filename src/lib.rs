@@ -4,7 +4,8 @@
 //! weights (config + safetensors) → model (CPU encoders; `cuda` for the GPU) → preprocess /
 //! tokenizer (inputs) → encode (one encoder over either engine) → features (the cache) →
 //! adapter (the K-client trainer; `heads` for the other method families) → the jobs: `embed` (`fedclip embed`) and `federated`
-//! (`fedclip run`). `io` (atomic files) is a leaf used by all; no job imports another.
+//! (`fedclip run`). `io` (atomic files) and `walk` (listing and reading the user's files) are
+//! leaves used by all; no job imports another.
 
 pub mod adapter;
 pub mod bundled;
@@ -21,4 +22,5 @@ pub mod model;
 pub mod paths;
 pub mod preprocess;
 pub mod tokenizer;
+pub mod walk;
 pub mod weights;

@@ -284,3 +284,295 @@ fn preprocessor_sizes_no_image_could_take_are_refused_before_reading_images() {
         assert!(!out.exists());
     }
 }
+
+// ---- Only what should be read is read ----
+
+fn mkfifo(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+}
+
+fn symlink(target: &Path, link: &Path) {
+    std::os::unix::fs::symlink(target, link).unwrap();
+}
+
+fn embed_images(images: &Path, out: &Path) -> Output {
+    fedclip(&[
+        "embed",
+        "--device",
+        "cpu",
+        "--images",
+        s(images),
+        "--out",
+        s(out),
+    ])
+}
+
+fn embedded_names(out: &Path) -> String {
+    let bytes = std::fs::read(out).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    meta.metadata().clone().unwrap()["images"].clone()
+}
+
+#[test]
+fn fifos_and_devices_under_image_names_are_refused_by_name_not_read() {
+    for (name, what) in [("x.jpg", "FIFO"), ("zero.jpg", "character device")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let images = image_dir(tmp.path(), &[("a.jpg", pacs_jpeg())]);
+        if what == "FIFO" {
+            mkfifo(&images.join(name));
+        } else {
+            symlink(Path::new("/dev/zero"), &images.join(name));
+        }
+        let out = tmp.path().join("o.safetensors");
+        let o = embed_images(&images, &out);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{name}");
+        assert!(
+            err.contains(name) && err.contains(what) && err.contains("not a regular file"),
+            "{err}"
+        );
+        // Named directly, it is refused too.
+        let o = embed_images(&images.join(name), &out);
+        let err = stderr(&o);
+        assert!(!o.status.success() && err.contains(what), "{err}");
+        assert!(!out.exists());
+
+        let data = tmp.path().join("data");
+        small_dataset(&data, &[]);
+        if what == "FIFO" {
+            mkfifo(&data.join("d2/dog").join(name));
+        } else {
+            symlink(Path::new("/dev/zero"), &data.join("d2/dog").join(name));
+        }
+        let args = run_args(tmp.path(), &data);
+        for extra in [&[][..], &["--skip-bad"]] {
+            let o = run(&args, extra);
+            let err = stderr(&o);
+            assert!(!o.status.success(), "{name} {extra:?}");
+            assert!(
+                err.contains(&format!("d2/dog/{name}")) && err.contains(what),
+                "{err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_file_swapped_for_a_fifo_after_the_walk_is_refused_not_waited_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("late.jpg");
+    mkfifo(&fifo);
+    let t = Instant::now();
+    let err = fedclip::walk::read_regular(&fifo).unwrap_err().to_string();
+    assert!(err.contains("late.jpg") && err.contains("FIFO"), "{err}");
+    let cfg = PreprocessConfig::openai(224);
+    let err = format!(
+        "{:#}",
+        fedclip::preprocess::preprocess_file(&fifo, &cfg).unwrap_err()
+    );
+    assert!(err.contains("late.jpg") && err.contains("FIFO"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn embed_reads_a_linked_loop_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = image_dir(tmp.path(), &[("a.jpg", pacs_jpeg())]);
+    symlink(&images, &images.join("loop"));
+    std::fs::create_dir(images.join("sub")).unwrap();
+    symlink(Path::new(".."), &images.join("sub/up"));
+    let out = tmp.path().join("o.safetensors");
+    let o = embed_images(&images, &out);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(embedded_names(&out), r#"["a.jpg"]"#);
+    assert!(err.contains("loop") && err.contains("read once"), "{err}");
+}
+
+/// `levels` folders, each holding two links (`a`, `b`) to the next, the last an image: 2^levels
+/// paths to one file.
+fn paired_links(root: &Path, levels: usize) -> PathBuf {
+    let real = root.join("real");
+    for i in 0..=levels {
+        std::fs::create_dir_all(real.join(format!("r{i}"))).unwrap();
+    }
+    for i in 0..levels {
+        for l in ["a", "b"] {
+            symlink(
+                &real.join(format!("r{}", i + 1)),
+                &real.join(format!("r{i}/{l}")),
+            );
+        }
+    }
+    std::fs::write(real.join(format!("r{levels}/img.jpg")), pacs_jpeg()).unwrap();
+    real.join("r0")
+}
+
+#[test]
+fn paired_links_24_deep_are_walked_once_in_embed_and_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let top = paired_links(tmp.path(), 24);
+    let t = Instant::now();
+    let walk = fedclip::walk::regular_files(&top, "--images", |_| true).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let names: Vec<String> = walk.files.iter().map(|f| f.rel()).collect();
+    // Depth first in name order: the `a` links name it.
+    assert_eq!(names, [format!("{}img.jpg", "a/".repeat(24))]);
+    assert_eq!(walk.warnings.len(), 24, "{:?}", walk.warnings);
+
+    let out = tmp.path().join("o.safetensors");
+    let o = embed_images(&top, &out);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        embedded_names(&out),
+        format!("[\"{}img.jpg\"]", "a/".repeat(24))
+    );
+
+    // A dataset class holding the same tree: one sample, not 2^24.
+    let data = tmp.path().join("data");
+    small_dataset(&data, &[]);
+    symlink(&top, &data.join("d1/cat/deep"));
+    let ds = fedclip::data::Dataset::scan(&data).unwrap();
+    let cat: Vec<&str> = ds.domains[0]
+        .samples
+        .iter()
+        .map(|x| x.rel.as_str())
+        .filter(|r| r.contains("deep"))
+        .collect();
+    assert_eq!(cat, [format!("d1/cat/deep/{}img.jpg", "a/".repeat(24))]);
+}
+
+#[test]
+fn walks_deeper_than_the_limit_are_refused_naming_the_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut deep = tmp.path().join("top");
+    for _ in 0..=fedclip::walk::MAX_DEPTH + 1 {
+        deep = deep.join("d");
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let err = format!(
+        "{:#}",
+        fedclip::walk::regular_files(&tmp.path().join("top"), "--data", |_| true).unwrap_err()
+    );
+    assert!(
+        err.contains("--data") && err.contains("folders deep") && err.contains("/d/d/d"),
+        "{err}"
+    );
+}
+
+/// A small deterministic generator (xorshift64*), so a failing tree can be rebuilt from its seed.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n
+    }
+}
+
+/// What a random tree holds: its real folders and its regular image files.
+struct Tree {
+    files: Vec<PathBuf>,
+    special: usize,
+}
+
+/// Random folders (nested), image files, links to random folders (loops, DAGs, links to
+/// links), dangling links and, where `special`, FIFOs and links to devices.
+fn random_tree(root: &Path, rng: &mut Rng, special: bool) -> Tree {
+    let mut dirs = vec![root.to_path_buf()];
+    let mut tree = Tree {
+        files: Vec::new(),
+        special: 0,
+    };
+    for i in 0..rng.below(40) + 5 {
+        let parent = dirs[rng.below(dirs.len())].clone();
+        let p = parent.join(format!("e{i}"));
+        match rng.below(if special { 8 } else { 6 }) {
+            0 | 1 => {
+                std::fs::create_dir(&p).unwrap();
+                dirs.push(p);
+            }
+            2 | 3 => {
+                let p = p.with_extension("jpg");
+                std::fs::write(&p, b"x").unwrap();
+                tree.files.push(p);
+            }
+            4 => symlink(&dirs[rng.below(dirs.len())], &p), // loops and DAGs
+            5 => symlink(&root.join("missing"), &p.with_extension("jpg")),
+            6 => {
+                mkfifo(&p.with_extension("jpg"));
+                tree.special += 1;
+            }
+            _ => {
+                let dev = ["/dev/zero", "/dev/null", "/dev/urandom"][rng.below(3)];
+                symlink(Path::new(dev), &p.with_extension("png"));
+                tree.special += 1;
+            }
+        }
+    }
+    tree
+}
+
+#[test]
+fn random_trees_of_links_fifos_and_devices_end_quickly_with_a_clear_result() {
+    let seed = std::env::var("FEDCLIP_WALK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    let mut rng = Rng(seed);
+    for case in 0..200 {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let tree = random_tree(&root, &mut rng, case % 2 == 1);
+        let ctx = format!("seed {seed} (FEDCLIP_WALK_SEED), case {case}");
+        let t = Instant::now();
+        let result = fedclip::walk::regular_files(&root, "--data", fedclip::data::is_image_file);
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{ctx}: {:?}",
+            t.elapsed()
+        );
+        match result {
+            Err(e) => {
+                let msg = format!("{e:#}");
+                assert!(tree.special > 0, "{ctx}: {msg}");
+                assert!(
+                    msg.contains("not a regular file") && msg.contains("--data"),
+                    "{ctx}: {msg}"
+                );
+            }
+            Ok(walk) => {
+                assert_eq!(tree.special, 0, "{ctx}: a FIFO or device was not refused");
+                // Every real file exactly once (each folder is read once), plus the
+                // dangling links, which reading then names.
+                let mut listed: Vec<PathBuf> = walk
+                    .files
+                    .iter()
+                    .filter_map(|f| f.path.canonicalize().ok())
+                    .collect();
+                listed.sort();
+                let mut want: Vec<PathBuf> = tree
+                    .files
+                    .iter()
+                    .map(|p| p.canonicalize().unwrap())
+                    .collect();
+                want.sort();
+                assert_eq!(listed, want, "{ctx}");
+                let mut dirs = walk.dirs.clone();
+                dirs.sort();
+                dirs.dedup();
+                assert_eq!(dirs.len(), walk.dirs.len(), "{ctx}");
+            }
+        }
+    }
+}

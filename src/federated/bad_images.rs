@@ -36,7 +36,7 @@ pub fn find(
             .filter_map(|&i| {
                 let path = &paths[i];
                 let name = path.display().to_string();
-                let result = std::fs::read(path)
+                let result = crate::walk::read_regular(path)
                     .with_context(|| format!("cannot read image {name}"))
                     .and_then(|bytes| decode_checked(&bytes, &name, pre));
                 result.err().map(|e| (d, i, format!("{e:#}")))

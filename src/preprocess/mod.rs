@@ -324,8 +324,8 @@ fn triple(v: &Value, field: &str) -> Result<[f32; 3]> {
 
 /// Decode + transform one file → CHW `f32`, length `3 * crop_height * crop_width`.
 pub fn preprocess_file(path: &Path, cfg: &PreprocessConfig) -> Result<Vec<f32>> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
+    let bytes = crate::walk::read_regular(path)
+        .with_context(|| format!("cannot read image {}", path.display()))?;
     preprocess_bytes(&bytes, &path.display().to_string(), cfg)
 }
 
