@@ -109,6 +109,64 @@ fn images_under(dir: &Path, relative: bool) -> Result<Vec<ImageEntry>> {
         .collect()
 }
 
+/// Files beside a model's config that fedclip may read (tokenizer, preprocessing).
+const MODEL_SIDE_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "preprocessor_config.json",
+    "open_clip_config.json",
+];
+
+/// Refuses an `--out` that is not a regular file ([`crate::io::check_replaceable`]) or is
+/// one of this job's inputs (the same file by device and inode, whatever the path): an
+/// image, the prompt file or one of the model's files would be overwritten by the output.
+fn check_out(
+    out: &Path,
+    images: &[ImageEntry],
+    texts: Option<&Path>,
+    model: &crate::weights::ModelFiles,
+) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    crate::io::check_replaceable(out).context("--out")?;
+    let Ok(meta) = std::fs::metadata(out) else {
+        return Ok(()); // a new file
+    };
+    let same = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()))
+    };
+    let refuse = |what: &str, p: &Path| {
+        bail!(
+            "--out {} is {what} {}: writing the embeddings would overwrite it; choose another --out",
+            out.display(),
+            p.display()
+        )
+    };
+    if let Some(image) = images.iter().find(|e| same(&e.path)) {
+        return refuse("the input image", &image.path);
+    }
+    if let Some(t) = texts.filter(|t| same(t)) {
+        return refuse("the prompt file", t);
+    }
+    let mut model_files = vec![model.config_file.clone()];
+    model_files.extend(MODEL_SIDE_FILES.iter().map(|n| model.dir.join(n)));
+    match &model.weights {
+        crate::weights::WeightFiles::File(f) => model_files.push(f.clone()),
+        // model.safetensors, or its shards and index
+        crate::weights::WeightFiles::HfDir => model_files.extend(
+            (std::fs::read_dir(&model.dir)
+                .into_iter()
+                .flatten()
+                .flatten())
+            .map(|e| e.path())
+            .filter(|p| has_extension(p, &["safetensors", "json"])),
+        ),
+    }
+    if let Some(f) = model_files.iter().find(|f| same(f)) {
+        return refuse("the model's file", f);
+    }
+    Ok(())
+}
+
 fn has_extension(path: &Path, extensions: &[&str]) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
@@ -156,6 +214,7 @@ pub fn run(req: &EmbedRequest) -> Result<EmbedSummary> {
         );
     }
     let mut encoder = Encoder::open(&req.model, &engine)?;
+    check_out(&req.out, &entries, req.texts.as_deref(), encoder.files())?;
     encoder.set_max_image_pixels(req.max_image_pixels);
     let config = encoder.config();
     let mut metadata = HashMap::new();

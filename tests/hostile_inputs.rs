@@ -576,3 +576,159 @@ fn random_trees_of_links_fifos_and_devices_end_quickly_with_a_clear_result() {
         }
     }
 }
+
+// ---- Nothing outside the run is written ----
+
+fn tiny_model() -> PathBuf {
+    repo().join("tests/fixtures/models/tiny-f32")
+}
+
+#[test]
+fn embed_out_never_replaces_an_input_or_a_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = image_dir(tmp.path(), &[("a.jpg", pacs_jpeg())]);
+    let (model, _) = (model_with_preprocessor(tmp.path(), "{}"), ());
+    std::fs::remove_file(model.join("preprocessor_config.json")).unwrap();
+    let weights = model.join("model.safetensors");
+    let weights_before = std::fs::read(&weights).unwrap();
+    let linked = tmp.path().join("linked.safetensors");
+    symlink(&tmp.path().join("elsewhere"), &linked);
+    let image = images.join("a.jpg");
+    // Through another path to the same file (a hard link): still refused.
+    let hard = tmp.path().join("hard.jpg");
+    std::fs::hard_link(&image, &hard).unwrap();
+    for (out, want) in [
+        (image.clone(), "the input image"),
+        (hard.clone(), "the input image"),
+        (weights.clone(), "the model's file"),
+        (model.join("config.json"), "the model's file"),
+        (PathBuf::from("/dev/null"), "not a regular file"),
+        (linked.clone(), "a symbolic link"),
+    ] {
+        let o = fedclip(&[
+            "embed",
+            "--device",
+            "cpu",
+            "--model",
+            s(&model),
+            "--images",
+            s(&images),
+            "--out",
+            s(&out),
+        ]);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{}", out.display());
+        assert!(
+            err.contains("--out") && err.contains(want),
+            "{}: {err}",
+            out.display()
+        );
+    }
+    assert_eq!(std::fs::read(&image).unwrap(), pacs_jpeg());
+    assert_eq!(std::fs::read(&weights).unwrap(), weights_before);
+    assert!(!tmp.path().join("elsewhere").exists());
+    let dev_null = std::fs::metadata("/dev/null").unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &dev_null.file_type()
+    ));
+    // A prompt file too.
+    let prompts = tmp.path().join("p.txt");
+    std::fs::write(&prompts, "a dog\n").unwrap();
+    let o = fedclip(&[
+        "embed",
+        "--device",
+        "cpu",
+        "--model",
+        s(&tiny_model()),
+        "--texts",
+        s(&prompts),
+        "--out",
+        s(&prompts),
+    ]);
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("the prompt file") || err.contains("tokenizer"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&prompts).unwrap(), "a dog\n");
+}
+
+#[test]
+fn write_atomic_refuses_links_and_devices_and_writes_regular_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("target.txt");
+    std::fs::write(&target, "keep").unwrap();
+    let link = tmp.path().join("link.txt");
+    symlink(&target, &link);
+    let err = format!("{:#}", fedclip::io::write_atomic(&link, b"x").unwrap_err());
+    assert!(
+        err.contains("link.txt") && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let fifo = tmp.path().join("fifo");
+    mkfifo(&fifo);
+    let err = format!("{:#}", fedclip::io::write_atomic(&fifo, b"x").unwrap_err());
+    assert!(
+        err.contains("fifo") && err.contains("not a regular file"),
+        "{err}"
+    );
+    fedclip::io::write_atomic(&target, b"new").unwrap();
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "new");
+    // Only the files above: no temporary file left by the refusals.
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 3);
+}
+
+#[test]
+fn a_lock_file_that_is_a_link_is_refused_and_its_target_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    small_dataset(&data, &[]);
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let victim = tmp.path().join("victim.txt");
+    std::fs::write(&victim, "precious").unwrap();
+    symlink(&victim, &out.join(".fedclip-run.lock"));
+    let o = run(&run_args(tmp.path(), &data), &[]);
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains(".fedclip-run.lock") && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+}
+
+#[test]
+fn temporary_files_a_killed_run_left_are_removed_when_the_run_dir_is_next_opened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    small_dataset(&data, &[]);
+    let args = run_args(tmp.path(), &data);
+    let o = run(&args, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = tmp.path().join("out");
+    let debris = out.join("state.safetensors.tmp-999999-0-1234");
+    std::fs::write(&debris, b"half a checkpoint").unwrap();
+    let mut more = args.clone();
+    assert_eq!(more[3..5], ["--rounds", "1"]);
+    more[4] = "2".into();
+    let o = run(&more, &["--resume"]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(!debris.exists(), "{err}");
+    assert!(err.contains("removed 1 temporary file"), "{err}");
+    let left: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -115,13 +115,7 @@ pub fn claim(cfg: &RunConfig, resume: bool) -> Result<RunDirLock> {
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let path = out.join(LOCK_FILE);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut file = open_lock_file(&path)?;
     let locked = file
         .try_lock_exclusive()
         .with_context(|| format!("cannot lock {}", path.display()))?;
@@ -149,7 +143,37 @@ pub fn claim(cfg: &RunConfig, resume: bool) -> Result<RunDirLock> {
         f.sync_all()
     };
     write(&mut file).with_context(|| format!("cannot write {}", path.display()))?;
+    // Holding the lock, no writer of this run directory is alive: a temporary file here is
+    // what a killed run left.
+    let removed = crate::io::remove_debris(out)?;
+    if removed > 0 {
+        eprintln!(
+            "note: removed {removed} temporary file(s) a killed run left in {}",
+            out.display()
+        );
+    }
     Ok(RunDirLock { _file: file })
+}
+
+/// Opens (creating) the lock file without following a symbolic link: a link put there
+/// would have its target, outside the run directory, truncated and rewritten.
+fn open_lock_file(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_file()) {
+        bail!(
+            "{} is not a regular file (a symbolic link or other); fedclip writes its lock only \
+             into a file of its own: remove it",
+            path.display()
+        );
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))
 }
 
 /// `base` if it holds nothing, else the first of `base-2`, `base-3`, … that holds nothing.
