@@ -732,3 +732,49 @@ fn temporary_files_a_killed_run_left_are_removed_when_the_run_dir_is_next_opened
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+// ---- Messages and names ----
+
+#[test]
+fn two_runs_choosing_a_folder_at_once_get_different_ones() {
+    use fedclip::federated::rundir::next_free;
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("runs/name");
+    // Nothing is written between the two choices, as when two runs start together.
+    let first = next_free(&base).unwrap();
+    let second = next_free(&base).unwrap();
+    assert_eq!(first, base);
+    assert_eq!(second, tmp.path().join("runs/name-2"));
+    // From threads racing on one name: each gets its own.
+    let base = tmp.path().join("runs/race");
+    let got: Vec<PathBuf> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..8)
+            .map(|_| sc.spawn(|| next_free(&base).unwrap()))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut unique = got.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 8, "{got:?}");
+}
+
+#[test]
+fn default_run_names_stay_valid_file_names() {
+    use fedclip::federated::rundir::default_name;
+    let short = default_name("fedclip", "pacs", &["sketch".into()], 0);
+    assert_eq!(short, "fedclip-pacs-sketch-seed0");
+    let many: Vec<String> = (0..40).map(|i| format!("domain_number_{i}")).collect();
+    let long = default_name("fedclip", "domainnet", &many, 7);
+    assert!(long.len() <= 255 && long.ends_with("-seed7"), "{long}");
+    assert!(
+        long.starts_with("fedclip-domainnet-domain_number_0+"),
+        "{long}"
+    );
+    // Different held-out sets keep different names.
+    let other = default_name("fedclip", "domainnet", &many[1..], 7);
+    assert_ne!(long, other);
+    // A run without --out on them: the folder can be created.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join(&long)).unwrap();
+}

@@ -122,10 +122,14 @@ pub fn claim(cfg: &RunConfig, resume: bool) -> Result<RunDirLock> {
     if !locked {
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);
+        let holder = match holder.trim() {
+            "" => "which has not written its process id yet",
+            h => h,
+        };
         bail!(
-            "--out {} is in use by another fedclip run ({}); wait for it, or choose another --out",
+            "--out {} is in use by another fedclip run ({holder}); wait for it, or choose \
+             another --out",
             out.display(),
-            holder.trim()
         );
     }
     let started = std::time::SystemTime::now()
@@ -176,15 +180,44 @@ fn open_lock_file(path: &Path) -> Result<File> {
         .with_context(|| format!("cannot open {}", path.display()))
 }
 
-/// `base` if it holds nothing, else the first of `base-2`, `base-3`, … that holds nothing.
+/// `base` if it holds nothing, else the first of `base-2`, `base-3`, … that holds nothing,
+/// reserved by creating its lock file (`O_EXCL`): of two runs started at once without
+/// `--out`, one creates it and the other moves on to the next name.
 pub fn next_free(base: &Path) -> Result<PathBuf> {
     for n in 1.. {
         let candidate = numbered(base, n);
-        if !holds_anything(&candidate)? {
-            return Ok(candidate);
+        if holds_anything(&candidate)? {
+            continue;
+        }
+        std::fs::create_dir_all(&candidate)
+            .with_context(|| format!("cannot create {}", candidate.display()))?;
+        match crate::io::create_new(&candidate.join(LOCK_FILE)) {
+            Ok(_) => return Ok(candidate),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot create a lock in {}", candidate.display()));
+            }
         }
     }
     unreachable!("an unbounded range ends only by returning")
+}
+
+/// Longest default run-folder name kept whole; file systems allow 255 bytes a name.
+const MAX_DEFAULT_NAME: usize = 120;
+
+/// The folder name of a run without `--out`: `<method>-<data>-<held-out domains>-seed<seed>`,
+/// or, when that is over [`MAX_DEFAULT_NAME`] bytes (many held-out domains, a long folder
+/// name), its first 100 characters and a hash of the whole, so that it stays a valid name
+/// and different settings still get different names.
+pub fn default_name(method: &str, data: &str, held_out: &[String], seed: u32) -> String {
+    let stem = format!("{method}-{data}-{}", held_out.join("+"));
+    if stem.len() + format!("-seed{seed}").len() <= MAX_DEFAULT_NAME {
+        return format!("{stem}-seed{seed}");
+    }
+    let hash = blake3::hash(stem.as_bytes()).to_hex();
+    let short: String = stem.chars().take(100).collect();
+    format!("{short}-{}-seed{seed}", &hash[..12])
 }
 
 /// The last of `base`, `base-2`, … that holds a run (what `--resume` without `--out`
