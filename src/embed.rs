@@ -239,7 +239,15 @@ pub fn run(req: &EmbedRequest) -> Result<EmbedSummary> {
         summary.skipped = skipped;
     }
     if let Some(prompts) = &prompts {
-        let embeds = encoder.encode_texts(prompts, req.batch, req.truncate, req.tokenizer)?;
+        let embeds = encoder
+            .encode_texts(prompts, req.batch, req.truncate, req.tokenizer)
+            .map_err(|e| {
+                if e.chain().any(|c| c.is::<crate::tokenizer::PromptTooLong>()) {
+                    e.context("pass --truncate to cut prompts to the context")
+                } else {
+                    e
+                }
+            })?;
         let dim = config.text.as_ref().map_or(0, |t| t.projection_dim);
         owned.push(("text_embeds", vec![prompts.len(), dim], embeds));
         metadata.insert("texts".into(), serde_json::to_string(prompts)?);

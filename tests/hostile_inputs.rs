@@ -778,3 +778,63 @@ fn default_run_names_stay_valid_file_names() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir(tmp.path().join(&long)).unwrap();
 }
+
+#[test]
+fn a_50_mb_prompt_is_cut_exactly_with_truncate_and_quoted_briefly_without() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = tmp.path().join("p.txt");
+    let huge = "dog ".repeat(50 << 18); // 50 MiB
+    std::fs::write(&prompts, format!("{}\n{huge}\n", "dog ".repeat(100))).unwrap();
+    let out = tmp.path().join("o.safetensors");
+    let args = [
+        "embed",
+        "--device",
+        "cpu",
+        "--texts",
+        s(&prompts),
+        "--out",
+        s(&out),
+    ];
+    let o = fedclip(&args);
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("--truncate") && err.contains("over the context of 77"),
+        "{err}"
+    );
+    assert!(
+        err.len() < 2000,
+        "the message quotes the whole prompt: {} bytes",
+        err.len()
+    );
+    let t = Instant::now();
+    let o = fedclip(&[&args[..], &["--truncate"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+    // Cut from its start, it is the 100-word prompt cut to the context: the same features.
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor("text_embeds").unwrap();
+    let dim = t.shape()[1];
+    let (a, b) = t.data().split_at(dim * 4);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn run_does_not_advise_an_embed_flag_for_a_long_class_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    small_dataset(&data, &[]);
+    let long = "x ".repeat(100);
+    for d in ["d1", "d2"] {
+        std::fs::rename(data.join(d).join("cat"), data.join(d).join(long.trim())).unwrap();
+    }
+    let o = run(&run_args(tmp.path(), &data), &[]);
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("over the context") && err.contains("shorten the class folder"),
+        "{err}"
+    );
+    assert!(!err.contains("--truncate"), "{err}");
+}

@@ -83,6 +83,13 @@ pub fn extract(
     let prompts = dataset.prompts(&PromptTemplate::new(&cfg.prompt_template));
     let (text_raw, _) = cache.text_features(&prompts, |chunk| {
         encoder.encode_texts(chunk, cfg.extract_batch, false, cfg.tokenizer)
+    })
+    .map_err(|e| {
+        if e.chain().any(|c| c.is::<crate::tokenizer::PromptTooLong>()) {
+            e.context("a class prompt must fit the text context: shorten the class folder's name or --prompt-template")
+        } else {
+            e
+        }
     })?;
     // The cache printed its warnings as they arose.
     let seconds_extracting = start.elapsed().as_secs_f64();
