@@ -838,3 +838,23 @@ fn run_does_not_advise_an_embed_flag_for_a_long_class_name() {
     );
     assert!(!err.contains("--truncate"), "{err}");
 }
+
+#[test]
+fn huge_client_counts_are_refused_before_anything_is_allocated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    small_dataset(&data, &[]);
+    for k in ["10000000000000000000", "1000000000", "100001"] {
+        let o = run(&run_args(tmp.path(), &data), &["--clients-per-domain", k]);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{k}");
+        assert!(
+            err.contains(&format!(
+                "--clients-per-domain must be at most 100000, got {k}"
+            )),
+            "{err}"
+        );
+    }
+    let err = fedclip::data::dirichlet_partition(&[0, 1], 2, 1 << 40, 1.0, 0, 0, 0).unwrap_err();
+    assert!(err.to_string().contains("at most 100000"), "{err}");
+}
