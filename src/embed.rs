@@ -37,49 +37,20 @@ pub struct EmbedSummary {
     pub images_per_second: f64,
 }
 
-/// Expands `--images` arguments: a directory is walked recursively in sorted
-/// relative-path order (names relative to it when it is the only argument); a file is
-/// taken as given, whatever its extension.
+/// Expands `--images` arguments: a directory is walked recursively (the shared
+/// [`walk`](crate::walk): regular files only, each directory once) in sorted relative-path
+/// order (names relative to it when it is the only argument); a file is taken as given,
+/// whatever its extension, if it is a regular file.
 pub fn collect_images(args: &[PathBuf]) -> Result<Vec<ImageEntry>> {
     let mut entries = Vec::new();
     for arg in args {
         if arg.is_dir() {
-            let (mut found, mut unread) = (Vec::new(), Vec::new());
-            walk(arg, &mut found, &mut unread)
-                .with_context(|| format!("cannot list {}", arg.display()))?;
-            unread.sort();
-            if let Some(first) = unread.first() {
-                eprintln!(
-                    "warning: ignoring {} file(s) under {} in formats fedclip does not decode \
-                     (only JPEG and PNG are read), e.g. {}",
-                    unread.len(),
-                    arg.display(),
-                    first.display()
-                );
-            }
-            if found.is_empty() {
-                bail!(
-                    "no images ({}) found under {}",
-                    IMAGE_EXTENSIONS.join(", "),
-                    arg.display()
-                );
-            }
-            let mut rel: Vec<(String, PathBuf)> = found
-                .into_iter()
-                .map(|p| {
-                    let r = utf8("--images", p.strip_prefix(arg).unwrap_or(&p))?.to_string();
-                    Ok((r, p))
-                })
-                .collect::<Result<_>>()?;
-            rel.sort();
-            for (r, path) in rel {
-                let name = if args.len() == 1 {
-                    r
-                } else {
-                    utf8("--images", &path)?.to_string()
-                };
-                entries.push(ImageEntry { path, name });
-            }
+            entries.extend(images_under(arg, args.len() == 1)?);
+        } else if let Some(what) = crate::walk::not_regular(arg) {
+            bail!(
+                "--images {} is {what}, not a regular file; fedclip reads only regular files",
+                arg.display()
+            );
         } else if arg.is_file() {
             entries.push(ImageEntry {
                 path: arg.clone(),
@@ -92,16 +63,106 @@ pub fn collect_images(args: &[PathBuf]) -> Result<Vec<ImageEntry>> {
     Ok(entries)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>, unread: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            walk(&path, out, unread)?;
-        } else if has_extension(&path, IMAGE_EXTENSIONS) {
-            out.push(path);
-        } else if has_extension(&path, UNREAD_IMAGE_EXTENSIONS) {
-            unread.push(path);
-        }
+/// The JPEG and PNG files under `dir`, named relative to it (`relative`) or by their path;
+/// a warning for images in formats fedclip does not decode.
+fn images_under(dir: &Path, relative: bool) -> Result<Vec<ImageEntry>> {
+    let walk = crate::walk::regular_files(dir, "--images", |name| {
+        has_extension(Path::new(name), IMAGE_EXTENSIONS)
+            || has_extension(Path::new(name), UNREAD_IMAGE_EXTENSIONS)
+    })?;
+    for w in &walk.warnings {
+        eprintln!("warning: {w}");
+    }
+    let (mut found, mut unread): (Vec<_>, Vec<_>) = walk
+        .files
+        .into_iter()
+        .map(|f| (f.rel(), f.path))
+        .partition(|(_, p)| has_extension(p, IMAGE_EXTENSIONS));
+    unread.sort();
+    if let Some((first, _)) = unread.first() {
+        eprintln!(
+            "warning: ignoring {} file(s) under {} in formats fedclip does not decode \
+             (only JPEG and PNG are read), e.g. {}",
+            unread.len(),
+            dir.display(),
+            dir.join(first).display()
+        );
+    }
+    if found.is_empty() {
+        bail!(
+            "no images ({}) found under {}",
+            IMAGE_EXTENSIONS.join(", "),
+            dir.display()
+        );
+    }
+    found.sort();
+    found
+        .into_iter()
+        .map(|(rel, path)| {
+            let name = if relative {
+                rel
+            } else {
+                utf8("--images", &path)?.to_string()
+            };
+            Ok(ImageEntry { path, name })
+        })
+        .collect()
+}
+
+/// Files beside a model's config that fedclip may read (tokenizer, preprocessing).
+const MODEL_SIDE_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "preprocessor_config.json",
+    "open_clip_config.json",
+];
+
+/// Refuses an `--out` that is not a regular file ([`crate::io::check_replaceable`]) or is
+/// one of this job's inputs (the same file by device and inode, whatever the path): an
+/// image, the prompt file or one of the model's files would be overwritten by the output.
+fn check_out(
+    out: &Path,
+    images: &[ImageEntry],
+    texts: Option<&Path>,
+    model: &crate::weights::ModelFiles,
+) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    crate::io::check_replaceable(out).context("--out")?;
+    let Ok(meta) = std::fs::metadata(out) else {
+        return Ok(()); // a new file
+    };
+    let same = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()))
+    };
+    let refuse = |what: &str, p: &Path| {
+        bail!(
+            "--out {} is {what} {}: writing the embeddings would overwrite it; choose another --out",
+            out.display(),
+            p.display()
+        )
+    };
+    if let Some(image) = images.iter().find(|e| same(&e.path)) {
+        return refuse("the input image", &image.path);
+    }
+    if let Some(t) = texts.filter(|t| same(t)) {
+        return refuse("the prompt file", t);
+    }
+    let mut model_files = vec![model.config_file.clone()];
+    model_files.extend(MODEL_SIDE_FILES.iter().map(|n| model.dir.join(n)));
+    match &model.weights {
+        crate::weights::WeightFiles::File(f) => model_files.push(f.clone()),
+        // model.safetensors, or its shards and index
+        crate::weights::WeightFiles::HfDir => model_files.extend(
+            (std::fs::read_dir(&model.dir)
+                .into_iter()
+                .flatten()
+                .flatten())
+            .map(|e| e.path())
+            .filter(|p| has_extension(p, &["safetensors", "json"])),
+        ),
+    }
+    if let Some(f) = model_files.iter().find(|f| same(f)) {
+        return refuse("the model's file", f);
     }
     Ok(())
 }
@@ -153,6 +214,7 @@ pub fn run(req: &EmbedRequest) -> Result<EmbedSummary> {
         );
     }
     let mut encoder = Encoder::open(&req.model, &engine)?;
+    check_out(&req.out, &entries, req.texts.as_deref(), encoder.files())?;
     encoder.set_max_image_pixels(req.max_image_pixels);
     let config = encoder.config();
     let mut metadata = HashMap::new();
@@ -177,7 +239,15 @@ pub fn run(req: &EmbedRequest) -> Result<EmbedSummary> {
         summary.skipped = skipped;
     }
     if let Some(prompts) = &prompts {
-        let embeds = encoder.encode_texts(prompts, req.batch, req.truncate, req.tokenizer)?;
+        let embeds = encoder
+            .encode_texts(prompts, req.batch, req.truncate, req.tokenizer)
+            .map_err(|e| {
+                if e.chain().any(|c| c.is::<crate::tokenizer::PromptTooLong>()) {
+                    e.context("pass --truncate to cut prompts to the context")
+                } else {
+                    e
+                }
+            })?;
         let dim = config.text.as_ref().map_or(0, |t| t.projection_dim);
         owned.push(("text_embeds", vec![prompts.len(), dim], embeds));
         metadata.insert("texts".into(), serde_json::to_string(prompts)?);

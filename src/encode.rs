@@ -172,8 +172,15 @@ impl Encoder {
 
     /// The image preprocessing of this model (its `preprocessor_config.json`, else CLIP's).
     pub fn preprocess_config(&self) -> Result<PreprocessConfig> {
-        let mut cfg = PreprocessConfig::from_model_dir(self.dir(), self.vision()?.image_size())?;
+        let image_size = self.vision()?.image_size();
+        let mut cfg = PreprocessConfig::from_model_dir(self.dir(), image_size)?;
         cfg.max_image_pixels = self.max_image_pixels;
+        cfg.check_sizes(image_size).with_context(|| {
+            format!(
+                "the preprocessing of {} (its preprocessor_config.json or open_clip_config.json)",
+                self.dir().display()
+            )
+        })?;
         Ok(cfg)
     }
 

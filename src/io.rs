@@ -1,7 +1,8 @@
 //! Files written whole or not at all: one atomic writer and the safetensors writer, used by
-//! every job (a leaf: it imports nothing from the crate).
+//! every job (a leaf: it imports nothing from the crate). Outputs never go through a
+//! symbolic link nor replace anything but a regular file.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use safetensors::{Dtype, tensor::TensorView};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,17 +25,76 @@ pub fn temp_path(path: &Path) -> PathBuf {
 /// Writes `bytes` to `path` so that readers see the old file or the new one, never half of
 /// one: a temporary file beside it (its directory created if missing), synced, then renamed
 /// over it. On failure the temporary file is removed and `path` is untouched.
+///
+/// Only a regular file is replaced ([`check_replaceable`]): a symbolic link, device or
+/// folder at `path` is an error naming it (renaming over `/dev/null` would turn the device
+/// into a file). The temporary file is created new, never through a link.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |tmp| {
         use std::io::Write;
-        let mut f = std::fs::File::create(tmp)?;
+        let mut f = create_new(tmp)?;
         f.write_all(bytes)?;
         f.sync_all()
     })
 }
 
+/// Creates `path`, which must not exist (`O_EXCL`: a link or file put there is never
+/// opened through), without following a link in its last component.
+pub fn create_new(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Refuses `path` as an output when it exists and is not a regular file: a symbolic link
+/// (its target, perhaps outside the output folder, would be what the user meant to keep), a
+/// device, FIFO or folder. An absent path is fine.
+pub fn check_replaceable(path: &Path) -> Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    let ty = meta.file_type();
+    let what = if ty.is_file() {
+        return Ok(());
+    } else if ty.is_symlink() {
+        "a symbolic link"
+    } else if ty.is_dir() {
+        "a folder"
+    } else {
+        "a device, FIFO or socket"
+    };
+    bail!(
+        "{} is {what}, not a regular file: fedclip replaces only regular files it writes; \
+         choose another output path",
+        path.display()
+    )
+}
+
+/// Removes the temporary files ([`temp_path`]) a killed writer left in `dir` (not below
+/// it); returns how many. Only for a folder whose writers are known to be gone (a run
+/// directory whose lock is held): a live writer's file would be pulled from under it.
+pub fn remove_debris(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file && entry.file_name().to_string_lossy().contains(".tmp-") {
+            std::fs::remove_file(entry.path())
+                .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// [`write_atomic`] with the temporary file written by `write`.
 fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
+    check_replaceable(path).context("cannot write")?;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create directory {}", parent.display()))?;

@@ -6,9 +6,10 @@
 //! adapter (the K-client trainer; `heads` for the other method families, `prompt` for the
 //! text tower's backward pass under the prompt learner) → the jobs: `embed` (`fedclip embed`),
 //! `federated` (`fedclip run`) and `sweep` (`fedclip sweep` and `fedclip table`: many runs
-//! through `federated`'s library API, then their table). `io` (atomic files) is a leaf used by
-//! all; `privacy` (the DP accountant, `fedclip privacy`) is a leaf too; no job imports another
-//! but `sweep`, which drives `federated`'s runs.
+//! through `federated`'s library API, then their table). `io` (atomic files) and `walk`
+//! (listing and reading the user's files) are leaves used by all; `privacy` (the DP
+//! accountant, `fedclip privacy`) is a leaf too; no job imports another but `sweep`, which
+//! drives `federated`'s runs.
 
 pub mod adapter;
 pub mod bundled;
@@ -28,4 +29,5 @@ pub mod privacy;
 pub mod prompt;
 pub mod sweep;
 pub mod tokenizer;
+pub mod walk;
 pub mod weights;

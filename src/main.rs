@@ -435,10 +435,11 @@ fn run_config(mut a: RunArgs) -> Result<RunConfig> {
     let out = match a.out {
         Some(out) => out,
         None => default_out(
-            &PathBuf::from("runs").join(format!(
-                "{method}-{data_name}-{}-seed{}",
-                test_domains.join("+"),
-                a.seed
+            &PathBuf::from("runs").join(federated::rundir::default_name(
+                &method,
+                &data_name,
+                &test_domains,
+                a.seed,
             )),
             a.resume,
         )?,

@@ -1,5 +1,6 @@
 //! Loader fuzzing: a seeded mutator over the files fedclip reads from users (safetensors
-//! header and data, config.json, tokenizer.json, PNG, JPEG). Every case must load or fail with
+//! header and data, config.json, tokenizer.json, preprocessor_config.json, PNG, JPEG, and
+//! image sizes whose resize is far larger than the source). Every case must load or fail with
 //! an error: no panic, no abort, bounded memory (the child running the cases has a 4 GiB
 //! address-space limit, and images go through the `--max-image-pixels` check) and bounded
 //! time (the whole target is killed after a deadline, naming the case it was on).
@@ -380,4 +381,85 @@ fn fuzz_png() {
 fn fuzz_jpeg() {
     // Markers, quantisation and Huffman tables and the frame header come first.
     fuzz_images("fuzz_jpeg", "jpg", 700);
+}
+
+/// `preprocessor_config.json` mutated (sizes up to 2^64, zeros, strings, missing fields),
+/// read and checked as `Encoder::preprocess_config` does (`from_model_dir`, then
+/// `check_sizes` against the model's image size), then one image preprocessed with it: a
+/// crop or resize no image could take must be an error, not an allocation.
+#[test]
+fn fuzz_preprocessor_config() {
+    let (_tmp, dir) = scratch_model("tests/fixtures/models/tiny-f32");
+    let file = dir.join("preprocessor_config.json");
+    let original = serde_json::json!({
+        "size": {"shortest_edge": 30},
+        "crop_size": {"height": 30, "width": 30},
+        "do_resize": true,
+        "do_center_crop": true,
+        "do_rescale": true,
+        "do_normalize": true,
+        "rescale_factor": 1.0 / 255.0,
+        "resample": 3,
+        "image_mean": [0.48, 0.45, 0.4],
+        "image_std": [0.26, 0.26, 0.27]
+    })
+    .to_string();
+    let image = images("jpg").swap_remove(0);
+    in_child("fuzz_preprocessor_config", |_, rng| {
+        std::fs::write(&file, mutate_json_text(rng, &original)).unwrap();
+        let Ok(cfg) = PreprocessConfig::from_model_dir(&dir, 30) else {
+            return;
+        };
+        if cfg.check_sizes(30).is_ok() {
+            let _ = preprocess_bytes(&image, "case", &cfg);
+        }
+    });
+}
+
+/// Image sizes that stress the resize: real PNGs and JPEG/PNG headers claiming thin or wide
+/// sizes (1..8 pixels by up to 65535), whose resize to the short side is far larger than the
+/// source. Under the fuzz limit (4 Mpixel) each must be refused or preprocessed.
+#[test]
+fn fuzz_resize_sizes() {
+    let (pngs, jpegs) = (images("png"), images("jpg"));
+    // CLIP's 224: a 1 x 65535 source would become 224 x 14680000 (3.3 GB) without the check.
+    let mut cfg = PreprocessConfig::openai(224);
+    cfg.max_image_pixels = 1 << 22;
+    in_child("fuzz_resize_sizes", |case, rng| {
+        let thin = 1 + rng.below(8) as u32;
+        let long = 1 + rng.below(65_535) as u32;
+        let (w, h) = if rng.below(2) == 0 {
+            (thin, long)
+        } else {
+            (long, thin)
+        };
+        let bytes = match case % 3 {
+            0 => {
+                let mut out = Vec::new();
+                let mut enc = png::Encoder::new(&mut out, w, h);
+                enc.set_color(png::ColorType::Grayscale);
+                let mut writer = enc.write_header().unwrap();
+                writer
+                    .write_image_data(&vec![(case % 256) as u8; (w * h) as usize])
+                    .unwrap();
+                drop(writer);
+                out
+            }
+            1 => {
+                let mut png = pngs[rng.below(pngs.len())].clone();
+                png[16..20].copy_from_slice(&w.to_be_bytes());
+                png[20..24].copy_from_slice(&h.to_be_bytes());
+                png
+            }
+            _ => {
+                let mut jpg = jpegs[rng.below(jpegs.len())].clone();
+                if let Some(sof) = jpg.windows(2).position(|m| m == [0xFF, 0xC0]) {
+                    jpg[sof + 5..sof + 7].copy_from_slice(&(h.min(65_535) as u16).to_be_bytes());
+                    jpg[sof + 7..sof + 9].copy_from_slice(&(w.min(65_535) as u16).to_be_bytes());
+                }
+                jpg
+            }
+        };
+        let _ = preprocess_bytes(&bytes, "case", &cfg);
+    });
 }

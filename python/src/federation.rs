@@ -161,7 +161,11 @@ impl Splits {
     fn check_images(&mut self, py: Python<'_>, store: &FeatureStore) -> PyResult<Vec<String>> {
         let (cfg, dataset) = (&self.cfg, &self.dataset);
         let bad = py
-            .detach(|| find_bad(dataset, &store.cache, cfg.max_image_pixels, cfg.skip_bad))
+            .detach(|| {
+                let mut pre = store.model.get().encoder.preprocess_config()?;
+                pre.max_image_pixels = cfg.max_image_pixels;
+                find_bad(dataset, &store.cache, &pre, cfg.skip_bad)
+            })
             .map_err(value_err)?;
         bad.remove_from(&mut self.splits);
         self.clients = client_objects(py, &self.dataset, &self.splits)?;

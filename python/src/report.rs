@@ -11,7 +11,9 @@ use fedclip::federated::aggregate::mean_of_rows as mean_rows;
 use fedclip::federated::checkpoint::State;
 use fedclip::federated::evaluate::{accuracy, mean_loss as mean_of_losses};
 use fedclip::federated::features::SplitData;
-use fedclip::federated::outputs::{AdapterLayout, RunTotals, write_adapter, write_report};
+use fedclip::federated::outputs::{
+    ADAPTER_FILES, AdapterLayout, RunTotals, write_adapter, write_report,
+};
 use fedclip::federated::plan::resume_state;
 use fedclip::federated::report::{self, MetricRow};
 use fedclip::federated::rundir::{self, RunDirLock};
@@ -317,6 +319,13 @@ impl RunDir {
                 layout.param_count(),
                 params.shape(),
                 names.len()
+            )));
+        }
+        if !ADAPTER_FILES.contains(&file) {
+            return Err(PyValueError::new_err(format!(
+                "write_adapter: file {file:?} is not one of the run's adapter files ({}); \
+                 a run directory holds no other",
+                ADAPTER_FILES.join(", ")
             )));
         }
         let names: Vec<&str> = names.iter().map(String::as_str).collect();

@@ -111,7 +111,7 @@ impl Dataset {
         let mut class_sets: Vec<Vec<String>> = Vec::new();
         for name in &names {
             let dir = root.join(name);
-            let (classes, samples) = scan_image_folder(&dir, name, root)?;
+            let (classes, samples) = scan_image_folder(&dir, name, root, &mut warnings)?;
             class_sets.push(classes);
             domains.push(Domain {
                 name: name.clone(),
@@ -291,8 +291,15 @@ fn utf8_name(name: &std::ffi::OsStr, path: &Path) -> Result<String> {
 }
 
 /// One domain as torchvision's `ImageFolder(dir)`: sorted class folders, each walked with
-/// `sorted(os.walk(..., followlinks=True))` and sorted file names.
-fn scan_image_folder(dir: &Path, domain: &str, root: &Path) -> Result<(Vec<String>, Vec<Sample>)> {
+/// `sorted(os.walk(..., followlinks=True))` and sorted file names, through the shared
+/// [`walk`](crate::walk) (regular files only, each directory read once: where `os.walk`
+/// would loop for ever or list a linked folder twice, a warning is added to `warnings`).
+fn scan_image_folder(
+    dir: &Path,
+    domain: &str,
+    root: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<(Vec<String>, Vec<Sample>)> {
     let classes = sorted_subdirs(dir)?;
     if classes.is_empty() {
         bail!(
@@ -303,83 +310,30 @@ fn scan_image_folder(dir: &Path, domain: &str, root: &Path) -> Result<(Vec<Strin
     let mut samples = Vec::new();
     for (label, class) in classes.iter().enumerate() {
         let class_dir = dir.join(class);
+        let walk = crate::walk::regular_files(&class_dir, "--data", is_image_file)?;
+        warnings.extend(walk.warnings);
         // os.walk yields (dirpath, dirnames, filenames); sorting those tuples sorts by
-        // dirpath, i.e. by the path string (code-point order = UTF-8 byte order).
-        let mut dirs: Vec<(String, PathBuf)> = Vec::new();
-        walk_dirs(&class_dir, String::new(), &mut dirs, &mut Vec::new())?;
-        dirs.sort();
-        let before = samples.len();
-        for (sub, path) in &dirs {
-            let mut files = Vec::new();
-            for entry in std::fs::read_dir(path)
-                .with_context(|| format!("cannot list {}", path.display()))?
-            {
-                let entry = entry.with_context(|| format!("cannot list {}", path.display()))?;
-                let p = entry.path();
-                if !is_dir_entry(&entry)? {
-                    let name = utf8_name(&entry.file_name(), &p)?;
-                    if is_image_file(&name) {
-                        files.push(name);
-                    }
-                }
-            }
-            files.sort();
-            for f in files {
-                let rel = if sub.is_empty() {
-                    format!("{domain}/{class}/{f}")
-                } else {
-                    format!("{domain}/{class}/{sub}/{f}")
-                };
-                samples.push(Sample {
-                    path: root.join(&rel),
-                    rel,
-                    label,
-                });
-            }
-        }
-        if samples.len() == before {
+        // dirpath, i.e. by the path string (code-point order = UTF-8 byte order), then
+        // each directory's files by name.
+        let mut files = walk.files;
+        if files.is_empty() {
             bail!(
                 "class folder {} has no images (extensions {})",
                 class_dir.display(),
                 IMG_EXTENSIONS.join(" ")
             );
         }
-    }
-    Ok((classes, samples))
-}
-
-/// Every directory under `dir` (itself included), with its path relative to the class
-/// folder. Symlinked directories are followed, but one leading back to a directory already
-/// on the current path (a loop, which `os.walk` would recurse into forever) is an error.
-fn walk_dirs(
-    dir: &Path,
-    rel: String,
-    out: &mut Vec<(String, PathBuf)>,
-    stack: &mut Vec<PathBuf>,
-) -> Result<()> {
-    let canon = dir
-        .canonicalize()
-        .with_context(|| format!("cannot resolve {}", dir.display()))?;
-    if stack.contains(&canon) {
-        bail!("{}: symbolic link loop", dir.display());
-    }
-    stack.push(canon);
-    out.push((rel.clone(), dir.to_path_buf()));
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
-        let path = entry.path();
-        if is_dir_entry(&entry)? {
-            let name = utf8_name(&entry.file_name(), &path)?;
-            let sub = if rel.is_empty() {
-                name
-            } else {
-                format!("{rel}/{name}")
-            };
-            walk_dirs(&path, sub, out, stack)?;
+        files.sort();
+        for f in files {
+            let rel = format!("{domain}/{class}/{}", f.rel());
+            samples.push(Sample {
+                path: root.join(&rel),
+                rel,
+                label,
+            });
         }
     }
-    stack.pop();
-    Ok(())
+    Ok((classes, samples))
 }
 
 /// A named preset's domain folders among those `found` (a space may stand for the preset's

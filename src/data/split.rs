@@ -149,6 +149,11 @@ pub fn reference_split(
     (idx[..a].to_vec(), idx[a..b].to_vec(), idx[b..c].to_vec())
 }
 
+/// Most clients one domain may be split among: the partition draws and keeps a value per
+/// client and class, so 10^9 clients would ask for gigabytes (a run has far fewer images
+/// than this per domain; clients beyond its files are empty).
+pub const MAX_CLIENTS_PER_DOMAIN: usize = 100_000;
+
 /// Partitions one domain's files among `clients` with Dirichlet(`alpha`) label skew (see
 /// the module docs for the exact procedure). `labels[i]` is file `i`'s class; returns each
 /// client's file positions in increasing order. Every file goes to exactly one client.
@@ -162,6 +167,10 @@ pub fn dirichlet_partition(
     min_client_files: usize,
 ) -> Result<Vec<Vec<usize>>> {
     ensure!(clients >= 1, "clients per domain must be at least 1");
+    ensure!(
+        clients <= MAX_CLIENTS_PER_DOMAIN,
+        "clients per domain must be at most {MAX_CLIENTS_PER_DOMAIN}, got {clients}"
+    );
     ensure!(
         alpha.is_finite() && alpha > 0.0,
         "the Dirichlet alpha must be a positive number, got {alpha}"

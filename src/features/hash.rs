@@ -74,8 +74,8 @@ impl FileStamp {
 
 /// BLAKE3 of a file's bytes.
 pub fn hash_file(path: &Path) -> Result<Digest> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = crate::walk::open_regular(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let len = file
         .metadata()
         .with_context(|| format!("cannot stat {}", path.display()))?
@@ -89,8 +89,8 @@ pub fn hash_file(path: &Path) -> Result<Digest> {
         h.update_rayon(&map);
         Ok(*h.finalize().as_bytes())
     } else {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = crate::walk::read_regular(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         Ok(*blake3::hash(&bytes).as_bytes())
     }
 }

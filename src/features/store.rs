@@ -314,7 +314,7 @@ impl Store {
         ));
         let tmp = temp_path(&path);
         let write = || -> std::io::Result<()> {
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, crate::io::create_new(&tmp)?);
             w.write_all(&(header.len() as u64).to_le_bytes())?;
             w.write_all(&header)?;
             w.write_all(key_flat)?;

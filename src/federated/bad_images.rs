@@ -1,11 +1,12 @@
 //! Images a run cannot use, found before extraction: every file the feature cache lacks is
-//! decoded once (header limit first), so that one error lists every bad file, or with
+//! decoded once (the pixel limits first, on the source and on what the resize makes of it:
+//! [`decode_checked`], as the encoder does), so that one error lists every bad file, or with
 //! `--skip-bad` each is skipped with a warning and listed in `summary.json`. Cached files
 //! decoded before and need no check.
 
 use crate::data::{Dataset, Splits};
 use crate::features::FeatureCache;
-use crate::preprocess::decode_bytes_limited;
+use crate::preprocess::{PreprocessConfig, decode_checked};
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
 use std::collections::BTreeSet;
@@ -23,7 +24,7 @@ pub struct BadImages {
 pub fn find(
     dataset: &Dataset,
     cache: &FeatureCache,
-    max_image_pixels: u64,
+    pre: &PreprocessConfig,
     skip_bad: bool,
 ) -> Result<BadImages> {
     let mut failures: Vec<(usize, usize, String)> = Vec::new();
@@ -35,9 +36,9 @@ pub fn find(
             .filter_map(|&i| {
                 let path = &paths[i];
                 let name = path.display().to_string();
-                let result = std::fs::read(path)
+                let result = crate::walk::read_regular(path)
                     .with_context(|| format!("cannot read image {name}"))
-                    .and_then(|bytes| decode_bytes_limited(&bytes, &name, max_image_pixels));
+                    .and_then(|bytes| decode_checked(&bytes, &name, pre));
                 result.err().map(|e| (d, i, format!("{e:#}")))
             })
             .collect();

@@ -417,6 +417,14 @@ impl RunConfig {
             self.clients_per_domain >= 1,
             "--clients-per-domain must be at least 1, got 0".into(),
         );
+        need(
+            self.clients_per_domain <= crate::data::split::MAX_CLIENTS_PER_DOMAIN,
+            format!(
+                "--clients-per-domain must be at most {}, got {}",
+                crate::data::split::MAX_CLIENTS_PER_DOMAIN,
+                self.clients_per_domain
+            ),
+        );
         let floats = [
             ("--lr", self.lr, self.lr > 0.0, "positive"),
             (

@@ -87,7 +87,7 @@ pub fn extract(
     encoder.set_max_image_pixels(cfg.max_image_pixels);
     let pre = encoder.preprocess_config()?;
     let cache = FeatureCache::open(&cfg.cache_dir, &encoder, &pre, cfg.tokenizer)?;
-    let bad = bad_images::find(dataset, &cache, cfg.max_image_pixels, cfg.skip_bad)?;
+    let bad = bad_images::find(dataset, &cache, &pre, cfg.skip_bad)?;
     let mut splits = splits.clone();
     bad.remove_from(&mut splits);
     let start = Instant::now();
@@ -108,6 +108,13 @@ pub fn extract(
     let prompts = dataset.prompts(&PromptTemplate::new(&cfg.prompt_template));
     let (text_raw, _) = cache.text_features(&prompts, |chunk| {
         encoder.encode_texts(chunk, cfg.extract_batch, false, cfg.tokenizer)
+    })
+    .map_err(|e| {
+        if e.chain().any(|c| c.is::<crate::tokenizer::PromptTooLong>()) {
+            e.context("a class prompt must fit the text context: shorten the class folder's name or --prompt-template")
+        } else {
+            e
+        }
     })?;
     // The cache printed its warnings as they arose.
     let seconds_extracting = start.elapsed().as_secs_f64();

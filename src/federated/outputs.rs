@@ -15,6 +15,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::Path;
 
+/// The adapter files a run directory holds: the last round's and the best round's.
+pub const ADAPTER_FILES: [&str; 2] = ["adapter-last.safetensors", "adapter-best.safetensors"];
+
 /// Writes the adapters, the plot and the summary; returns the summary.
 pub fn write(
     cfg: &RunConfig,
@@ -33,14 +36,9 @@ pub fn write(
     };
     if rounds.strategy.deployed() != Deployed::Nothing {
         let last = rounds.deployed_params();
-        write_adapter(
-            &out.join("adapter-last.safetensors"),
-            &layout,
-            &last,
-            &names,
-        )?;
+        write_adapter(&out.join(ADAPTER_FILES[0]), &layout, &last, &names)?;
         if let Some((_, _, best)) = &rounds.state.best {
-            write_adapter(&out.join("adapter-best.safetensors"), &layout, best, &names)?;
+            write_adapter(&out.join(ADAPTER_FILES[1]), &layout, best, &names)?;
         }
     }
     let state = &rounds.state;

@@ -138,22 +138,20 @@ pub fn claim(cfg: &RunConfig, resume: bool) -> Result<RunDirLock> {
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let path = out.join(LOCK_FILE);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut file = open_lock_file(&path)?;
     let locked = file
         .try_lock_exclusive()
         .with_context(|| format!("cannot lock {}", path.display()))?;
     if !locked {
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);
+        let holder = match holder.trim() {
+            "" => "which has not written its process id yet",
+            h => h,
+        };
         return Err(InUse {
             out: out.clone(),
-            holder: holder.trim().to_string(),
+            holder: holder.to_string(),
         }
         .into());
     }
@@ -172,33 +170,77 @@ pub fn claim(cfg: &RunConfig, resume: bool) -> Result<RunDirLock> {
         f.sync_all()
     };
     write(&mut file).with_context(|| format!("cannot write {}", path.display()))?;
-    remove_debris(out)?;
+    // Holding the lock, no writer of this run directory is alive: a temporary file here is
+    // what a killed run left.
+    let removed = crate::io::remove_debris(out)?;
+    if removed > 0 {
+        eprintln!(
+            "note: removed {removed} temporary file(s) a killed run left in {}",
+            out.display()
+        );
+    }
     Ok(RunDirLock { _file: file })
 }
 
-/// Removes the temporary files (`<file>.tmp-…`, see [`crate::io::temp_path`]) that a run
-/// killed mid-write left in `out`. Called with the lock held, so no live writer owns them.
-fn remove_debris(out: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(out).with_context(|| format!("cannot list {}", out.display()))? {
-        let path = entry?.path();
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        if name.contains(".tmp-") && path.is_file() {
-            std::fs::remove_file(&path)
-                .with_context(|| format!("cannot remove {}", path.display()))?;
-        }
+/// Opens (creating) the lock file without following a symbolic link: a link put there
+/// would have its target, outside the run directory, truncated and rewritten.
+fn open_lock_file(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_file()) {
+        bail!(
+            "{} is not a regular file (a symbolic link or other); fedclip writes its lock only \
+             into a file of its own: remove it",
+            path.display()
+        );
     }
-    Ok(())
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))
 }
 
-/// `base` if it holds nothing, else the first of `base-2`, `base-3`, … that holds nothing.
+/// `base` if it holds nothing, else the first of `base-2`, `base-3`, … that holds nothing,
+/// reserved by creating its lock file (`O_EXCL`): of two runs started at once without
+/// `--out`, one creates it and the other moves on to the next name.
 pub fn next_free(base: &Path) -> Result<PathBuf> {
     for n in 1.. {
         let candidate = numbered(base, n);
-        if !holds_anything(&candidate)? {
-            return Ok(candidate);
+        if holds_anything(&candidate)? {
+            continue;
+        }
+        std::fs::create_dir_all(&candidate)
+            .with_context(|| format!("cannot create {}", candidate.display()))?;
+        match crate::io::create_new(&candidate.join(LOCK_FILE)) {
+            Ok(_) => return Ok(candidate),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot create a lock in {}", candidate.display()));
+            }
         }
     }
     unreachable!("an unbounded range ends only by returning")
+}
+
+/// Longest default run-folder name kept whole; file systems allow 255 bytes a name.
+const MAX_DEFAULT_NAME: usize = 120;
+
+/// The folder name of a run without `--out`: `<method>-<data>-<held-out domains>-seed<seed>`,
+/// or, when that is over [`MAX_DEFAULT_NAME`] bytes (many held-out domains, a long folder
+/// name), its first 100 characters and a hash of the whole, so that it stays a valid name
+/// and different settings still get different names.
+pub fn default_name(method: &str, data: &str, held_out: &[String], seed: u32) -> String {
+    let stem = format!("{method}-{data}-{}", held_out.join("+"));
+    if stem.len() + format!("-seed{seed}").len() <= MAX_DEFAULT_NAME {
+        return format!("{stem}-seed{seed}");
+    }
+    let hash = blake3::hash(stem.as_bytes()).to_hex();
+    let short: String = stem.chars().take(100).collect();
+    format!("{short}-{}-seed{seed}", &hash[..12])
 }
 
 /// The last of `base`, `base-2`, … that holds a run (what `--resume` without `--out`

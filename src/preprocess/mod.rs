@@ -271,6 +271,31 @@ impl PreprocessConfig {
         )
     }
 
+    /// Refuses sizes no image could be preprocessed with, before any image is read: the
+    /// model takes `image_size`² pixels, so the crop must be that square (a crop of 100000
+    /// would otherwise be allocated before the mismatch is seen); and the smallest image the
+    /// resize can make, `shortest_edge`² (a square source), must be within the pixel limit
+    /// of [`check_resize_limit`], which would otherwise refuse every image.
+    pub fn check_sizes(&self, image_size: usize) -> Result<()> {
+        if (self.crop_height, self.crop_width) != (image_size, image_size) {
+            bail!(
+                "the crop size {}x{} (h x w) is not the model's image_size {image_size}x{image_size}: \
+                 the model takes {image_size}x{image_size} pixels",
+                self.crop_height,
+                self.crop_width
+            );
+        }
+        let edge = self.resize_shortest as u64;
+        if self.do_resize && edge.saturating_mul(edge) > self.max_image_pixels.saturating_mul(2) {
+            bail!(
+                "the resize to {edge} pixels on the short side would make every image at least \
+                 {edge}x{edge} pixels, over twice the limit of {} (--max-image-pixels)",
+                self.max_image_pixels
+            );
+        }
+        Ok(())
+    }
+
     /// Number of `f32` values [`preprocess_bytes`] returns: `3 * crop_height * crop_width`.
     pub fn output_len(&self) -> usize {
         3 * self.crop_height * self.crop_width
@@ -300,19 +325,62 @@ fn triple(v: &Value, field: &str) -> Result<[f32; 3]> {
 
 /// Decode + transform one file → CHW `f32`, length `3 * crop_height * crop_width`.
 pub fn preprocess_file(path: &Path, cfg: &PreprocessConfig) -> Result<Vec<f32>> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
+    let bytes = crate::walk::read_regular(path)
+        .with_context(|| format!("cannot read image {}", path.display()))?;
     preprocess_bytes(&bytes, &path.display().to_string(), cfg)
 }
 
 /// Same as [`preprocess_file`] from bytes already in memory; `name` is used in error messages.
 pub fn preprocess_bytes(bytes: &[u8], name: &str, cfg: &PreprocessConfig) -> Result<Vec<f32>> {
-    let image = decode_bytes_limited(bytes, name, cfg.max_image_pixels)?;
+    let image = decode_checked(bytes, name, cfg)?;
     transform(&image, cfg).with_context(|| format!("cannot preprocess image {name}"))
+}
+
+/// Decodes `bytes` after checking, from the header, both the source size and what the resize
+/// makes of it against the pixel limit ([`check_resize_limit`]); the decoded size is checked
+/// again. What a run's image check (`--skip-bad`) and the encoder both call, so an image one
+/// refuses the other never tries.
+pub fn decode_checked(bytes: &[u8], name: &str, cfg: &PreprocessConfig) -> Result<Image> {
+    if let Some((w, h)) = header_dimensions(bytes) {
+        check_resize_limit(w, h, name, cfg)?;
+    }
+    let image = decode_bytes_limited(bytes, name, cfg.max_image_pixels)?;
+    check_resize_limit(image.width as u64, image.height as u64, name, cfg)?;
+    Ok(image)
+}
+
+/// The decompression-bomb rule applied to the resize's output: a thin source (1 x 100000
+/// pixels, a few hundred bytes as PNG) is small, but resized to 224 on its short side it
+/// would be 224 x 22400000. Refused when that is over twice `max_image_pixels`, before any
+/// pixel is allocated. The resample's intermediate image lies between the source and the
+/// output (both axes scale by the same factor), so this bounds it too.
+pub fn check_resize_limit(
+    width: u64,
+    height: u64,
+    name: &str,
+    cfg: &PreprocessConfig,
+) -> Result<()> {
+    if !cfg.do_resize || width == 0 || height == 0 {
+        return Ok(());
+    }
+    let (rw, rh) = resized_size_u64(width, height, cfg.resize_shortest as u64);
+    let pixels = rw.saturating_mul(rh);
+    if pixels > cfg.max_image_pixels.saturating_mul(2) {
+        bail!(
+            "image {name}{}is {width}x{height}; resized to {} on its short side it would be \
+             {rw}x{rh} = {pixels} pixels, over twice the limit of {} (raise --max-image-pixels \
+             if it is real)",
+            if name.is_empty() { "" } else { " " },
+            cfg.resize_shortest,
+            cfg.max_image_pixels
+        );
+    }
+    Ok(())
 }
 
 /// Steps 2-4 (resize, crop, RGB + normalise) on a decoded image.
 pub fn transform(image: &Image, cfg: &PreprocessConfig) -> Result<Vec<f32>> {
+    check_resize_limit(image.width as u64, image.height as u64, "", cfg)?;
     let resized;
     let image = if cfg.do_resize {
         resized = resize_shortest_edge(image, cfg.resize_shortest, cfg.resample);
@@ -345,6 +413,13 @@ pub fn transform(image: &Image, cfg: &PreprocessConfig) -> Result<Vec<f32>> {
 /// torchvision's `_compute_resized_output_size` for `Resize(n)`: `(width, height)` with the
 /// short side `n` and the long side `int(n * long / short)`.
 pub fn resized_size(width: usize, height: usize, n: usize) -> (usize, usize) {
+    let (w, h) = resized_size_u64(width as u64, height as u64, n as u64);
+    (w as usize, h as usize)
+}
+
+/// [`resized_size`] on any sizes a header can claim: the product is taken in `u128`, so
+/// it cannot overflow (the limit check runs on it before anything is allocated).
+fn resized_size_u64(width: u64, height: u64, n: u64) -> (u64, u64) {
     let (short, long) = if width <= height {
         (width, height)
     } else {
@@ -352,7 +427,7 @@ pub fn resized_size(width: usize, height: usize, n: usize) -> (usize, usize) {
     };
     // Python: int(n * long / short): exact integer product, correctly rounded true division,
     // truncation. f64 reproduces it for all realistic sizes (products below 2^53).
-    let new_long = ((n * long) as f64 / short as f64) as usize;
+    let new_long = ((n as u128 * long as u128) as f64 / short.max(1) as f64) as u64;
     if width <= height {
         (n, new_long)
     } else {

@@ -118,11 +118,43 @@ impl ClipTokenizer {
     /// Token ids with the start and end tokens. A prompt longer than the context is an
     /// error, or with `truncate` is cut to the context with the end token kept last, as
     /// OpenAI's `clip.tokenize(truncate=True)` does.
+    ///
+    /// A prompt over [`MAX_PROMPT_BYTES`] is never tokenized whole (a 50 MB line took
+    /// gigabytes): without `truncate` it is refused; with it, only its start, up to the last
+    /// whitespace within the limit, is tokenized, which gives the same first tokens (words
+    /// are tokenized one by one) as long as that start fills the context, else it is refused.
     pub fn encode(&self, text: &str, truncate: bool) -> Result<Vec<u32>> {
+        if text.len() <= MAX_PROMPT_BYTES {
+            return self.encode_whole(text, truncate);
+        }
+        let too_long = PromptTooLong {
+            start: quote_start(text),
+            tokens: None,
+            bytes: text.len(),
+            context: self.context,
+        };
+        if !truncate {
+            return Err(too_long.into());
+        }
+        let mut cut = MAX_PROMPT_BYTES;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let head = &text[..text[..cut].rfind(char::is_whitespace).unwrap_or(0)];
+        match self.encode_whole(head, false) {
+            Err(e) if e.is::<PromptTooLong>() => self.encode_whole(head, true),
+            _ => bail!(
+                "{too_long}; its first {MAX_PROMPT_BYTES} bytes hold fewer tokens than the \
+                 context, so fedclip cannot cut it exactly: shorten it"
+            ),
+        }
+    }
+
+    fn encode_whole(&self, text: &str, truncate: bool) -> Result<Vec<u32>> {
         let enc = self
             .inner
             .encode(self.kind.prepare(text).as_ref(), true)
-            .map_err(|e| anyhow!("cannot tokenize {text:?}: {e}"))?;
+            .map_err(|e| anyhow!("cannot tokenize {}: {e}", quote_start(text)))?;
         let mut ids = enc.get_ids().to_vec();
         // Guard against a tokenizer.json whose post-processor adds no special tokens.
         if ids.first() != Some(&self.start) {
@@ -133,16 +165,47 @@ impl ClipTokenizer {
         }
         if ids.len() > self.context {
             if !truncate {
-                bail!(
-                    "prompt {text:?} is {} tokens long, over the context of {} (use --truncate to cut it)",
-                    ids.len(),
-                    self.context
-                );
+                return Err(PromptTooLong {
+                    start: quote_start(text),
+                    tokens: Some(ids.len()),
+                    bytes: text.len(),
+                    context: self.context,
+                }
+                .into());
             }
             ids.truncate(self.context);
             ids[self.context - 1] = self.end;
         }
         Ok(ids)
+    }
+}
+
+/// Longest prompt, in bytes, that is tokenized whole (a context of 77 tokens is a few
+/// hundred bytes of text; see [`ClipTokenizer::encode`]).
+pub const MAX_PROMPT_BYTES: usize = 64 * 1024;
+
+/// A prompt over the context (or over [`MAX_PROMPT_BYTES`]); the job that gave it says how
+/// to fix it (`embed --truncate`, a shorter class name), so it can be found in an error chain.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "prompt {start} is {}, over the context of {context} tokens",
+    match tokens { Some(n) => format!("{n} tokens long"), None => format!("{bytes} bytes long") }
+)]
+pub struct PromptTooLong {
+    /// The prompt's start, quoted ([`quote_start`]).
+    pub start: String,
+    pub tokens: Option<usize>,
+    pub bytes: usize,
+    pub context: usize,
+}
+
+/// `text` quoted for a message: whole when short, else its first 60 characters and how
+/// long it is (an over-long prompt once made a 1 MB error line).
+pub fn quote_start(text: &str) -> String {
+    const SHOWN: usize = 60;
+    match text.char_indices().nth(SHOWN) {
+        None => format!("{text:?}"),
+        Some((i, _)) => format!("{:?}… ({} bytes)", &text[..i], text.len()),
     }
 }
 
