@@ -3,7 +3,7 @@
 //! together as one K-client batch.
 //!
 //! A run is five stages, one module each: [`plan`] (flags, data, splits, run directory
-//! with [`rundir`], resume) → [`features`] (encoder + cache, [`bad_images`] found first) → [`rounds`] (the loop over a
+//! with [`rundir`], resume, checked against [`inputs`]) → [`features`] (encoder + cache, [`bad_images`] found first) → [`rounds`] (the loop over a
 //! [`strategy::Strategy`], its [`family`] (which trainer and classifier its parameters
 //! need), [`train`] the shared local update and [`evaluate`] the
 //! per-round metrics; [`checkpoint`] the state) → [`outputs`] (adapters, plot, summary).
@@ -16,6 +16,7 @@ pub mod evaluate;
 pub mod family;
 pub mod features;
 pub mod finetune;
+pub mod inputs;
 pub mod outputs;
 pub mod plan;
 pub mod report;
@@ -56,6 +57,7 @@ pub fn run_on(cfg: &RunConfig, resume: bool, gpu: Option<Arc<Gpu>>) -> Result<Ru
     let strategy = strategy::build(cfg)?;
     let trains = strategy.deployed() != strategy::Deployed::Nothing;
     finetune::check(cfg.finetune_local_steps, strategy.deployed())?;
+    train::check_batch(cfg, strategy.family(), trains)?;
     let mut plan = plan::make(cfg, resume, trains)?;
     let engine = Engine::from_gpu(gpu);
     let features = features::extract(cfg, &plan.dataset, &plan.splits, &engine)?;

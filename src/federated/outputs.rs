@@ -216,6 +216,11 @@ pub fn write_adapter(
         params.len(),
         clients.len()
     );
+    ensure!(
+        params.iter().all(|x| x.is_finite()),
+        "not writing {}: its parameters are not finite",
+        path.display()
+    );
     let mut tensors: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
     for (k, chunk) in params.chunks_exact(p).enumerate() {
         let prefix = if clients.len() > 1 {

@@ -4,7 +4,7 @@
 //! abort at.
 
 use super::checkpoint::{STATE_FILE, State};
-use super::config::RunConfig;
+use super::config::{RunConfig, readable};
 use super::evaluate::Evaluation;
 use super::family;
 use super::features::Features;
@@ -173,6 +173,7 @@ impl<'a> Rounds<'a> {
             )?,
         };
         self.state.clients = self.backend.read_all_params()?;
+        self.check_client_rows(round, &plan.slots)?;
         if self.cfg.keep_optimizer_state {
             self.state.optimizer = Some(self.backend.optimizer_state());
         }
@@ -190,6 +191,14 @@ impl<'a> Rounds<'a> {
             .strategy
             .aggregate_train(round, &self.state.global, &updates)?
         {
+            ensure!(
+                global.iter().all(|x| x.is_finite()),
+                "round {}: the aggregated global parameters are not finite (--server-opt {}, \
+                 --server-lr {}): the server step overflows; lower --server-lr",
+                round + 1,
+                format!("{:?}", self.cfg.server_opt.opt).to_lowercase(),
+                readable(self.cfg.server_opt.lr)
+            );
             self.state.global = global;
         }
         let sizes = Sizes {
@@ -199,6 +208,27 @@ impl<'a> Rounds<'a> {
         };
         self.state.count_bytes(self.strategy.bytes(&plan, &sizes));
         Ok(losses)
+    }
+
+    /// Refuses a round whose local training left a trained client's parameters not finite
+    /// (a step so large it overflows f32, e.g. `--lr 1e38`), before they are aggregated,
+    /// checkpointed or written as an adapter.
+    fn check_client_rows(&self, round: u32, slots: &[usize]) -> Result<()> {
+        let p = self.backend.param_count();
+        for &slot in slots {
+            let row = &self.state.clients[slot * p..(slot + 1) * p];
+            ensure!(
+                row.iter().all(|x| x.is_finite()),
+                "round {}: client {}'s parameters are not finite after its local training \
+                 (--lr {}, --weight-decay {}): the optimiser's steps overflow; lower --lr or \
+                 --weight-decay",
+                round + 1,
+                self.features.clients[self.trainees[slot]].name,
+                readable(self.cfg.lr),
+                readable(self.cfg.weight_decay)
+            );
+        }
+        Ok(())
     }
 
     /// Trainer slots of the clients sampled for `round` (`--sample-fraction`).
