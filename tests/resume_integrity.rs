@@ -503,3 +503,119 @@ fn batch_one_for_the_adapter_is_refused_naming_batch_and_loss() {
     let o = s.run("1", &["--batch", "1", "--method", "linear-probe"], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn class_folders_rendering_the_same_prompt_are_refused_naming_both() {
+    for (a, b) in [("dog", "Dog"), ("sea_lion", "sea lion")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        for d in ["d0", "d1"] {
+            for c in [a, b] {
+                let dir = data.join(d).join(c);
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::copy(image(1), dir.join("0.jpg")).unwrap();
+            }
+        }
+        let out = tmp.path().join("run");
+        let cache = tmp.path().join("cache");
+        let a_ = args(
+            data.to_str().unwrap(),
+            out.to_str().unwrap(),
+            cache.to_str().unwrap(),
+            "1",
+        );
+        let o = fedclip(&a_, &[]);
+        // Sorted: "Dog" < "dog", "sea lion" < "sea_lion".
+        let (first, second) = if a < b { (a, b) } else { (b, a) };
+        refused(
+            &o,
+            &[
+                &format!("{first:?} and {second:?}"),
+                "both become the prompt",
+                "never be predicted",
+            ],
+        );
+    }
+}
+
+/// `--skip-bad` that empties a client: a training client (the first domain too) or a
+/// held-out domain is refused, named, instead of training on nothing or reporting `{}`.
+#[test]
+fn skip_bad_that_empties_a_client_is_refused_naming_it() {
+    for (broken, extra, parts) in [
+        (
+            "d1",
+            &[][..],
+            &["training client `d1`", "no usable training image", "10 of"][..],
+        ),
+        (
+            "d0",
+            &[],
+            &[
+                "held-out domain `d0`",
+                "no usable test image",
+                "--test-domain",
+            ],
+        ),
+        (
+            "d0",
+            &["--test-domain", "d2"],
+            &["training client `d0`", "no usable training image"],
+        ),
+    ] {
+        let s = Setup::new();
+        for c in ["cat", "dog"] {
+            for i in 0..5 {
+                let f = s.data.join(broken).join(c).join(format!("{i}.jpg"));
+                std::fs::write(f, b"not an image").unwrap();
+            }
+        }
+        let o = s.run("1", &[&["--skip-bad"], extra].concat(), &[]);
+        refused(&o, parts);
+        assert!(!s.out.join("summary.json").exists());
+    }
+}
+
+#[test]
+fn without_validation_files_the_best_round_is_the_last_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // Four files a domain: int(4 · 0.2) = 0 validation files.
+    for d in ["d0", "d1", "d2"] {
+        for c in ["cat", "dog"] {
+            let dir = data.join(d).join(c);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..2 {
+                std::fs::copy(image(1 + i), dir.join(format!("{i}.jpg"))).unwrap();
+            }
+        }
+    }
+    let out = tmp.path().join("run");
+    let cache = tmp.path().join("cache");
+    let a = args(
+        data.to_str().unwrap(),
+        out.to_str().unwrap(),
+        cache.to_str().unwrap(),
+        "3",
+    );
+    let o = fedclip(&a, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("no training client has validation files"),
+        "{err}"
+    );
+    assert!(
+        err.contains("best round 3 (the last: no validation files)"),
+        "{err}"
+    );
+    assert!(!err.contains("mean val accuracy"), "{err}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&read(&out.join("summary.json"))).unwrap();
+    assert_eq!(summary["best_round"], 3);
+    assert!(summary["best_mean_val_accuracy"].is_null(), "{summary}");
+    assert_eq!(
+        std::fs::read(out.join("adapter-best.safetensors")).unwrap(),
+        std::fs::read(out.join("adapter-last.safetensors")).unwrap()
+    );
+}

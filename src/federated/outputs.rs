@@ -142,7 +142,8 @@ fn summarise(cfg: &RunConfig, method: String, totals: &RunTotals, rows: &[Metric
         server_opt,
         rounds_run: totals.rounds_done,
         best_round,
-        best_mean_val_accuracy: totals.best.map(|(_, v)| v),
+        // NaN: chosen without validation files (the last round), so no accuracy to report.
+        best_mean_val_accuracy: totals.best.map(|(_, v)| v).filter(|v| !v.is_nan()),
         best_round_accuracy: best_acc.clone(),
         held_out_test_accuracy: held_out,
         mean_client_test_accuracy: (!client_tests.is_empty())

@@ -6,8 +6,8 @@ use super::config::RunConfig;
 use super::inputs::{self, Inputs};
 use super::report;
 use super::rundir::{self, RunDirLock};
-use crate::data::Dataset;
 use crate::data::split::{SplitConfig, Splits, make_splits};
+use crate::data::{Dataset, PromptTemplate};
 use crate::io::write_atomic;
 use anyhow::{Context, Result, bail, ensure};
 
@@ -27,6 +27,7 @@ pub fn make(cfg: &RunConfig, resume: bool, trains: bool) -> Result<Plan> {
     check_flags(cfg, trains)?;
     let dataset = Dataset::scan(&cfg.data)?;
     dataset.check_formats()?;
+    dataset.check_distinct_prompts(&PromptTemplate::new(&cfg.prompt_template))?;
     for w in &dataset.warnings {
         eprintln!("warning: {w}");
     }

@@ -30,6 +30,15 @@ fn crash_point(round: u32, point: &str) {
     }
 }
 
+/// A round's mean val accuracy as printed; NaN means there were no validation files.
+fn val_text(mean_val: f64) -> String {
+    if mean_val.is_nan() {
+        "no validation files".into()
+    } else {
+        format!("mean val accuracy {:.2}%", 100.0 * mean_val)
+    }
+}
+
 /// The federation between rounds: trainer, strategy and state.
 pub struct Rounds<'a> {
     pub(super) cfg: &'a RunConfig,
@@ -112,6 +121,12 @@ impl<'a> Rounds<'a> {
             report::open_metrics(&out.join("metrics.csv"), self.state.rounds_done + 1)?;
         let total = self.strategy.rounds(self.cfg.rounds);
         let trainees = self.trainees.clone();
+        if (trainees.iter()).all(|&c| self.features.clients[c].val.is_empty()) {
+            eprintln!(
+                "warning: no training client has validation files, so no round can be chosen \
+                 by validation accuracy: the best round (adapter-best, summary.json) is the last"
+            );
+        }
         for round in self.state.rounds_done..total {
             let t0 = Instant::now();
             let losses = self.train_round(round)?;
@@ -130,11 +145,7 @@ impl<'a> Rounds<'a> {
             self.state.save(out)?;
             crash_point(round, "state");
             if (round + 1) % 10 == 0 || round + 1 == total || round == 0 {
-                eprintln!(
-                    "round {:>4}/{total}: mean val accuracy {:.2}%",
-                    round + 1,
-                    100.0 * mean_val
-                );
+                eprintln!("round {:>4}/{total}: {}", round + 1, val_text(mean_val));
             }
         }
         Ok(())
@@ -244,8 +255,10 @@ impl<'a> Rounds<'a> {
     }
 
     /// Keeps this round's deployed parameters when its mean val accuracy is the best so far.
+    /// Without validation files (`mean_val` NaN) there is nothing to choose by, so the
+    /// latest round is kept: the best round is the last.
     fn keep_if_best(&mut self, round: u32, mean_val: f64) {
-        if (self.state.best.as_ref()).is_none_or(|(_, v, _)| mean_val > *v) {
+        if mean_val.is_nan() || (self.state.best.as_ref()).is_none_or(|(_, v, _)| mean_val > *v) {
             self.state.best = Some((round + 1, mean_val, self.deployed_params()));
         }
     }
