@@ -33,11 +33,10 @@ pub struct Inputs {
 }
 
 impl Inputs {
-    /// Hashes `dataset`'s files and `cfg.model`'s through the memo in `cfg.cache_dir`.
+    /// Hashes `dataset`'s files and `cfg.model`'s through the memo in `cfg.cache_dir`
+    /// (saved there when the folder exists; nothing is created before the run directory's
+    /// checks, which refuse a cache inside the data).
     pub fn of(cfg: &RunConfig, dataset: &Dataset) -> Result<Inputs> {
-        std::fs::create_dir_all(&cfg.cache_dir).with_context(|| {
-            format!("cannot create cache directory {}", cfg.cache_dir.display())
-        })?;
         let memo_path = cfg.cache_dir.join(MEMO_FILE);
         let (mut memo, _) = HashMemo::load(&memo_path, CacheOptions::default().racy_window);
         let mut files = BTreeMap::new();
@@ -47,7 +46,9 @@ impl Inputs {
         }
         let model = model_fingerprint(&cfg.model, &mut memo).ok();
         // The memo is only a speed-up; the feature cache reports a memo it cannot save.
-        let _ = memo.save();
+        if cfg.cache_dir.is_dir() {
+            let _ = memo.save();
+        }
         Ok(Inputs {
             model_weights: model.as_ref().map(|m| m.weights.clone()),
             model_tokenizer: model.map(|m| m.tokenizer),

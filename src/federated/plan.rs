@@ -43,6 +43,9 @@ pub fn make(cfg: &RunConfig, resume: bool, trains: bool) -> Result<Plan> {
         eprintln!("warning: {w}");
     }
     let out = &cfg.out;
+    // Hashed before the run directory is taken: on a large dataset this takes a while, and
+    // the directory then gets its files at once.
+    let inputs = Inputs::of(cfg, &dataset)?;
     check_config_present(cfg)?;
     let lock = rundir::claim(cfg, resume)?;
     let saved = if resume {
@@ -58,7 +61,7 @@ pub fn make(cfg: &RunConfig, resume: bool, trains: bool) -> Result<Plan> {
     };
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     // Before config.json: a run directory with a config always has its inputs record.
-    inputs::record_or_check(out, &Inputs::of(cfg, &dataset)?, resume)?;
+    inputs::record_or_check(out, &inputs, resume)?;
     write_atomic(
         &out.join("config.json"),
         serde_json::to_string_pretty(cfg)?.as_bytes(),
