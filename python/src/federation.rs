@@ -704,7 +704,13 @@ impl Clients {
             self.classifier.check_params(values).map_err(value_err)?;
         }
         let (dim, classes) = (self.backend.dim(), self.classes);
-        score_splits(py, &*self.classifier, (dim, classes), &splits, params.as_deref())
+        score_splits(
+            py,
+            &*self.classifier,
+            (dim, classes),
+            &splits,
+            params.as_deref(),
+        )
     }
 }
 

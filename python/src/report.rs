@@ -64,7 +64,11 @@ pub(crate) fn split_data(
     classes: usize,
 ) -> PyResult<SplitData> {
     let labels = l.as_slice()?;
-    if let Some((row, label)) = labels.iter().enumerate().find(|(_, &y)| y as usize >= classes) {
+    if let Some((row, label)) = labels
+        .iter()
+        .enumerate()
+        .find(|&(_, &y)| y as usize >= classes)
+    {
         return Err(PyValueError::new_err(format!(
             "{who}: label {label} (row {row}) is not a class: there are {classes} classes, \
              labelled 0 to {}",
