@@ -523,11 +523,12 @@ fn print_outcome(outcome: &federated::RunOutcome) {
         "features: {} extracted, {} from cache in {:.1}s; training {:.1}s",
         s.images_extracted, s.images_from_cache, s.seconds_extracting, s.seconds_training
     );
-    if let Some(best) = s.best_round {
-        eprintln!(
-            "best round {best} (mean val accuracy {:.2}%)",
-            100.0 * s.best_mean_val_accuracy.unwrap_or(f64::NAN)
-        );
+    match (s.best_round, s.best_mean_val_accuracy) {
+        (Some(best), Some(val)) => {
+            eprintln!("best round {best} (mean val accuracy {:.2}%)", 100.0 * val)
+        }
+        (Some(best), None) => eprintln!("best round {best} (the last: no validation files)"),
+        (None, _) => {}
     }
     for (domain, acc) in &s.held_out_test_accuracy {
         eprintln!("held-out {domain}: test accuracy {:.2}%", 100.0 * acc);

@@ -8,6 +8,7 @@ summary.json, written by fedclip's own code (`fedclip.RunDir`)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -246,7 +247,8 @@ def _evaluate(grid, fed, strategy, glob, params, losses, round) -> Tuple[list, f
                 val_sum, val_n = val_sum + acc, val_n + 1
             rows.append((round + 1, fed.names[c], split, float(acc), int(samples),
                          loss if split == "train" else None))
-    return rows, val_sum / max(val_n, 1)
+    # No validation rows at all: NaN, as `fedclip run` (the best round is then the last).
+    return rows, (val_sum / val_n if val_n else math.nan)
 
 
 KNOWN_DEPLOYS = {"zeroshot", "global", "own", "mean_of_local"}
@@ -359,11 +361,13 @@ def rounds(grid, config, strategy, fed, run_dir) -> dict:
         p.bytes_per_round.append(round_bytes)
         rows, mean_val = _evaluate(grid, fed, strategy, p.glob, p.params, losses, round)
         run_dir.append_rows(rows)
-        if p.best is None or mean_val > p.best[1]:
+        if p.best is None or math.isnan(mean_val) or mean_val > p.best[1]:
             p.best = (round + 1, mean_val, _deploy(strategy, fed, p.glob, p.params))
         p.done = round + 1
         _save(run_dir, strategy, fed, p)
-        print(f"round {round + 1}/{total}: mean val accuracy {100 * mean_val:.2f}%", flush=True)
+        val = ("no validation files" if math.isnan(mean_val)
+               else f"mean val accuracy {100 * mean_val:.2f}%")
+        print(f"round {round + 1}/{total}: {val}", flush=True)
     if strategy.deployed() != "nothing":
         for file, values in [("adapter-last.safetensors", _deploy(strategy, fed, p.glob, p.params)),
                              ("adapter-best.safetensors", p.best[2])]:

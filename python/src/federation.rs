@@ -9,7 +9,7 @@ use crate::report::{score_splits, split_data};
 use crate::{FeatureStore, matrix, parse_device};
 use anyhow::Context;
 use fedclip::adapter::{AdapterBackend, AdapterParams, OptimizerState, TextFeatures};
-use fedclip::data::split::{SplitConfig, make_splits};
+use fedclip::data::split::{SplitConfig, check_fraction, make_splits};
 use fedclip::data::{Dataset, PromptTemplate};
 use fedclip::encode::Engine;
 use fedclip::federated::RunConfig;
@@ -167,6 +167,7 @@ impl Splits {
                 find_bad(dataset, &store.cache, &pre, cfg.skip_bad)
             })
             .map_err(value_err)?;
+        bad.check_left(&self.splits).map_err(value_err)?;
         bad.remove_from(&mut self.splits);
         self.clients = client_objects(py, &self.dataset, &self.splits)?;
         Ok(bad.rel_paths)
@@ -195,12 +196,13 @@ impl Splits {
     }
 
     /// Trainer slots of the clients sampled for `round` (0-based) at `fraction`.
-    fn sample_round(&self, fraction: f64, round: u32) -> Vec<usize> {
+    fn sample_round(&self, fraction: f64, round: u32) -> PyResult<Vec<usize>> {
+        check_fraction(fraction).map_err(value_err)?;
         let trainees = self.splits.training_clients();
         let sampled = self.splits.sample_round(fraction, round);
-        (sampled.iter())
+        Ok((sampled.iter())
             .filter_map(|c| trainees.iter().position(|t| t == c))
-            .collect()
+            .collect())
     }
 }
 
@@ -450,15 +452,18 @@ pub struct Clients {
     local_epochs: u32,
     cfg: RunConfig,
     data: Vec<ClientData>,
+    /// Classes of the text features (labels must be below).
+    classes: usize,
 }
 
 fn client_data(
     train: &[(PyReadonlyArray2<f32>, PyReadonlyArray1<u32>)],
     dim: usize,
+    classes: usize,
 ) -> PyResult<Vec<ClientData>> {
     (train.iter().enumerate())
         .map(|(k, (f, l))| {
-            let split = split_data(&format!("client {k}"), f, l, dim)?;
+            let split = split_data(&format!("client {k}"), f, l, dim, classes)?;
             Ok(ClientData {
                 name: format!("slot {k}"),
                 held_out: false,
@@ -499,7 +504,7 @@ impl Clients {
         let strategy = strategy::build(&cfg).map_err(value_err)?;
         let (classes, dim) = (texts.shape()[0], texts.shape()[1]);
         let texts = TextFeatures::new(texts.as_slice()?, classes, dim).map_err(value_err)?;
-        let data = client_data(&train, dim)?;
+        let data = client_data(&train, dim, classes)?;
         let inputs = FamilyData {
             dim,
             texts,
@@ -523,6 +528,7 @@ impl Clients {
             local_epochs: strategy.local_epochs(cfg.local_epochs),
             cfg,
             data,
+            classes,
         })
     }
 
@@ -584,7 +590,10 @@ impl Clients {
         let (backend, cfg, data) = (&mut self.backend, &self.cfg, &self.data);
         let epochs = self.local_epochs;
         let plan = &plan.plan;
-        py.detach(|| -> anyhow::Result<_> {
+        // All or nothing: a failed update (a diverged client, a bad plan) puts back the
+        // parameters and optimiser moments it started from.
+        let before = (backend.read_all_params(), backend.optimizer_state());
+        let result = py.detach(|| -> anyhow::Result<_> {
             anyhow::ensure!(
                 plan.slots.iter().all(|&s| s < data.len()),
                 "plan slots {:?} are not all below the {} clients",
@@ -605,8 +614,14 @@ impl Clients {
             }
             let trainees: Vec<usize> = (0..data.len()).collect();
             local_epochs(&mut **backend, cfg, round, &plan.slots, data, &trainees)
-        })
-        .map_err(|e| to_py(e, Kind::Engine))
+        });
+        if result.is_err()
+            && let (Ok(params), moments) = before
+        {
+            backend.write_all_params(&params).map_err(value_err)?;
+            backend.set_optimizer_state(&moments).map_err(value_err)?;
+        }
+        result.map_err(|e| to_py(e, Kind::Engine))
     }
 
     /// Personalization as `fedclip run --finetune-local-steps` does it: every slot from
@@ -712,8 +727,14 @@ impl Clients {
         if let Some(values) = &params {
             self.classifier.check_params(values).map_err(value_err)?;
         }
-        let dim = self.backend.dim();
-        score_splits(py, &*self.classifier, dim, &splits, params.as_deref())
+        let (dim, classes) = (self.backend.dim(), self.classes);
+        score_splits(
+            py,
+            &*self.classifier,
+            (dim, classes),
+            &splits,
+            params.as_deref(),
+        )
     }
 }
 

@@ -324,8 +324,12 @@ fn optimizer_settings(
 
 /// The trainer slots `fedclip run` samples for `round` (0-based) out of `n` training clients.
 #[pyfunction]
-fn sample_clients(n: usize, fraction: f64, seed: u32, round: u32) -> Vec<usize> {
-    fedclip::data::split::sample_clients(n, fraction, seed, round)
+fn sample_clients(n: usize, fraction: f64, seed: u32, round: u32) -> PyResult<Vec<usize>> {
+    fedclip::data::split::check_fraction(fraction)
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(fedclip::data::split::sample_clients(
+        n, fraction, seed, round,
+    ))
 }
 
 #[pymodule]

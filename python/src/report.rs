@@ -54,7 +54,7 @@ pub fn evaluate_splits(
         AdapterParams::from_flat(dim, p.clone()).map_err(value_err)?;
     }
     let classifier = AttentionClassifier { dim, texts };
-    score_splits(py, &classifier, dim, &splits, params.as_deref())
+    score_splits(py, &classifier, (dim, classes), &splits, params.as_deref())
 }
 
 /// `features [N, D]` and their labels as a split, refused (naming `who`) unless they fit.
@@ -63,7 +63,20 @@ pub(crate) fn split_data(
     f: &PyReadonlyArray2<f32>,
     l: &PyReadonlyArray1<u32>,
     dim: usize,
+    classes: usize,
 ) -> PyResult<SplitData> {
+    let labels = l.as_slice()?;
+    if let Some((row, label)) = labels
+        .iter()
+        .enumerate()
+        .find(|&(_, &y)| y as usize >= classes)
+    {
+        return Err(PyValueError::new_err(format!(
+            "{who}: label {label} (row {row}) is not a class: there are {classes} classes, \
+             labelled 0 to {}",
+            classes.saturating_sub(1)
+        )));
+    }
     if f.shape()[1] != dim || f.shape()[0] != l.len() {
         return Err(PyValueError::new_err(format!(
             "{who}: features must be [N, {dim}] with N labels, got {:?} and {}",
@@ -73,7 +86,7 @@ pub(crate) fn split_data(
     }
     Ok(SplitData {
         features: f.as_slice()?.to_vec(),
-        labels: l.as_slice()?.to_vec(),
+        labels: labels.to_vec(),
         views: Vec::new(),
     })
 }
@@ -82,7 +95,7 @@ pub(crate) fn split_data(
 pub(crate) fn score_splits(
     py: Python<'_>,
     classifier: &dyn Classifier,
-    dim: usize,
+    (dim, classes): (usize, usize),
     splits: &[(String, PyReadonlyArray2<f32>, PyReadonlyArray1<u32>)],
     params: Option<&[f32]>,
 ) -> PyResult<Vec<(String, f64, usize)>> {
@@ -90,7 +103,7 @@ pub(crate) fn score_splits(
     for (name, f, l) in splits {
         data.push((
             name.clone(),
-            split_data(&format!("split {name}"), f, l, dim)?,
+            split_data(&format!("split {name}"), f, l, dim, classes)?,
         ));
     }
     py.detach(|| {
@@ -113,7 +126,13 @@ pub fn mean_of_rows<'py>(
     py: Python<'py>,
     params: PyReadonlyArray2<f32>,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
-    let p = params.shape()[1];
+    let (k, p) = (params.shape()[0], params.shape()[1]);
+    if k == 0 || p == 0 {
+        return Err(PyValueError::new_err(format!(
+            "mean_of_rows: params is [{k}, {p}]; the mean needs at least one row of at least \
+             one value"
+        )));
+    }
     Ok(PyArray1::from_vec(py, mean_rows(params.as_slice()?, p)))
 }
 

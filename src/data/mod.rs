@@ -208,6 +208,22 @@ impl Dataset {
     pub fn prompts(&self, template: &PromptTemplate) -> Vec<String> {
         self.classes.iter().map(|c| template.render(c)).collect()
     }
+
+    /// Refuses class folders that render the same prompt (`dog` and `Dog`, `sea_lion` and
+    /// `sea lion`): their text features would be equal, so one of them could never be
+    /// predicted. The message names both folders and the prompt.
+    pub fn check_distinct_prompts(&self, template: &PromptTemplate) -> Result<()> {
+        let mut first: std::collections::HashMap<String, &str> = Default::default();
+        for (class, prompt) in self.classes.iter().zip(self.prompts(template)) {
+            if let Some(other) = first.insert(prompt.clone(), class) {
+                bail!(
+                    "class folders {other:?} and {class:?} both become the prompt {prompt:?}, \
+                     so one of them could never be predicted; rename or merge one of them"
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How a class name becomes a prompt.

@@ -226,6 +226,16 @@ pub fn dirichlet_partition(
 
 /// The clients (indices into `0..n`) taking part in `round`: `max(⌊fraction·n⌋, 1)` of them
 /// (all when `fraction >= 1`), sorted; reproducible from `(seed, round)`.
+/// Refuses a client sample fraction outside (0, 1] (negative, zero, NaN, above 1), which
+/// [`sample_clients`] would otherwise quietly read as "everyone" or "one".
+pub fn check_fraction(fraction: f64) -> Result<()> {
+    ensure!(
+        fraction > 0.0 && fraction <= 1.0,
+        "sample fraction must be in (0, 1], got {fraction}"
+    );
+    Ok(())
+}
+
 pub fn sample_clients(n: usize, fraction: f64, seed: u32, round: u32) -> Vec<usize> {
     if n == 0 {
         return Vec::new();

@@ -78,6 +78,36 @@ impl BadImages {
         }
     }
 
+    /// Before [`Self::remove_from`]: refuses splits that skipping would leave without data: a held-out domain with no test
+    /// image (its accuracy would be reported as nothing) or a training client with no
+    /// training image (it would upload its untrained start every round and dilute each
+    /// average). Names the client and says how many of its images were unusable.
+    pub fn check_left(&self, splits: &Splits) -> Result<()> {
+        for c in &splits.clients {
+            let (list, role) = match c.held_out {
+                true => (&c.test, "held-out domain"),
+                false => (&c.train, "training client"),
+            };
+            let bad = |i: &&usize| self.samples.contains(&(c.domain, **i));
+            let left = list.iter().filter(|i| !bad(i)).count();
+            let skipped = c.files.iter().filter(bad).count();
+            if left == 0 && skipped > 0 {
+                bail!(
+                    "--skip-bad left {role} `{}` with no usable {} image ({skipped} of its \
+                     images cannot be used); fix or replace them{}",
+                    c.name,
+                    if c.held_out { "test" } else { "training" },
+                    if c.held_out {
+                        ", or hold out another --test-domain"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The paths of domain `d` to extract: all but the bad ones.
     pub fn usable_paths(&self, dataset: &Dataset, d: usize) -> Vec<PathBuf> {
         (dataset.domains[d].samples.iter().enumerate())

@@ -341,6 +341,21 @@ fn default_max_image_pixels() -> u64 {
     crate::preprocess::DEFAULT_MAX_IMAGE_PIXELS
 }
 
+/// `value` of `flag` as the f32 the trainers compute with, refused when it is finite as an
+/// f64 but not as an f32 (e.g. `--tip-alpha 1e39`), which would turn every logit or step
+/// into inf or NaN.
+pub fn f32_setting(flag: &str, value: f64) -> Result<f32> {
+    let narrow = value as f32;
+    if value.is_finite() && !narrow.is_finite() {
+        bail!(
+            "{flag} {} is beyond the range of f32 (about ±3.4e38), which the trainers compute \
+             in; choose a smaller value",
+            readable(value)
+        );
+    }
+    Ok(narrow)
+}
+
 /// A float as a person reads it: `1e300`, not three hundred digits.
 pub fn readable(x: f64) -> String {
     if x != 0.0 && x.is_finite() && !(1e-4..1e6).contains(&x.abs()) {
@@ -478,10 +493,17 @@ impl RunConfig {
             ),
         ];
         for (flag, value, ok, want) in floats {
-            need(
-                value.is_finite() && ok,
-                format!("{flag} must be finite and {want}, got {}", readable(value)),
-            );
+            let wrong = if value.is_finite() && ok {
+                f32_setting(flag, value).err().map(|e| e.to_string())
+            } else {
+                Some(format!(
+                    "{flag} must be finite and {want}, got {}",
+                    readable(value)
+                ))
+            };
+            if let Some(msg) = wrong {
+                need(false, msg);
+            }
         }
         need(
             self.prompt_template.matches("{}").count() == 1,
@@ -533,8 +555,8 @@ impl RunConfig {
 
     /// The settings that must equal the interrupted run's for `--resume` to continue it:
     /// everything but the round count (a run may be extended, unless a cosine schedule
-    /// spans the rounds: then every round's rate depends on it), where files live and
-    /// settings that never change a result.
+    /// spans the rounds: then every round's rate depends on it), where files live (their
+    /// content is checked by [`super::inputs`]) and settings that never change a result.
     pub fn resume_mismatches(&self, saved: &RunConfig) -> Vec<String> {
         let mut a = serde_json::to_value(self).expect("config serialises");
         let mut b = serde_json::to_value(saved).expect("config serialises");
@@ -545,7 +567,11 @@ impl RunConfig {
                 v.as_object_mut().map(|o| o.remove("rounds"));
             }
         }
+        // `data` and `model` are compared by content instead (`inputs.json`), so a moved
+        // dataset or model resumes under its new path.
         for key in [
+            "data",
+            "model",
             "cache_dir",
             "out",
             "extract_batch",

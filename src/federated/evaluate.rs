@@ -20,7 +20,8 @@ pub struct Evaluation<'a> {
 
 impl Evaluation<'_> {
     /// The rows of round `round` (0-based; rows say `round + 1`) and the mean validation
-    /// accuracy over training clients (the reference's best-round criterion). `losses[slot]`
+    /// accuracy over training clients (the reference's best-round criterion; NaN when no
+    /// training client has validation files). `losses[slot]`
     /// are the slot's step losses this round.
     pub fn round(
         &self,
@@ -57,7 +58,12 @@ impl Evaluation<'_> {
             }
         }
         let rows = per_client.into_iter().flatten().collect();
-        Ok((rows, val_sum.0 / val_sum.1.max(1) as f64))
+        // No validation rows at all: NaN, not a meaningless 0 (see `Rounds::keep_if_best`).
+        let mean_val = match val_sum.1 {
+            0 => f64::NAN,
+            n => val_sum.0 / n as f64,
+        };
+        Ok((rows, mean_val))
     }
 }
 

@@ -78,6 +78,18 @@ pub fn build(
     build_from(family, cfg, &data, engine)
 }
 
+/// Every family scales its logits by exp(logit_scale): a model whose `logit_scale` is not
+/// finite, or overflows exp() in f32, is refused here, for every method, before anything is
+/// trained or scored (a later NaN loss would read as "training diverged").
+pub fn check_logit_scale(logit_scale: f32) -> Result<()> {
+    ensure!(
+        logit_scale.is_finite() && logit_scale.exp().is_finite(),
+        "the model's logit_scale is {logit_scale}, so exp(logit_scale), the scale of every \
+         logit, is not finite: the model's weights are damaged (CLIP's is about 4.6)"
+    );
+    Ok(())
+}
+
 /// [`build`] from the training clients' data alone (the Python `Clients`, a Flower silo).
 pub fn build_from(
     family: Family,
@@ -85,6 +97,7 @@ pub fn build_from(
     data: &FamilyData<'_>,
     engine: &Engine,
 ) -> Result<Trainable> {
+    check_logit_scale(data.logit_scale)?;
     let (dim, texts) = (data.dim, data.texts.clone());
     let k = data.train.len();
     let config = cfg.train_config(data.logit_scale);

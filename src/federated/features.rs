@@ -89,6 +89,7 @@ pub fn extract(
     let cache = FeatureCache::open(&cfg.cache_dir, &encoder, &pre, cfg.tokenizer)?;
     let bad = bad_images::find(dataset, &cache, &pre, cfg.skip_bad)?;
     let mut splits = splits.clone();
+    bad.check_left(&splits)?;
     bad.remove_from(&mut splits);
     let start = Instant::now();
     let (mut extracted, mut from_cache) = (0, 0);
@@ -118,9 +119,8 @@ pub fn extract(
     })?;
     // The cache printed its warnings as they arose.
     let seconds_extracting = start.elapsed().as_secs_f64();
-    let dim = domain_features
-        .first()
-        .map_or(0, |f| f.len() / dataset.domains[0].samples.len().max(1));
+    // From the model, not the first domain's rows (which --skip-bad may have emptied).
+    let dim = cache.keys().image_dim;
     let texts = TextFeatures::new(&text_raw, dataset.classes.len(), dim)?;
     let logit_scale = encoder.logit_scale().with_context(|| {
         format!(

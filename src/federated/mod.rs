@@ -3,7 +3,7 @@
 //! together as one K-client batch.
 //!
 //! A run is five stages, one module each: [`plan`] (flags, data, splits, run directory
-//! with [`rundir`], resume) → [`features`] (encoder + cache, [`bad_images`] found first) → [`rounds`] (the loop over a
+//! with [`rundir`], resume, checked against [`inputs`]) → [`features`] (encoder + cache, [`bad_images`] found first) → [`rounds`] (the loop over a
 //! [`strategy::Strategy`], its [`family`] (which trainer and classifier its parameters
 //! need), [`train`] the shared local update (at the [`schedule`]'s rate) and [`evaluate`] the
 //! per-round metrics; [`checkpoint`] the state) → [`outputs`] (adapters, plot, summary).
@@ -17,6 +17,7 @@ pub mod evaluate;
 pub mod family;
 pub mod features;
 pub mod finetune;
+pub mod inputs;
 pub mod outputs;
 pub mod plan;
 pub mod report;
@@ -93,6 +94,7 @@ fn run_on_with(
             cfg.method.name()
         );
     }
+    train::check_batch(cfg, strategy.family(), trains)?;
     let mut plan = plan::make(cfg, resume, trains)?;
     let engine = Engine::from_gpu(gpu);
     let features = features::extract(cfg, &plan.dataset, &plan.splits, &engine)?;

@@ -140,7 +140,8 @@ fn summarise(cfg: &RunConfig, method: String, totals: &RunTotals, rows: &[Metric
         server_opt,
         rounds_run: totals.rounds_done,
         best_round,
-        best_mean_val_accuracy: totals.best.map(|(_, v)| v),
+        // NaN: chosen without validation files (the last round), so no accuracy to report.
+        best_mean_val_accuracy: totals.best.map(|(_, v)| v).filter(|v| !v.is_nan()),
         best_round_accuracy: best_acc.clone(),
         held_out_test_accuracy: held_out,
         mean_client_test_accuracy: (!client_tests.is_empty())
@@ -214,6 +215,11 @@ pub fn write_adapter(
         path.display(),
         params.len(),
         clients.len()
+    );
+    ensure!(
+        params.iter().all(|x| x.is_finite()),
+        "not writing {}: its parameters are not finite",
+        path.display()
     );
     let mut tensors: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
     for (k, chunk) in params.chunks_exact(p).enumerate() {

@@ -3,9 +3,11 @@
 
 use super::checkpoint::{STATE_FILE, State};
 use super::config::RunConfig;
+use super::inputs::{self, Inputs};
+use super::report;
 use super::rundir::{self, RunDirLock};
-use crate::data::Dataset;
 use crate::data::split::{SplitConfig, Splits, make_splits};
+use crate::data::{Dataset, PromptTemplate};
 use crate::io::write_atomic;
 use anyhow::{Context, Result, bail, ensure};
 
@@ -25,6 +27,7 @@ pub fn make(cfg: &RunConfig, resume: bool, trains: bool) -> Result<Plan> {
     check_flags(cfg, trains)?;
     let dataset = Dataset::scan(&cfg.data)?;
     dataset.check_formats()?;
+    dataset.check_distinct_prompts(&PromptTemplate::new(&cfg.prompt_template))?;
     for w in &dataset.warnings {
         eprintln!("warning: {w}");
     }
@@ -40,6 +43,10 @@ pub fn make(cfg: &RunConfig, resume: bool, trains: bool) -> Result<Plan> {
         eprintln!("warning: {w}");
     }
     let out = &cfg.out;
+    // Hashed before the run directory is taken: on a large dataset this takes a while, and
+    // the directory then gets its files at once.
+    let inputs = Inputs::of(cfg, &dataset)?;
+    check_config_present(cfg)?;
     let lock = rundir::claim(cfg, resume)?;
     let saved = if resume {
         resume_state(cfg)?
@@ -53,6 +60,8 @@ pub fn make(cfg: &RunConfig, resume: bool, trains: bool) -> Result<Plan> {
         None
     };
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    // Before config.json: a run directory with a config always has its inputs record.
+    inputs::record_or_check(out, &inputs, resume)?;
     write_atomic(
         &out.join("config.json"),
         serde_json::to_string_pretty(cfg)?.as_bytes(),
@@ -64,6 +73,27 @@ pub fn make(cfg: &RunConfig, resume: bool, trains: bool) -> Result<Plan> {
         saved,
         lock,
     })
+}
+
+/// A run's state or metrics without its `config.json` (deleted) cannot be resumed, since
+/// its settings are unknown, nor overwritten: say that, rather than "no run" or "pass
+/// --resume".
+fn check_config_present(cfg: &RunConfig) -> Result<()> {
+    let out = &cfg.out;
+    let found: Vec<&str> = [STATE_FILE, "metrics.csv"]
+        .into_iter()
+        .filter(|f| out.join(f).exists())
+        .collect();
+    if !found.is_empty() && !out.join("config.json").exists() {
+        bail!(
+            "{} holds a run's {} but not its config.json, so the run's settings are unknown \
+             and it can be neither resumed nor overwritten: restore config.json, or choose \
+             another --out",
+            out.display(),
+            found.join(" and ")
+        );
+    }
+    Ok(())
 }
 
 fn check_flags(cfg: &RunConfig, trains: bool) -> Result<()> {
@@ -90,9 +120,19 @@ pub fn resume_state(cfg: &RunConfig) -> Result<Option<State>> {
             diff.join("\n  ")
         );
     }
-    match State::load(&cfg.out) {
-        Ok(s) => Ok(Some(s)),
-        Err(_) if !cfg.out.join(STATE_FILE).exists() => Ok(None), // stopped before round 1 ended
-        Err(e) => Err(e),
+    let state = match State::load(&cfg.out, saved.rounds) {
+        Ok(s) => Some(s),
+        Err(_) if !cfg.out.join(STATE_FILE).exists() => None, // stopped before round 1 ended
+        Err(e) => return Err(e),
+    };
+    let done = state.as_ref().map_or(0, |s| s.rounds_done);
+    if cfg.rounds < done {
+        bail!(
+            "--resume --rounds {}: the run has already finished {done} rounds, and --rounds can \
+             extend a run but not shorten it; pass --rounds {done} or more",
+            cfg.rounds
+        );
     }
+    report::check_metrics(&cfg.out.join("metrics.csv"), done, &cfg.dp.metrics_header())?;
+    Ok(state)
 }

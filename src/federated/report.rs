@@ -25,21 +25,152 @@ pub struct MetricRow {
 pub const METRICS_HEADER: &str = "round,client,split,accuracy,samples,loss";
 
 impl MetricRow {
+    /// The row's fields as `metrics.csv` holds them (accuracy and loss to 6 decimals).
+    fn fields(&self) -> [String; 6] {
+        [
+            self.round.to_string(),
+            self.client.clone(),
+            self.split.to_string(),
+            format!("{:.6}", self.accuracy),
+            self.samples.to_string(),
+            self.loss.map_or(String::new(), |l| format!("{l:.6}")),
+        ]
+    }
+
+    /// The row as one CSV line (no line end). A client name with a comma, quote or line
+    /// break is quoted, so it reads back as written; ordinary names are written bare.
     pub fn csv(&self) -> String {
-        format!(
-            "{},{},{},{:.6},{},{}",
-            self.round,
-            self.client,
-            self.split,
-            self.accuracy,
-            self.samples,
-            self.loss.map_or(String::new(), |l| format!("{l:.6}"))
-        )
+        let line = csv_lines([self.fields()]);
+        line.strip_suffix('\n').unwrap_or(&line).to_string()
+    }
+
+    /// Parses one record of `metrics.csv`; `None` if it is not a well-formed row.
+    fn parse(record: &csv::StringRecord) -> Option<MetricRow> {
+        // A DP run's rows carry a seventh field, the cumulative ε.
+        if record.len() != 6 && record.len() != 7 {
+            return None;
+        }
+        let split = match &record[2] {
+            "train" => "train",
+            "val" => "val",
+            "test" => "test",
+            _ => return None,
+        };
+        Some(MetricRow {
+            round: record[0].parse().ok()?,
+            client: record[1].to_string(),
+            split,
+            accuracy: record[3].parse().ok()?,
+            samples: record[4].parse().ok()?,
+            loss: match &record[5] {
+                "" => None,
+                l => Some(l.parse().ok()?),
+            },
+        })
     }
 }
 
+/// Records as CSV text, each line ended by `\n`, quoting only fields that need it.
+fn csv_lines<R, F>(records: impl IntoIterator<Item = R>) -> String
+where
+    R: IntoIterator<Item = F>,
+    F: AsRef<[u8]>,
+{
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    for r in records {
+        w.write_record(r)
+            .expect("writing CSV to memory cannot fail");
+    }
+    let bytes = w.into_inner().expect("writing CSV to memory cannot fail");
+    String::from_utf8(bytes).expect("CSV of UTF-8 fields is UTF-8")
+}
+
+/// `text` (a `metrics.csv`) read as records after its header, each with its line number.
+/// A final line without its line end is a row cut by a kill mid-write: it is left out.
+fn records(path: &Path, text: &str, headers: &[&str]) -> Result<Vec<(u64, csv::StringRecord)>> {
+    let complete = match text.rfind('\n') {
+        Some(end) => &text[..=end],
+        None => "",
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(complete.as_bytes());
+    let mut out = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let record = record.with_context(|| format!("{}: not CSV", path.display()))?;
+        let line = record.position().map_or(i as u64 + 1, |p| p.line());
+        if i == 0 {
+            let header = record.iter().collect::<Vec<_>>().join(",");
+            anyhow::ensure!(
+                headers.contains(&header.as_str()),
+                "{} line 1: not the header {:?} of a fedclip metrics.csv",
+                path.display(),
+                headers[0]
+            );
+            continue;
+        }
+        out.push((line, record));
+    }
+    Ok(out)
+}
+
+/// The rows of the `rounds_done` finished rounds in `path`, as a resumed run keeps them:
+/// rows of later rounds (written by the interrupted round before its checkpoint) and a cut
+/// last line are dropped. Refused, before any round trains, when a row is malformed or the
+/// file lacks a finished round's rows (deleted or cut), because those rows cannot be made
+/// again from the checkpoint and the summary would silently lose them.
+fn finished_rows(path: &Path, rounds_done: u32, header: &str) -> Result<Vec<csv::StringRecord>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && rounds_done == 0 => String::new(),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "cannot read {} ({rounds_done} rounds finished: their rows cannot be made \
+                     again from the checkpoint; restore the file, or delete the run directory \
+                     to start over)",
+                    path.display()
+                )
+            });
+        }
+    };
+    let mut kept = Vec::new();
+    let mut seen = vec![false; rounds_done as usize];
+    for (line, record) in records(path, &text, &[header])? {
+        let row = MetricRow::parse(&record).with_context(|| {
+            format!(
+                "{} line {line}: malformed row {:?}; fix or delete the line, or delete the run \
+                 directory to start over",
+                path.display(),
+                record.iter().collect::<Vec<_>>().join(",")
+            )
+        })?;
+        if row.round >= 1 && row.round <= rounds_done {
+            seen[row.round as usize - 1] = true;
+            kept.push(record);
+        }
+    }
+    let missing: Vec<String> = (seen.iter().enumerate())
+        .filter(|(_, s)| !**s)
+        .map(|(r, _)| (r + 1).to_string())
+        .collect();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "{} has no rows for round(s) {} of the {rounds_done} the checkpoint says finished (the \
+         file was cut or edited); they cannot be made again from the checkpoint: restore the \
+         file, or delete the run directory to start over",
+        path.display(),
+        missing.join(", ")
+    );
+    Ok(kept)
+}
+
 /// Keeps the rows of rounds before `keep_before` (a resumed run drops what the interrupted
-/// one wrote after its last checkpoint), and returns a writer that appends.
+/// one wrote after its last checkpoint), and returns a writer that appends. Refuses a file
+/// that lacks a kept round's rows or has a malformed row (see [`finished_rows`]).
 pub fn open_metrics(path: &Path, keep_before: u32) -> Result<std::fs::File> {
     open_metrics_with_header(path, keep_before, METRICS_HEADER)
 }
@@ -50,30 +181,19 @@ pub fn open_metrics_with_header(
     keep_before: u32,
     header: &str,
 ) -> Result<std::fs::File> {
-    let kept: Vec<String> = match std::fs::read_to_string(path) {
-        Ok(text) => text
-            .lines()
-            .skip(1)
-            .filter(|l| {
-                l.split(',')
-                    .next()
-                    .and_then(|r| r.parse::<u32>().ok())
-                    .is_some_and(|r| r < keep_before)
-            })
-            .map(str::to_string)
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    let mut text = format!("{header}\n");
-    for line in kept {
-        text.push_str(&line);
-        text.push('\n');
-    }
+    let kept = finished_rows(path, keep_before.saturating_sub(1), header)?;
+    let text = csv_lines([header.split(',')]) + &csv_lines(kept.iter());
     crate::io::write_atomic(path, text.as_bytes())?;
     std::fs::OpenOptions::new()
         .append(true)
         .open(path)
         .with_context(|| format!("cannot append to {}", path.display()))
+}
+
+/// Checks, without writing, that `path` holds every row of the `rounds_done` finished
+/// rounds (what [`open_metrics`] will keep): `--resume` calls it before any slow work.
+pub fn check_metrics(path: &Path, rounds_done: u32, header: &str) -> Result<()> {
+    finished_rows(path, rounds_done, header).map(|_| ())
 }
 
 pub fn append_rows(file: &mut std::fs::File, rows: &[MetricRow]) -> Result<()> {
@@ -97,30 +217,21 @@ pub fn append_rows_with(file: &mut std::fs::File, rows: &[MetricRow], suffix: &s
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricRow>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    anyhow::ensure!(
+        text.is_empty() || text.ends_with('\n'),
+        "{}: the last line is cut off",
+        path.display()
+    );
     let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate().skip(1) {
-        let f: Vec<&str> = line.split(',').collect();
-        let bad = || format!("{} line {}: malformed row {line:?}", path.display(), i + 1);
-        // A DP run's rows carry a seventh column, the cumulative ε.
-        anyhow::ensure!(f.len() == 6 || f.len() == 7, bad());
-        let split = match f[2] {
-            "train" => "train",
-            "val" => "val",
-            "test" => "test",
-            _ => anyhow::bail!(bad()),
-        };
-        rows.push(MetricRow {
-            round: f[0].parse().with_context(bad)?,
-            client: f[1].to_string(),
-            split,
-            accuracy: f[3].parse().with_context(bad)?,
-            samples: f[4].parse().with_context(bad)?,
-            loss: if f[5].is_empty() {
-                None
-            } else {
-                Some(f[5].parse().with_context(bad)?)
-            },
-        });
+    let dp_header = format!("{METRICS_HEADER},epsilon");
+    for (line, record) in records(path, &text, &[METRICS_HEADER, &dp_header])? {
+        rows.push(MetricRow::parse(&record).with_context(|| {
+            format!(
+                "{} line {line}: malformed row {:?}",
+                path.display(),
+                record.iter().collect::<Vec<_>>().join(",")
+            )
+        })?);
     }
     Ok(rows)
 }

@@ -4,7 +4,7 @@
 //! abort at.
 
 use super::checkpoint::{STATE_FILE, State};
-use super::config::RunConfig;
+use super::config::{RunConfig, readable};
 use super::evaluate::Evaluation;
 use super::family;
 use super::features::Features;
@@ -27,6 +27,15 @@ fn crash_point(round: u32, point: &str) {
     {
         eprintln!("FEDCLIP_ABORT_AT: aborting after round {round}'s {point}");
         std::process::abort();
+    }
+}
+
+/// A round's mean val accuracy as printed; NaN means there were no validation files.
+fn val_text(mean_val: f64) -> String {
+    if mean_val.is_nan() {
+        "no validation files".into()
+    } else {
+        format!("mean val accuracy {:.2}%", 100.0 * mean_val)
     }
 }
 
@@ -117,6 +126,12 @@ impl<'a> Rounds<'a> {
         )?;
         let total = self.strategy.rounds(self.cfg.rounds);
         let trainees = self.trainees.clone();
+        if (trainees.iter()).all(|&c| self.features.clients[c].val.is_empty()) {
+            eprintln!(
+                "warning: no training client has validation files, so no round can be chosen \
+                 by validation accuracy: the best round (adapter-best, summary.json) is the last"
+            );
+        }
         for round in self.state.rounds_done..total {
             let t0 = Instant::now();
             let losses = self.train_round(round)?;
@@ -137,11 +152,7 @@ impl<'a> Rounds<'a> {
             crash_point(round, "state");
             on_round(round + 1, &rows)?;
             if (round + 1) % 10 == 0 || round + 1 == total || round == 0 {
-                eprintln!(
-                    "round {:>4}/{total}: mean val accuracy {:.2}%",
-                    round + 1,
-                    100.0 * mean_val
-                );
+                eprintln!("round {:>4}/{total}: {}", round + 1, val_text(mean_val));
             }
         }
         Ok(())
@@ -183,6 +194,7 @@ impl<'a> Rounds<'a> {
             )?,
         };
         self.state.clients = self.backend.read_all_params()?;
+        self.check_client_rows(round, &plan.slots)?;
         if self.cfg.keep_optimizer_state {
             self.state.optimizer = Some(self.backend.optimizer_state());
         }
@@ -200,6 +212,14 @@ impl<'a> Rounds<'a> {
             .strategy
             .aggregate_train(round, &self.state.global, &updates)?
         {
+            ensure!(
+                global.iter().all(|x| x.is_finite()),
+                "round {}: the aggregated global parameters are not finite (--server-opt {}, \
+                 --server-lr {}): the server step overflows; lower --server-lr",
+                round + 1,
+                format!("{:?}", self.cfg.server_opt.opt).to_lowercase(),
+                readable(self.cfg.server_opt.lr)
+            );
             self.state.global = global;
         }
         let sizes = Sizes {
@@ -209,6 +229,27 @@ impl<'a> Rounds<'a> {
         };
         self.state.count_bytes(self.strategy.bytes(&plan, &sizes));
         Ok(losses)
+    }
+
+    /// Refuses a round whose local training left a trained client's parameters not finite
+    /// (a step so large it overflows f32, e.g. `--lr 1e38`), before they are aggregated,
+    /// checkpointed or written as an adapter.
+    fn check_client_rows(&self, round: u32, slots: &[usize]) -> Result<()> {
+        let p = self.backend.param_count();
+        for &slot in slots {
+            let row = &self.state.clients[slot * p..(slot + 1) * p];
+            ensure!(
+                row.iter().all(|x| x.is_finite()),
+                "round {}: client {}'s parameters are not finite after its local training \
+                 (--lr {}, --weight-decay {}): the optimiser's steps overflow; lower --lr or \
+                 --weight-decay",
+                round + 1,
+                self.features.clients[self.trainees[slot]].name,
+                readable(self.cfg.lr),
+                readable(self.cfg.weight_decay)
+            );
+        }
+        Ok(())
     }
 
     /// Trainer slots of the clients sampled for `round` (`--sample-fraction`).
@@ -224,8 +265,10 @@ impl<'a> Rounds<'a> {
     }
 
     /// Keeps this round's deployed parameters when its mean val accuracy is the best so far.
+    /// Without validation files (`mean_val` NaN) there is nothing to choose by, so the
+    /// latest round is kept: the best round is the last.
     fn keep_if_best(&mut self, round: u32, mean_val: f64) {
-        if (self.state.best.as_ref()).is_none_or(|(_, v, _)| mean_val > *v) {
+        if mean_val.is_nan() || (self.state.best.as_ref()).is_none_or(|(_, v, _)| mean_val > *v) {
             self.state.best = Some((round + 1, mean_val, self.deployed_params()));
         }
     }

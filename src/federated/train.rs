@@ -6,12 +6,29 @@
 
 use super::config::RunConfig;
 use super::features::{ClientData, SplitData};
+use super::strategy::Family;
 use crate::adapter::{AdapterBackend, ClientBatch};
 use crate::data::rng::RandomState;
 use anyhow::{Context, Result};
 
 /// Random-stream tag of the per-round batch order (the data module uses 1 and 2).
 const TAG_BATCHES: u32 = 3;
+
+/// Refuses `--batch 1` where the attention adapter trains: its steps skip batches of fewer
+/// than two images (the contrastive loss needs a pair; the class loss shares the rule), so
+/// every batch would be skipped and nothing trained, silently.
+pub fn check_batch(cfg: &RunConfig, family: Family, trains: bool) -> Result<()> {
+    let min = cfg.train_config(0.0).min_batch;
+    anyhow::ensure!(
+        !(trains && family == Family::Attention && cfg.batch < min),
+        "--batch {} with --method {} (--loss {}): the adapter's steps skip batches of fewer \
+         than {min} images, so nothing would be trained; use --batch {min} or more",
+        cfg.batch,
+        cfg.method.name(),
+        format!("{:?}", cfg.loss).to_lowercase()
+    );
+    Ok(())
+}
 
 /// Runs the local epochs of round `round` for the trainer slots `slots` (`trainees[slot]` is
 /// the client) at the round's learning rate. Returns each slot's step losses (empty for

@@ -6,7 +6,7 @@
 use super::{Bytes, ClientUpdates, Deploy, Deployed, Family, RoundPlan, Sizes, Strategy};
 use crate::federated::aggregate::{client_weights, weighted_mean};
 use crate::federated::config::Aggregate;
-use anyhow::Result;
+use anyhow::{Result, ensure};
 
 pub struct FedAvg {
     aggregate: Aggregate,
@@ -52,6 +52,13 @@ impl Strategy for FedAvg {
         updates: &ClientUpdates,
     ) -> Result<Option<Vec<f32>>> {
         let weights = client_weights(self.aggregate, updates.slots, updates.train_sizes);
+        // All-zero weights would divide by zero: NaN parameters.
+        ensure!(
+            weights.is_empty() || weights.iter().sum::<f64>() > 0.0,
+            "weighted aggregation: the train sizes of the sampled clients {:?} sum to 0, so \
+             there is nothing to weigh their parameters by",
+            updates.slots
+        );
         Ok(Some(weighted_mean(
             updates.params,
             updates.param_count,

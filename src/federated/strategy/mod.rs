@@ -229,6 +229,7 @@ fn with_dp(base: Box<dyn Strategy>, cfg: &RunConfig) -> Result<Box<dyn Strategy>
 }
 
 fn check_server_opt(c: &super::config::ServerOptConfig) -> Result<()> {
+    use super::config::f32_setting;
     let unit = |v: f64| (0.0..1.0).contains(&v);
     if !(c.lr > 0.0 && c.lr.is_finite()) {
         bail!("--server-lr must be positive, got {}", c.lr);
@@ -246,5 +247,7 @@ fn check_server_opt(c: &super::config::ServerOptConfig) -> Result<()> {
     if !(c.tau > 0.0 && c.tau.is_finite()) {
         bail!("--server-tau must be positive, got {}", c.tau);
     }
+    f32_setting("--server-lr", c.lr)?;
+    f32_setting("--server-tau", c.tau)?;
     Ok(())
 }
