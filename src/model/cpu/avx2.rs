@@ -6,10 +6,13 @@ use super::gemm::{Act, Microkernel, Tile};
 use super::rows;
 use std::arch::x86_64::*;
 
+/// Rows per packed A micro-panel (the `mr` below).
+const MR_PACKED: usize = 6;
+
 pub(super) const NR: usize = 16;
 
 pub(super) static MICROKERNEL: Microkernel = Microkernel {
-    mr: 6,
+    mr: MR_PACKED,
     kc: 256,
     tile,
     act,
@@ -49,7 +52,7 @@ unsafe fn tile_rows<const MR: usize>(t: &Tile) {
             let b0 = _mm256_loadu_ps(t.b.add(p * NR));
             let b1 = _mm256_loadu_ps(t.b.add(p * NR + 8));
             for (r, acc) in acc.iter_mut().enumerate() {
-                let a = _mm256_set1_ps(*t.a.add(r * t.lda + p));
+                let a = _mm256_set1_ps(*t.a.add(p * MR_PACKED + r));
                 acc[0] = _mm256_fmadd_ps(a, b0, acc[0]);
                 acc[1] = _mm256_fmadd_ps(a, b1, acc[1]);
             }

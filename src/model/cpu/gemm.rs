@@ -4,6 +4,12 @@
 
 use super::pack::PackedLinear;
 use rayon::prelude::*;
+use std::cell::RefCell;
+
+thread_local! {
+    /// The packed A block of the running task, grown once per thread and reused.
+    static A_BLOCK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
 
 /// The activation applied after the last K block, while the tile is still in L1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,11 +35,10 @@ impl Epilogue {
 }
 
 /// One call of a tile kernel: `c[m, n] = (load_c ? c : 0) + bias[n] + a[m, kc] · b[kc, nr]`
-/// with `a` rows `lda` apart, `b` a packed panel slice and `bias` null when absent.
-/// Never reads `c` when `load_c` is false.
+/// with `a` a packed micro-panel (`a[p·mr + r]`), `b` a packed panel slice and `bias` null
+/// when absent. Never reads `c` when `load_c` is false.
 pub(super) struct Tile {
     pub a: *const f32,
-    pub lda: usize,
     pub b: *const f32,
     pub kc: usize,
     pub c: *mut f32,
@@ -60,7 +65,7 @@ pub(super) struct Microkernel {
 /// Products smaller than this many multiply-adds run on the calling thread.
 const SERIAL_FLOPS: usize = 1 << 18;
 /// Row blocks per task: the A block (`mc × kc`) stays in L2.
-const TILES_PER_ROW_BLOCK: usize = 8;
+const TILES_PER_ROW_BLOCK: usize = 16;
 /// Panels per task at most: their `kc` slices stay in L2.
 const MAX_PANELS_PER_TASK: usize = 8;
 
@@ -91,7 +96,9 @@ pub(super) fn linear(
     let panel_blocks = panels.div_ceil(per_task);
     let out_ptr = out.as_mut_ptr() as usize;
     let task = |t: usize| {
-        let (rb, pb) = (t / panel_blocks, t % panel_blocks);
+        // Row blocks vary fastest: consecutive tasks share a panel block, which stays in L2
+        // while the (smaller) activations stream past it.
+        let (rb, pb) = (t % row_blocks, t / row_blocks);
         let r = rb * mc..((rb + 1) * mc).min(rows);
         let p = pb * per_task..((pb + 1) * per_task).min(panels);
         // SAFETY: tasks write disjoint (row block, panel block) regions of `out`, whose size
@@ -122,35 +129,61 @@ unsafe fn run_task(
     let (k, n, nr) = (w.in_features, w.out_features, w.nr);
     let data = w.data.as_slice().as_ptr();
     let bias = w.bias.as_ref().map(|b| b.as_slice().as_ptr());
-    for pc in (0..k).step_by(uk.kc) {
-        let kc = uk.kc.min(k - pc);
-        let (first, last) = (pc == 0, pc + kc == k);
-        for panel in p.clone() {
-            let cols = nr.min(n - panel * nr);
-            for i0 in r.clone().step_by(uk.mr) {
-                let m = uk.mr.min(r.end - i0);
-                // SAFETY: every offset below is inside the buffers the caller vouches for.
-                unsafe {
-                    let tile = Tile {
-                        a: x.as_ptr().add(i0 * k + pc),
-                        lda: k,
-                        b: data.add(panel * nr * k + pc * nr),
-                        kc,
-                        c: out.add(i0 * n + panel * nr),
-                        ldc: n,
-                        m,
-                        n: cols,
-                        load_c: !first || ep.residual,
-                        bias: match bias {
-                            Some(b) if first => b.add(panel * nr),
-                            _ => std::ptr::null(),
-                        },
-                    };
-                    (uk.tile)(&tile);
-                    if last && ep.act != Act::None {
-                        (uk.act)(tile.c, n, m, cols, ep.act);
+    A_BLOCK.with_borrow_mut(|a_block| {
+        for pc in (0..k).step_by(uk.kc) {
+            let kc = uk.kc.min(k - pc);
+            let (first, last) = (pc == 0, pc + kc == k);
+            pack_a(a_block, x, k, r.clone(), pc..pc + kc, uk.mr);
+            for panel in p.clone() {
+                let cols = nr.min(n - panel * nr);
+                for i0 in r.clone().step_by(uk.mr) {
+                    let m = uk.mr.min(r.end - i0);
+                    // SAFETY: every offset below is inside the buffers the caller vouches for.
+                    unsafe {
+                        let tile = Tile {
+                            a: a_block.as_ptr().add((i0 - r.start) * kc),
+                            b: data.add(panel * nr * k + pc * nr),
+                            kc,
+                            c: out.add(i0 * n + panel * nr),
+                            ldc: n,
+                            m,
+                            n: cols,
+                            load_c: !first || ep.residual,
+                            bias: match bias {
+                                Some(b) if first => b.add(panel * nr),
+                                _ => std::ptr::null(),
+                            },
+                        };
+                        (uk.tile)(&tile);
+                        if last && ep.act != Act::None {
+                            (uk.act)(tile.c, n, m, cols, ep.act);
+                        }
                     }
                 }
+            }
+        }
+    });
+}
+
+/// Copies rows `r`, columns `ks` of `x` (`[rows, k]`) into micro-panels of `mr` rows, each
+/// k-major (`a[p·mr + i]`), so that the tile kernel reads A contiguously: unpacked rows
+/// `k` floats apart alias in L1 when `4k` is a multiple of 4096 (fc2's k = 3072).
+fn pack_a(
+    a_block: &mut Vec<f32>,
+    x: &[f32],
+    k: usize,
+    r: std::ops::Range<usize>,
+    ks: std::ops::Range<usize>,
+    mr: usize,
+) {
+    let kc = ks.len();
+    a_block.resize(r.len().div_ceil(mr) * mr * kc, 0.0);
+    for (t, i0) in r.clone().step_by(mr).enumerate() {
+        let panel = &mut a_block[t * mr * kc..(t + 1) * mr * kc];
+        for i in 0..mr.min(r.end - i0) {
+            let row = &x[(i0 + i) * k + ks.start..(i0 + i) * k + ks.end];
+            for (p, &v) in row.iter().enumerate() {
+                panel[p * mr + i] = v;
             }
         }
     }

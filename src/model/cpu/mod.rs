@@ -40,13 +40,16 @@ pub struct AttentionShape {
     pub causal: bool,
 }
 
+/// `(x, out, gamma, beta, eps)`.
+type LayerNormFn = fn(&[f32], &mut [f32], &[f32], &[f32], f32);
+
 /// One ISA's implementations of the encoder's operations.
 pub struct Kernels {
     pub isa: Isa,
     /// `out[rows, out_f] (+)= x[rows, in_f] · Wᵀ + b`, then the epilogue's activation.
     linear: fn(&PackedLinear, &[f32], usize, &mut [f32], Epilogue),
     /// LayerNorm of each `gamma.len()`-row of `x` into `out`.
-    layer_norm: fn(&[f32], &mut [f32], &[f32], &[f32], f32),
+    layer_norm: LayerNormFn,
     /// Attention from `qkv` `[rows, 3·width]` into `ctx` `[rows, width]`.
     attention: fn(&[f32], &mut [f32], AttentionShape),
 }
