@@ -5,9 +5,12 @@
 //!
 //! Each figure is a line `RESULT fedclip <tower> <batch> <seq> <best/s> <median/s> <runs>`
 //! (benches/compare_cpu_table.py reads it); the best run is the one least disturbed by other
-//! processes on a shared machine.
+//! processes on a shared machine. `-- --isa reference,avx2,avx512|all` runs each kernel family
+//! named (labelled `fedclip[<isa>]`); default: the one `FEDCLIP_ISA` names or the widest this
+//! CPU runs (labelled `fedclip`).
 
 use fedclip::model::ClipModel;
+use fedclip::model::cpu::{Isa, Kernels};
 use fedclip::weights::write_random_clip;
 use std::time::{Duration, Instant};
 
@@ -30,8 +33,28 @@ fn timed(items: usize, mut run: impl FnMut()) -> (f64, f64, usize) {
     (n / times[0], n / times[times.len() / 2], times.len())
 }
 
-fn report(tower: &str, batch: usize, seq: usize, (best, median, runs): (f64, f64, usize)) {
-    println!("RESULT fedclip {tower} {batch} {seq} {best:.3} {median:.3} {runs}");
+fn report(engine: &str, tower: &str, batch: usize, seq: usize, speed: (f64, f64, usize)) {
+    let (best, median, runs) = speed;
+    println!("RESULT {engine} {tower} {batch} {seq} {best:.3} {median:.3} {runs}");
+}
+
+/// The ISAs named after `--isa` (comma-separated, or `all`), each with its label; else the
+/// default family, labelled plain `fedclip`.
+fn chosen_isas() -> Vec<(Isa, String)> {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(list) = (args.iter().position(|a| a == "--isa")).and_then(|i| args.get(i + 1)) else {
+        let isa = Kernels::from_env().expect("FEDCLIP_ISA").isa;
+        return vec![(isa, "fedclip".into())];
+    };
+    let isas: Vec<Isa> = match list.as_str() {
+        "all" => Isa::ALL.into_iter().filter(|i| i.available()).collect(),
+        _ => (list.split(','))
+            .map(|name| Isa::parse_override(name).unwrap_or_else(|e| panic!("--isa: {e}")))
+            .collect(),
+    };
+    (isas.into_iter())
+        .map(|isa| (isa, format!("fedclip[{}]", isa.name())))
+        .collect()
 }
 
 fn main() {
@@ -42,12 +65,14 @@ fn main() {
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     write_random_clip(tmp.path(), &config, 1).unwrap();
-    let model = ClipModel::load(tmp.path()).unwrap();
-    println!(
-        "# fedclip, {} threads, FEDCLIP_ISA={}",
-        rayon::current_num_threads(),
-        std::env::var("FEDCLIP_ISA").unwrap_or_else(|_| "(auto)".into())
-    );
+    println!("# fedclip, {} threads", rayon::current_num_threads());
+    for (isa, engine) in chosen_isas() {
+        let model = ClipModel::load_with(tmp.path(), Kernels::for_isa(isa).unwrap()).unwrap();
+        encode_both_towers(&model, &engine);
+    }
+}
+
+fn encode_both_towers(model: &ClipModel, engine: &str) {
     let vision = model.vision.as_ref().unwrap();
     for batch in IMAGE_BATCHES {
         let pixels: Vec<f32> = (0..batch * vision.pixels_per_image())
@@ -56,7 +81,7 @@ fn main() {
         let speed = timed(batch, || {
             std::hint::black_box(vision.forward(&pixels, batch, false));
         });
-        report("image", batch, 0, speed);
+        report(engine, "image", batch, 0, speed);
     }
     let text = model.text.as_ref().unwrap();
     let c = &text.config;
@@ -71,6 +96,6 @@ fn main() {
         let speed = timed(batch, || {
             std::hint::black_box(text.forward(&ids, batch, seq, false).unwrap());
         });
-        report("text", batch, seq, speed);
+        report(engine, "text", batch, seq, speed);
     }
 }

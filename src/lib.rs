@@ -22,6 +22,7 @@ pub mod features;
 pub mod federated;
 pub mod heads;
 pub mod io;
+pub mod math;
 pub mod model;
 pub mod paths;
 pub mod preprocess;

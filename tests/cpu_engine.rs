@@ -5,6 +5,7 @@ mod common;
 
 use common::{Fixture, assert_close, relative_error, repo};
 use fedclip::model::ClipModel;
+use fedclip::model::cpu::{Isa, Kernels};
 use std::path::PathBuf;
 
 /// f32 math against PyTorch's f32 math on the same weights.
@@ -18,8 +19,40 @@ fn model_dir(name: &str) -> PathBuf {
     }
 }
 
+/// Every kernel family this CPU runs, printing the ones it skips.
+fn isas() -> Vec<Isa> {
+    Isa::ALL
+        .into_iter()
+        .filter(|isa| match isa.missing_feature() {
+            None => true,
+            Some(f) => {
+                println!("{}: skipped: no {f}", isa.name());
+                false
+            }
+        })
+        .collect()
+}
+
+fn load(name: &str, isa: Isa) -> ClipModel {
+    ClipModel::load_with(&model_dir(name), Kernels::for_isa(isa).unwrap()).unwrap()
+}
+
 fn check_vision(name: &str) {
-    let model = ClipModel::load(&model_dir(name)).unwrap();
+    for isa in isas() {
+        println!("{name}: {} kernels", isa.name());
+        check_vision_on(name, isa);
+    }
+}
+
+fn check_text(name: &str) {
+    for isa in isas() {
+        println!("{name}: {} kernels", isa.name());
+        check_text_on(name, isa);
+    }
+}
+
+fn check_vision_on(name: &str, isa: Isa) {
+    let model = load(name, isa);
     let fx = Fixture::load(&repo().join(format!("tests/fixtures/expected/{name}.safetensors")));
     let vision = model.vision.as_ref().expect("vision tower");
     let batch = fx.shape("pixel_values")[0];
@@ -50,8 +83,8 @@ fn check_vision(name: &str) {
     );
 }
 
-fn check_text(name: &str) {
-    let model = ClipModel::load(&model_dir(name)).unwrap();
+fn check_text_on(name: &str, isa: Isa) {
+    let model = load(name, isa);
     let fx = Fixture::load(&repo().join(format!("tests/fixtures/expected/{name}.safetensors")));
     let text = model.text.as_ref().expect("text tower");
     let shape = fx.shape("input_ids");

@@ -9,7 +9,9 @@
 //! from the CPU (AVX-512, FMA or scalar on x86), and they sum in different orders, so the last
 //! bits of features and adapters differ between paths. The files are kept per path
 //! (`tests/fixtures/runs/<path>/`); on a path with none committed the comparison is skipped
-//! and says so.
+//! and says so. These bytes are the reference CPU kernels' (`model::ops` over `gemm`), so the
+//! runs here set `FEDCLIP_ISA=reference`; the packed kernels are checked against that
+//! reference within their error model in tests/cpu_kernels.rs and tests/cpu_engine.rs.
 
 mod common;
 
@@ -157,6 +159,7 @@ fn every_method_reproduces_its_committed_outputs() {
     for (name, extra) in CASES {
         let out = tmp.path().join(name);
         let o = Command::new(env!("CARGO_BIN_EXE_fedclip"))
+            .env("FEDCLIP_ISA", "reference")
             .args(["run", "--device", "cpu", "--rounds", "3", "--lr", "5e-3"])
             .arg("--model")
             .arg(&model)

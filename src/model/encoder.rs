@@ -1,40 +1,8 @@
-//! The pre-LN transformer block shared by both towers.
+//! The pre-LN transformer block shared by both towers, written once over a [`Kernels`]
+//! table (see `cpu`): it never names an instruction set.
 
-use super::ops;
+use super::cpu::{Act, AttentionShape, Epilogue, Kernels, PackedLinear};
 use crate::weights::{Activation, BlockWeights, Norm};
-
-/// An `nn.Linear`: weight `[out, in]`, optional bias `[out]`.
-pub struct Linear {
-    pub weight: Vec<f32>,
-    pub bias: Option<Vec<f32>>,
-    pub in_features: usize,
-    pub out_features: usize,
-}
-
-impl Linear {
-    /// `weight` is `[out_f, in_f]`, as the name table returns it.
-    pub fn new(weight: Vec<f32>, bias: Option<Vec<f32>>, in_f: usize, out_f: usize) -> Self {
-        debug_assert_eq!(weight.len(), in_f * out_f);
-        Linear {
-            weight,
-            bias,
-            in_features: in_f,
-            out_features: out_f,
-        }
-    }
-
-    /// `x` is `[rows, in_features]`.
-    pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        ops::linear(
-            x,
-            rows,
-            self.in_features,
-            &self.weight,
-            self.bias.as_deref(),
-            self.out_features,
-        )
-    }
-}
 
 pub struct LayerNorm {
     pub weight: Vec<f32>,
@@ -51,8 +19,15 @@ impl LayerNorm {
         }
     }
 
-    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
-        ops::layer_norm(x, self.weight.len(), &self.weight, &self.bias, self.eps)
+    /// `x` and `out` are whole rows of the norm's width.
+    pub fn forward_into(&self, kernels: &Kernels, x: &[f32], out: &mut [f32]) {
+        kernels.layer_norm(x, out, &self.weight, &self.bias, self.eps)
+    }
+
+    pub fn forward(&self, kernels: &Kernels, x: &[f32]) -> Vec<f32> {
+        let mut out = vec![0.0f32; x.len()];
+        self.forward_into(kernels, x, &mut out);
+        out
     }
 }
 
@@ -66,73 +41,99 @@ pub struct BlockShape {
     pub eps: f32,
 }
 
+/// The activations of one forward, sized for the largest batch seen and reused by every
+/// layer, so that a block allocates nothing.
+#[derive(Default)]
+pub struct Workspace {
+    x: Vec<f32>,
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    mid: Vec<f32>,
+}
+
+impl Workspace {
+    fn ensure(&mut self, rows: usize, shape: &BlockShape) {
+        let (d, f) = (shape.hidden, shape.intermediate);
+        self.x.resize(rows * d, 0.0);
+        self.qkv.resize(rows * 3 * d, 0.0);
+        self.ctx.resize(rows * d, 0.0);
+        self.mid.resize(rows * f, 0.0);
+    }
+}
+
 /// `h + attn(LN1 h)`, then `h + mlp(LN2 h)`, as transformers' `CLIPEncoderLayer`.
 pub struct EncoderLayer {
     shape: BlockShape,
     ln1: LayerNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
+    /// Q, K and V joined: `[3·hidden, hidden]`, one product.
+    qkv: PackedLinear,
+    out: PackedLinear,
     ln2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: PackedLinear,
+    fc2: PackedLinear,
 }
 
 impl EncoderLayer {
-    /// Splits the stacked Q/K/V rows into the three projections the attention takes.
-    pub fn new(w: BlockWeights, shape: BlockShape) -> Self {
+    /// Packs the block's weights for `kernels` (the stacked Q/K/V rows as one product).
+    pub fn new(kernels: &Kernels, w: BlockWeights, shape: BlockShape) -> Self {
         let (d, f) = (shape.hidden, shape.intermediate);
-        let split = |m: &[f32], part: usize, len: usize| m[part * len..(part + 1) * len].to_vec();
-        let qkv = |part| {
-            Linear::new(
-                split(&w.qkv_weight, part, d * d),
-                Some(split(&w.qkv_bias, part, d)),
-                d,
-                d,
-            )
-        };
         EncoderLayer {
             shape,
             ln1: LayerNorm::new(w.ln1, shape.eps),
-            q: qkv(0),
-            k: qkv(1),
-            v: qkv(2),
-            out: Linear::new(w.out_weight, Some(w.out_bias), d, d),
+            qkv: kernels.pack(&w.qkv_weight, Some(&w.qkv_bias), (d, 3 * d), 3),
+            out: kernels.pack(&w.out_weight, Some(&w.out_bias), (d, d), 1),
             ln2: LayerNorm::new(w.ln2, shape.eps),
-            fc1: Linear::new(w.fc1_weight, Some(w.fc1_bias), d, f),
-            fc2: Linear::new(w.fc2_weight, Some(w.fc2_bias), f, d),
+            fc1: kernels.pack(&w.fc1_weight, Some(&w.fc1_bias), (d, f), 1),
+            fc2: kernels.pack(&w.fc2_weight, Some(&w.fc2_bias), (f, d), 1),
         }
     }
 
     /// `h` is `[batch·seq, hidden]`, updated in place.
-    pub fn forward(&self, h: &mut [f32], batch: usize, seq: usize, causal: bool) {
+    pub fn forward(
+        &self,
+        kernels: &Kernels,
+        h: &mut [f32],
+        (batch, seq): (usize, usize),
+        causal: bool,
+        ws: &mut Workspace,
+    ) {
         let rows = batch * seq;
-        let x = self.ln1.forward(h);
-        let (q, k, v) = (
-            self.q.forward(&x, rows),
-            self.k.forward(&x, rows),
-            self.v.forward(&x, rows),
-        );
+        ws.ensure(rows, &self.shape);
+        let residual = Epilogue {
+            act: Act::None,
+            residual: true,
+        };
+        self.ln1.forward_into(kernels, h, &mut ws.x);
+        kernels.linear(&self.qkv, &ws.x, rows, &mut ws.qkv, Epilogue::PLAIN);
         let heads = self.shape.heads;
-        let ctx = ops::attention(
-            &q,
-            &k,
-            &v,
-            ops::AttentionShape {
-                batch,
-                seq,
-                heads,
-                head_dim: self.shape.hidden / heads,
-                causal,
-            },
-        );
-        ops::add_in_place(h, &self.out.forward(&ctx, rows));
-        let x = self.ln2.forward(h);
-        let mut mid = self.fc1.forward(&x, rows);
-        ops::activate(&mut mid, self.shape.act);
-        ops::add_in_place(h, &self.fc2.forward(&mid, rows));
+        let shape = AttentionShape {
+            batch,
+            seq,
+            heads,
+            head_dim: self.shape.hidden / heads,
+            causal,
+        };
+        kernels.attention(&ws.qkv, &mut ws.ctx, shape);
+        kernels.linear(&self.out, &ws.ctx, rows, h, residual);
+        self.ln2.forward_into(kernels, h, &mut ws.x);
+        let act = match self.shape.act {
+            Activation::QuickGelu => Act::QuickGelu,
+            Activation::Gelu => Act::Gelu,
+        };
+        let fc1 = Epilogue {
+            act,
+            residual: false,
+        };
+        kernels.linear(&self.fc1, &ws.x, rows, &mut ws.mid, fc1);
+        kernels.linear(&self.fc2, &ws.mid, rows, h, residual);
     }
+}
+
+/// A projection without bias, packed for `kernels`: `[rows, in] → [rows, out]`.
+pub fn project(kernels: &Kernels, p: &PackedLinear, x: &[f32], rows: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; rows * p.out_features];
+    kernels.linear(p, x, rows, &mut out, Epilogue::PLAIN);
+    out
 }
 
 /// Collects per-layer hidden states when asked (tests compare them layer by layer).

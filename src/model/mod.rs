@@ -1,6 +1,7 @@
 //! Stage 2: the CLIP encoders on the CPU, in f32 from f16/bf16/f32 weights. This is the
 //! reference the CUDA kernels are checked against and the path used without a GPU.
 
+pub mod cpu;
 mod encoder;
 pub mod ops;
 mod text;
@@ -11,6 +12,7 @@ pub use vision::{VisionOutput, VisionTower, im2col};
 
 use crate::weights::{ClipConfig, ModelFiles, TowerWeights};
 use anyhow::{Context, Result};
+use cpu::Kernels;
 use std::path::{Path, PathBuf};
 
 /// A loaded CLIP model: whichever towers it holds.
@@ -28,8 +30,14 @@ pub struct ClipModel {
 
 impl ClipModel {
     /// Loads the model at `path`, a directory or a `.safetensors` file, in either layout
-    /// (see [`ModelFiles::locate`]).
+    /// (see [`ModelFiles::locate`]), packed for the kernels `FEDCLIP_ISA` names or else the
+    /// widest this CPU runs.
     pub fn load(path: &Path) -> Result<Self> {
+        ClipModel::load_with(path, Kernels::from_env()?)
+    }
+
+    /// As [`ClipModel::load`], for the given kernels (tests run each ISA in one process).
+    pub fn load_with(path: &Path, kernels: &'static Kernels) -> Result<Self> {
         let files = ModelFiles::locate(path)?;
         let config = files.config()?;
         let store = files.open_store()?;
@@ -38,13 +46,13 @@ impl ClipModel {
         let vision = config
             .vision
             .as_ref()
-            .map(|c| VisionTower::load(&weights, c))
+            .map(|c| VisionTower::load(kernels, &weights, c))
             .transpose()
             .with_context(|| format!("loading the vision tower of {}", path.display()))?;
         let text = config
             .text
             .as_ref()
-            .map(|c| TextTower::load(&weights, c))
+            .map(|c| TextTower::load(kernels, &weights, c))
             .transpose()
             .with_context(|| format!("loading the text tower of {}", path.display()))?;
         Ok(ClipModel {

@@ -1,17 +1,19 @@
 //! The text tower: token + position embeddings, causal blocks, final LN, the end
 //! token pooled, projection.
 
-use super::encoder::{BlockShape, EncoderLayer, LayerNorm, Linear, Trace, record};
+use super::cpu::{Kernels, PackedLinear};
+use super::encoder::{BlockShape, EncoderLayer, LayerNorm, Trace, Workspace, project, record};
 use crate::weights::{TextConfig, TowerWeights};
 use anyhow::Result;
 
 pub struct TextTower {
     pub config: TextConfig,
+    kernels: &'static Kernels,
     tokens: Vec<f32>,
     positions: Vec<f32>,
     layers: Vec<EncoderLayer>,
     final_ln: LayerNorm,
-    projection: Option<Linear>,
+    projection: Option<PackedLinear>,
 }
 
 pub struct TextOutput {
@@ -26,7 +28,12 @@ pub struct TextOutput {
 }
 
 impl TextTower {
-    pub fn load(weights: &TowerWeights, config: &TextConfig) -> Result<Self> {
+    /// Loads and packs the tower's weights for `kernels`.
+    pub fn load(
+        kernels: &'static Kernels,
+        weights: &TowerWeights,
+        config: &TextConfig,
+    ) -> Result<Self> {
         let d = config.hidden_size;
         let eps = config.layer_norm_eps;
         let shape = BlockShape {
@@ -37,7 +44,13 @@ impl TextTower {
             eps,
         };
         let layers = (0..config.num_hidden_layers)
-            .map(|i| Ok(EncoderLayer::new(weights.text_block(config, i)?, shape)))
+            .map(|i| {
+                Ok(EncoderLayer::new(
+                    kernels,
+                    weights.text_block(config, i)?,
+                    shape,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         let w = weights.text(config)?;
         Ok(TextTower {
@@ -47,8 +60,9 @@ impl TextTower {
             final_ln: LayerNorm::new(w.final_norm, eps),
             projection: w
                 .projection
-                .map(|p| Linear::new(p, None, d, config.projection_dim)),
+                .map(|p| kernels.pack(&p, None, (d, config.projection_dim), 1)),
             config: config.clone(),
+            kernels,
         })
     }
 
@@ -75,15 +89,17 @@ impl TextTower {
                 *x = a + b;
             }
         }
+        let k = self.kernels;
         let mut states: Trace = trace.then(Vec::new);
         record(&mut states, &h);
+        let mut ws = Workspace::default();
         for layer in &self.layers {
-            layer.forward(&mut h, batch, seq, true);
+            layer.forward(k, &mut h, (batch, seq), true, &mut ws);
             record(&mut states, &h);
         }
         // Only the pooled rows are needed unless traced; LN is row-wise so either is exact.
         let (pooled, last) = if trace {
-            let last = self.final_ln.forward(&h);
+            let last = self.final_ln.forward(k, &h);
             let pooled = pool
                 .iter()
                 .enumerate()
@@ -96,12 +112,12 @@ impl TextTower {
                 .enumerate()
                 .flat_map(|(b, &p)| h[(b * seq + p) * d..(b * seq + p + 1) * d].to_vec())
                 .collect();
-            (self.final_ln.forward(&rows), Vec::new())
+            (self.final_ln.forward(k, &rows), Vec::new())
         };
         let embeds = self
             .projection
             .as_ref()
-            .map_or_else(Vec::new, |p| p.forward(&pooled, batch));
+            .map_or_else(Vec::new, |p| project(k, p, &pooled, batch));
         Ok(TextOutput {
             pooled,
             embeds,

@@ -1,22 +1,23 @@
 //! The ViT image tower: patch embedding, class token, positions, pre-LN, blocks,
 //! post-LN on the class token, projection.
 
-use super::encoder::{BlockShape, EncoderLayer, LayerNorm, Linear, Trace, record};
-use super::ops;
+use super::cpu::{Epilogue, Kernels, PackedLinear};
+use super::encoder::{BlockShape, EncoderLayer, LayerNorm, Trace, Workspace, project, record};
 use crate::weights::{TowerWeights, VisionConfig};
 use anyhow::Result;
 use rayon::prelude::*;
 
 pub struct VisionTower {
     pub config: VisionConfig,
+    kernels: &'static Kernels,
     /// Patch convolution as a matrix `[hidden, channels·patch·patch]`.
-    patch: Vec<f32>,
+    patch: PackedLinear,
     class_embedding: Vec<f32>,
     positions: Vec<f32>,
     pre_ln: LayerNorm,
     layers: Vec<EncoderLayer>,
     post_ln: LayerNorm,
-    projection: Option<Linear>,
+    projection: Option<PackedLinear>,
 }
 
 /// What one batch of images produces.
@@ -31,7 +32,12 @@ pub struct VisionOutput {
 }
 
 impl VisionTower {
-    pub fn load(weights: &TowerWeights, config: &VisionConfig) -> Result<Self> {
+    /// Loads and packs the tower's weights for `kernels`.
+    pub fn load(
+        kernels: &'static Kernels,
+        weights: &TowerWeights,
+        config: &VisionConfig,
+    ) -> Result<Self> {
         let d = config.hidden_size;
         let eps = config.layer_norm_eps;
         let shape = BlockShape {
@@ -42,11 +48,17 @@ impl VisionTower {
             eps,
         };
         let layers = (0..config.num_hidden_layers)
-            .map(|i| Ok(EncoderLayer::new(weights.vision_block(config, i)?, shape)))
+            .map(|i| {
+                Ok(EncoderLayer::new(
+                    kernels,
+                    weights.vision_block(config, i)?,
+                    shape,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         let w = weights.vision(config)?;
         Ok(VisionTower {
-            patch: w.patch,
+            patch: kernels.pack(&w.patch, None, (w.patch.len() / d, d), 1),
             class_embedding: w.class_embedding,
             positions: w.positions,
             pre_ln: LayerNorm::new(w.pre_norm, eps),
@@ -54,8 +66,9 @@ impl VisionTower {
             post_ln: LayerNorm::new(w.post_norm, eps),
             projection: w
                 .projection
-                .map(|p| Linear::new(p, None, d, config.projection_dim)),
+                .map(|p| kernels.pack(&p, None, (d, config.projection_dim), 1)),
             config: config.clone(),
+            kernels,
         })
     }
 
@@ -79,13 +92,14 @@ impl VisionTower {
         );
         let (d, tokens) = (c.hidden_size, c.num_positions());
         let patches = im2col(pixels, batch, c.num_channels, c.image_size, c.patch_size);
-        let embedded = ops::linear(
+        let k = self.kernels;
+        let mut embedded = vec![0.0f32; batch * (tokens - 1) * d];
+        k.linear(
+            &self.patch,
             &patches,
             batch * (tokens - 1),
-            self.patch.len() / d,
-            &self.patch,
-            None,
-            d,
+            &mut embedded,
+            Epilogue::PLAIN,
         );
         // [class, patches...] + positions, per image.
         let mut h = vec![0.0f32; batch * tokens * d];
@@ -99,21 +113,22 @@ impl VisionTower {
                     .zip(&self.positions)
                     .for_each(|(x, p)| *x += p);
             });
-        let mut h = self.pre_ln.forward(&h);
+        let mut h = self.pre_ln.forward(k, &h);
         let mut states: Trace = trace.then(Vec::new);
         record(&mut states, &h);
+        let mut ws = Workspace::default();
         for layer in &self.layers {
-            layer.forward(&mut h, batch, tokens, false);
+            layer.forward(k, &mut h, (batch, tokens), false, &mut ws);
             record(&mut states, &h);
         }
         let class_tokens: Vec<f32> = (0..batch)
             .flat_map(|b| h[b * tokens * d..b * tokens * d + d].iter().copied())
             .collect();
-        let pooled = self.post_ln.forward(&class_tokens);
+        let pooled = self.post_ln.forward(k, &class_tokens);
         let embeds = self
             .projection
             .as_ref()
-            .map_or_else(Vec::new, |p| p.forward(&pooled, batch));
+            .map_or_else(Vec::new, |p| project(k, p, &pooled, batch));
         VisionOutput {
             pooled,
             embeds,
