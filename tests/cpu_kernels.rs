@@ -125,8 +125,12 @@ fn linear_matches_f64_at_awkward_sizes() {
 
 #[test]
 fn linear_bits_do_not_depend_on_the_thread_count() {
-    for kern in packed_isas() {
-        let (m, k, n) = (197, 700, 300);
+    // 50 rows: one row block split into panel blocks; 197 and 450: several row blocks.
+    for (kern, m) in packed_isas()
+        .into_iter()
+        .flat_map(|kern| [50, 197, 450].map(|m| (kern, m)))
+    {
+        let (k, n) = (700, 300);
         let x = pseudo_random(m * k, 5);
         let w = pseudo_random(n * k, 6);
         let packed = kern.pack(&w, Some(&w[..n]), (k, n), 1);
@@ -139,8 +143,9 @@ fn linear_bits_do_not_depend_on_the_thread_count() {
             pool.install(|| kern.linear(&packed, &x, m, &mut out, Epilogue::PLAIN));
             out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
         };
-        assert_eq!(run(1), run(2), "{}: 1 vs 2 threads", kern.isa.name());
-        assert_eq!(run(1), run(3), "{}: 1 vs 3 threads", kern.isa.name());
+        let name = kern.isa.name();
+        assert_eq!(run(1), run(2), "{name}: 1 vs 2 threads at {m} rows");
+        assert_eq!(run(1), run(3), "{name}: 1 vs 3 threads at {m} rows");
     }
 }
 
