@@ -116,6 +116,13 @@ def run_config(
     max_image_pixels: int = 89_478_485,
     drop_empty_clients: bool = False,
     skip_bad: bool = False,
+    n_ctx: Optional[int] = None,
+    csc: bool = False,
+    ctx_init: Optional[str] = None,
+    class_token_position: Optional[str] = None,
+    augment_views: int = 0,
+    dp: str = "off",
+    dp_delta: float = 1e-5,
 ) -> Dict[str, Any]:
     """The resolved settings `fedclip run` would write to config.json for these options.
 
@@ -125,8 +132,14 @@ def run_config(
     (`run` then takes the next free `-2`, `-3`, … as the CLI does), and
     `server_lr=None` is the server optimiser's default η, as the CLI does. `lr`,
     `weight_decay` and `momentum` left `None` take the optimiser's defaults as the CLI does
-    (`optimizer_settings`); `momentum` is refused with Adam / AdamW.
+    (`optimizer_settings`); `momentum` is refused with Adam / AdamW. The prompt learner's
+    options (`n_ctx`, `csc`, `ctx_init`, `class_token_position`) are `--method promptfl` /
+    `coop`'s. Differential privacy (`dp`) runs from the CLI only for now (`fedclip run --dp
+    client`): any `dp` but "off" is refused.
     """
+    if dp != "off":
+        raise ValueError(f"dp={dp!r}: differential privacy runs from the CLI only for now "
+                         "(fedclip run --dp client ...); the Python run takes dp='off'")
     lr, weight_decay, momentum = optimizer_settings(optimizer, lr, weight_decay, momentum)
     data = os.fspath(data)
     if test_domains is None:
@@ -183,6 +196,13 @@ def run_config(
         "max_image_pixels": max_image_pixels,
         "drop_empty_clients": drop_empty_clients,
         "skip_bad": skip_bad,
+        "prompt": {
+            "n_ctx": n_ctx,
+            "csc": csc,
+            "ctx_init": ctx_init,
+            "class_token_position": class_token_position,
+        },
+        "augment_views": augment_views,
     }
 
 

@@ -91,7 +91,8 @@ def test_run_options_are_the_cli_flags_with_its_defaults(cli):
     # Options whose CLI flags show no default: switches, and the bundled paths found at run time.
     flags = set(cli) | {"test_domains", "out", "keep_optimizer_state", "server_lr", "device",
                         "data", "model", "drop_empty_clients", "skip_bad", "lr", "weight_decay",
-                        "momentum"}
+                        "momentum", "n_ctx", "csc", "ctx_init", "class_token_position",
+                        "augment_views"}
     assert set(params) <= flags, set(params) - flags
 
 
