@@ -404,42 +404,68 @@ impl RunConfig {
     }
 
     /// Checks every setting before any work starts; an error names the flag and shows the
-    /// value.
+    /// value, and lists every wrong setting at once.
     pub fn validate(&self) -> Result<()> {
-        let mut bad: Vec<String> = Vec::new();
-        let mut need = |ok: bool, msg: String| {
-            if !ok {
-                bad.push(msg);
+        let mut bad = self.count_problems();
+        bad.extend(self.float_problems());
+        bad.extend(self.prompt_problems());
+        for (flag, path) in [
+            ("--data", &self.data),
+            ("--model", &self.model),
+            ("--cache-dir", &self.cache_dir),
+            ("--out", &self.out),
+        ] {
+            if let Err(e) = utf8(flag, path) {
+                bad.push(e.to_string());
             }
-        };
-        need(
-            self.rounds >= 1,
-            "--rounds must be at least 1, got 0".into(),
-        );
-        need(self.batch >= 1, "--batch must be at least 1, got 0".into());
-        need(
-            self.warmup_rounds == 0 || self.warmup_rounds < self.rounds,
-            format!(
-                "--warmup-rounds ({}) must be below --rounds ({}): the schedule would never start",
-                self.warmup_rounds, self.rounds
+        }
+        if let Err(e) = self.dp.validate(self) {
+            bad.push(e.to_string());
+        }
+        match bad.len() {
+            0 => Ok(()),
+            1 => bail!("{}", bad[0]),
+            _ => bail!("{} settings are wrong:\n  {}", bad.len(), bad.join("\n  ")),
+        }
+    }
+
+    /// What is wrong with the counts (rounds, batches, clients).
+    fn count_problems(&self) -> Vec<String> {
+        problems([
+            (
+                self.rounds >= 1,
+                "--rounds must be at least 1, got 0".into(),
             ),
-        );
-        need(
-            self.extract_batch >= 1,
-            "--extract-batch must be at least 1, got 0".into(),
-        );
-        need(
-            self.clients_per_domain >= 1,
-            "--clients-per-domain must be at least 1, got 0".into(),
-        );
-        need(
-            self.clients_per_domain <= crate::data::split::MAX_CLIENTS_PER_DOMAIN,
-            format!(
-                "--clients-per-domain must be at most {}, got {}",
-                crate::data::split::MAX_CLIENTS_PER_DOMAIN,
-                self.clients_per_domain
+            (self.batch >= 1, "--batch must be at least 1, got 0".into()),
+            (
+                self.warmup_rounds == 0 || self.warmup_rounds < self.rounds,
+                format!(
+                    "--warmup-rounds ({}) must be below --rounds ({}): the schedule would never start",
+                    self.warmup_rounds, self.rounds
+                ),
             ),
-        );
+            (
+                self.extract_batch >= 1,
+                "--extract-batch must be at least 1, got 0".into(),
+            ),
+            (
+                self.clients_per_domain >= 1,
+                "--clients-per-domain must be at least 1, got 0".into(),
+            ),
+            (
+                self.clients_per_domain <= crate::data::split::MAX_CLIENTS_PER_DOMAIN,
+                format!(
+                    "--clients-per-domain must be at most {}, got {}",
+                    crate::data::split::MAX_CLIENTS_PER_DOMAIN,
+                    self.clients_per_domain
+                ),
+            ),
+        ])
+    }
+
+    /// What is wrong with the real-valued settings: each finite, in its range, and within f32.
+    fn float_problems(&self) -> Vec<String> {
+        let mut bad = Vec::new();
         let floats = [
             ("--lr", self.lr, self.lr > 0.0, "positive"),
             (
@@ -501,56 +527,44 @@ impl RunConfig {
                     readable(value)
                 ))
             };
-            if let Some(msg) = wrong {
-                need(false, msg);
-            }
+            bad.extend(wrong);
         }
-        need(
-            self.prompt_template.matches("{}").count() == 1,
-            format!(
-                "--prompt-template must contain `{{}}` exactly once, where the class name goes \
-                 (else classes share a prompt), got {:?}",
-                self.prompt_template
-            ),
-        );
+        bad
+    }
+
+    /// What is wrong with the prompt template and the prompt learner's flags.
+    fn prompt_problems(&self) -> Vec<String> {
         let prompt_flags = self.prompt.given();
-        need(
-            prompt_flags.is_empty() || self.method.learns_prompts(),
-            format!(
-                "{} only apply to a method that learns prompts (--method promptfl or coop), not --method {}",
-                prompt_flags.join(", "),
-                self.method.name()
+        problems([
+            (
+                self.prompt_template.matches("{}").count() == 1,
+                format!(
+                    "--prompt-template must contain `{{}}` exactly once, where the class name goes \
+                 (else classes share a prompt), got {:?}",
+                    self.prompt_template
+                ),
             ),
-        );
-        need(
-            self.prompt.n_ctx != Some(0),
-            "--n-ctx must be at least 1, got 0 (a prompt needs at least one context vector)".into(),
-        );
-        need(
-            self.prompt
-                .ctx_init
-                .as_ref()
-                .is_none_or(|w| !w.trim().is_empty()),
-            "--ctx-init must hold at least one word, got an empty string".into(),
-        );
-        for (flag, path) in [
-            ("--data", &self.data),
-            ("--model", &self.model),
-            ("--cache-dir", &self.cache_dir),
-            ("--out", &self.out),
-        ] {
-            if let Err(e) = utf8(flag, path) {
-                bad.push(e.to_string());
-            }
-        }
-        if let Err(e) = self.dp.validate(self) {
-            bad.push(e.to_string());
-        }
-        match bad.len() {
-            0 => Ok(()),
-            1 => bail!("{}", bad[0]),
-            _ => bail!("{} settings are wrong:\n  {}", bad.len(), bad.join("\n  ")),
-        }
+            (
+                prompt_flags.is_empty() || self.method.learns_prompts(),
+                format!(
+                    "{} only apply to a method that learns prompts (--method promptfl or coop), not --method {}",
+                    prompt_flags.join(", "),
+                    self.method.name()
+                ),
+            ),
+            (
+                self.prompt.n_ctx != Some(0),
+                "--n-ctx must be at least 1, got 0 (a prompt needs at least one context vector)"
+                    .into(),
+            ),
+            (
+                self.prompt
+                    .ctx_init
+                    .as_ref()
+                    .is_none_or(|w| !w.trim().is_empty()),
+                "--ctx-init must hold at least one word, got an empty string".into(),
+            ),
+        ])
     }
 
     /// The settings that must equal the interrupted run's for `--resume` to continue it:
@@ -600,4 +614,12 @@ impl RunConfig {
             })
             .collect()
     }
+}
+
+/// The messages of the checks that failed, in order.
+fn problems<const N: usize>(checks: [(bool, String); N]) -> Vec<String> {
+    (checks.into_iter())
+        .filter(|(ok, _)| !ok)
+        .map(|(_, msg)| msg)
+        .collect()
 }
